@@ -1,0 +1,116 @@
+"""Connector contracts. Engine-neutral: nothing here imports bytewax.
+
+A **source** is a :class:`SourceSpec` (configuration, validated before anything runs)
+that opens one :class:`SourcePartition` per partition. A partition:
+
+* ``next_batch()`` never blocks: it returns what is ready now (possibly ``[]``), as
+  :class:`~edgeflow.batch.Batch` objects of readings and
+  :class:`~edgeflow.batch.RecordBatch` objects of kind ``dead_letter`` for input that
+  could not be read. It raises ``StopIteration`` when the input is finished.
+* ``next_awake()`` says when to call ``next_batch`` again (ns since the epoch) instead of
+  sleeping; ``None`` means "as soon as possible".
+* ``snapshot()`` returns a position that, given back to ``SourceSpec.open``, resumes
+  reading *after* the last item returned: nothing twice, nothing skipped.
+
+A **sink** is a :class:`SinkSpec` that opens :class:`SinkPartition` objects. A partition
+writes record batches and, when it keeps a position, makes its output durable before
+``snapshot()`` returns it, so that a resumed run continues exactly where the snapshot was.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeflow.batch import Batch, RecordBatch
+
+Item = Batch | RecordBatch
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """How the flow wants readings cut: which column is the key, which the time."""
+
+    flow: str
+    step: str
+    key: str
+    time: str
+    fields: tuple[str, ...] | None
+    batch_max: int = 65_536
+    batch_budget_ns: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    flow: str
+    step: str
+    version: str = "0"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SourcePartition(ABC):
+    @abstractmethod
+    def next_batch(self) -> list[Item]: ...
+
+    def next_awake(self) -> int | None:
+        return None
+
+    @abstractmethod
+    def snapshot(self) -> Any: ...
+
+    def close(self) -> None:
+        return None
+
+
+class SourceSpec(ABC):
+    """Configuration of a source. ``columns()`` lists the columns it yields, if known."""
+
+    kind: str = "source"
+    default_key: str | None = None
+    default_time: str | None = None
+
+    def columns(self) -> Sequence[str] | None:
+        return None
+
+    def problems(self) -> list[str]:
+        return []
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def partitions(self) -> list[str]: ...
+
+    @abstractmethod
+    def open(self, partition: str, resume: Any, ctx: SourceContext) -> SourcePartition: ...
+
+
+class SinkPartition(ABC):
+    @abstractmethod
+    def write(self, batches: list[RecordBatch]) -> None: ...
+
+    def snapshot(self) -> Any:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class SinkSpec(ABC):
+    kind: str = "sink"
+    #: True when the sink keeps a position and resumes exactly (one partition per item key).
+    stateful: bool = False
+
+    def problems(self) -> list[str]:
+        return []
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]: ...
+
+    def partitions(self) -> list[str]:
+        return ["0"]
+
+    @abstractmethod
+    def open(self, partition: str, resume: Any, ctx: SinkContext) -> SinkPartition: ...

@@ -1,0 +1,134 @@
+"""Columnar micro-batches: the unit of data that moves through a flow.
+
+A :class:`Batch` holds many readings at once: a dictionary-encoded key column
+(``keys`` names, ``key_idx`` codes), an int64 nanosecond time column ``t``, and one
+float64 row per field in ``values`` (shape ``(n_fields, n)``). Operators work on the
+whole arrays; no Python object is made per reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgeflow.errors import BatchError
+
+I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """Readings of one or more keys, column by column. Validated on construction."""
+
+    fields: tuple[str, ...]
+    keys: tuple[str, ...]
+    key_idx: I32
+    t: I64
+    values: F64
+
+    def __post_init__(self) -> None:
+        n = self.t.shape[0] if self.t.ndim == 1 else -1
+        if self.t.dtype != np.int64 or self.t.ndim != 1:
+            raise BatchError(f"Batch.t must be a 1-D int64 array of ns, got {self.t.dtype} {self.t.shape}")
+        if self.key_idx.dtype != np.int32 or self.key_idx.shape != (n,):
+            raise BatchError(
+                f"Batch.key_idx must be int32 of length {n}, got {self.key_idx.dtype} {self.key_idx.shape}"
+            )
+        if self.values.dtype != np.float64 or self.values.shape != (len(self.fields), n):
+            raise BatchError(
+                f"Batch.values must be float64 of shape ({len(self.fields)}, {n}), "
+                f"got {self.values.dtype} {self.values.shape}"
+            )
+        if n and len(self.keys) == 0:
+            raise BatchError("Batch has readings but no key names")
+
+    def __len__(self) -> int:
+        return int(self.t.shape[0])
+
+    @staticmethod
+    def empty(fields: Sequence[str]) -> Batch:
+        return Batch(
+            tuple(fields),
+            (),
+            np.empty(0, np.int32),
+            np.empty(0, np.int64),
+            np.empty((len(fields), 0), np.float64),
+        )
+
+    @staticmethod
+    def from_columns(
+        keys: Sequence[str],
+        t: Sequence[int] | I64,
+        columns: Mapping[str, Sequence[float] | F64],
+    ) -> Batch:
+        """Build a batch from a key per reading, times in ns and one sequence per field."""
+        names, codes = np.unique(np.asarray(list(keys), dtype=object).astype(str), return_inverse=True)
+        fields = tuple(columns)
+        n = len(codes)
+        values = np.empty((len(fields), n), np.float64)
+        for j, f in enumerate(fields):
+            col = np.asarray(columns[f], dtype=np.float64)
+            if col.shape != (n,):
+                raise BatchError(f"column {f!r} has {col.shape[0]} values but there are {n} keys")
+            values[j] = col
+        return Batch(
+            fields,
+            tuple(str(x) for x in names),
+            codes.astype(np.int32).reshape(-1),
+            np.asarray(t, dtype=np.int64).reshape(-1),
+            values,
+        )
+
+    def column(self, name: str) -> F64:
+        return self.values[self.fields.index(name)]
+
+    def select(self, rows: npt.NDArray[Any]) -> Batch:
+        """The readings at ``rows`` (an index or boolean mask); key names are kept as they are."""
+        return Batch(self.fields, self.keys, self.key_idx[rows], self.t[rows], self.values[:, rows])
+
+    def key_array(self) -> npt.NDArray[np.str_]:
+        """The key of every reading as a string array (for tests and sinks, not hot paths)."""
+        return np.asarray(self.keys, dtype=str)[self.key_idx] if len(self) else np.empty(0, str)
+
+
+@dataclass(frozen=True, eq=False)
+class RecordBatch:
+    """Result records (window summaries, late readings, dead letters) column by column.
+
+    ``kind`` names the record schema (``window``, ``late``, ``dead_letter``), ``step`` the
+    step that produced them. ``columns`` maps column name to a list or 1-D array, all of
+    length ``n``. Sinks turn them into rows with :meth:`rows`.
+    """
+
+    kind: str
+    step: str
+    columns: dict[str, Any]
+    n: int
+    id_columns: tuple[str, ...] = field(default=())
+
+    def rows(self) -> list[dict[str, Any]]:
+        cols = {k: (v.tolist() if isinstance(v, np.ndarray) else list(v)) for k, v in self.columns.items()}
+        names = list(cols)
+        data = [cols[k] for k in names]
+        out: list[dict[str, Any]] = []
+        for i in range(self.n):
+            row = {}
+            for name, col in zip(names, data, strict=True):
+                v = col[i]
+                if isinstance(v, float) and v != v:
+                    v = None  # NaN means "no value": JSON null
+                row[name] = v
+            out.append(row)
+        return out
+
+    def record_ids(self, flow: str) -> list[str]:
+        """Deterministic ids (flow/step/<id columns>) so consumers can drop duplicates."""
+        cols = [self.columns[c] for c in self.id_columns]
+        lists = [c.tolist() if isinstance(c, np.ndarray) else list(c) for c in cols]
+        return ["/".join([flow, self.step, *(str(c[i]) for c in lists)]) for i in range(self.n)]

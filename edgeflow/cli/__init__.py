@@ -1,0 +1,1 @@
+"""The ``edgeflow`` command line."""

@@ -1,0 +1,102 @@
+"""``edgeflow`` commands: run, deploy, validate, inspect."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from edgeflow.cli.params import DURATION, FLOW
+from edgeflow.engine import RunOptions, run
+from edgeflow.errors import FlowValidationError
+from edgeflow.flow.plan import Flow, Plan
+
+DEFAULT_ROOT = Path(".edgeflow") / "deployments"
+
+
+def _plan_or_exit(flow: Flow) -> Plan:
+    try:
+        return flow.plan()
+    except FlowValidationError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _run(plan: Plan, *, run_for: int | None, workers: int, state_dir: Path | None, snapshot_every: int) -> None:
+    opts = RunOptions(workers=workers, state_dir=state_dir, run_for_ns=run_for, snapshot_every_ns=snapshot_every)
+    try:
+        summary = run(plan, opts)
+    except RuntimeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for line in summary.lines():
+        click.echo(line, err=True)
+
+
+_common = [
+    click.option("--for", "run_for", type=DURATION, default=None, help="Stop after this long (e.g. 30s); default: until the input ends."),
+    click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True, help="Worker threads."),
+    click.option("--snapshot-every", type=DURATION, default="2s", show_default=True, help="How often state is snapshotted for resume."),
+]
+
+
+def common_options(f):  # type: ignore[no-untyped-def]
+    for opt in reversed(_common):
+        f = opt(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgeflow")
+def main() -> None:
+    """Declarative stream processing for edge nodes: window, downsample and detect on the
+    spot, publish only what matters.
+
+    FLOW is path/to/flow.py, path.py:name or module:name.
+    """
+
+
+@main.command("run")
+@click.argument("flow", type=FLOW)
+@common_options
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Keep snapshots here and resume from them.")
+def run_cmd(flow: Flow, run_for: int | None, workers: int, snapshot_every: int, state_dir: Path | None) -> None:
+    """Run FLOW in the foreground."""
+    _run(_plan_or_exit(flow), run_for=run_for, workers=workers, state_dir=state_dir, snapshot_every=snapshot_every)
+
+
+@main.command("deploy")
+@click.argument("flow", type=FLOW)
+@common_options
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=f"State directory (default {DEFAULT_ROOT}/<flow name>).")
+def deploy_cmd(flow: Flow, run_for: int | None, workers: int, snapshot_every: int, state_dir: Path | None) -> None:
+    """Validate FLOW, print its plan, then run it with a state directory (resumes after a crash)."""
+    plan = _plan_or_exit(flow)
+    state = state_dir or DEFAULT_ROOT / re.sub(r"[^A-Za-z0-9_-]", "_", plan.name)
+    click.echo(plan.describe(), err=True)
+    click.echo(f"state directory: {state}", err=True)
+    _run(plan, run_for=run_for, workers=workers, state_dir=state, snapshot_every=snapshot_every)
+
+
+@main.command("validate")
+@click.argument("flow", type=FLOW)
+def validate_cmd(flow: Flow) -> None:
+    """Check FLOW without running it: exit 0 when valid, 2 with the problems otherwise."""
+    plan = _plan_or_exit(flow)
+    n = len(plan.sources) + len(plan.windows) + len(plan.sinks)
+    click.echo(f"flow {plan.name!r} is valid: {n} steps")
+
+
+@main.command("inspect")
+@click.argument("flow", type=FLOW)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def inspect_cmd(flow: Flow, as_json: bool) -> None:
+    """Print FLOW's plan: steps, streams and sinks."""
+    plan = _plan_or_exit(flow)
+    if as_json:
+        click.echo(orjson.dumps(plan.to_dict(), option=orjson.OPT_INDENT_2, default=str).decode())
+    else:
+        click.echo(plan.describe())

@@ -1,0 +1,44 @@
+"""click parameter types: durations (``10s``, ``5m``) and flow references."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from edgeflow.cli.loader import load_flow
+from edgeflow.errors import DurationError, FlowLoadError
+from edgeflow.flow.plan import Flow
+from edgeflow.timeutil import parse_duration
+
+
+class DurationType(click.ParamType):
+    """A duration such as ``500ms``, ``10s``, ``5m``, ``1h``; converted to int nanoseconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_duration(str(value), what="duration", allow_zero=False)
+        except DurationError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class FlowType(click.ParamType):
+    """``path/to/flow.py``, ``path.py:name`` or ``module:name``; loads the Flow."""
+
+    name = "flow"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Flow:
+        if isinstance(value, Flow):
+            return value
+        try:
+            return load_flow(str(value))
+        except FlowLoadError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = DurationType()
+FLOW = FlowType()

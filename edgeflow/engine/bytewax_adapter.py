@@ -1,0 +1,264 @@
+"""Compile a :class:`~edgeflow.flow.plan.Plan` into a bytewax dataflow and run it.
+
+This module is the only one in edgeflow that imports bytewax. Mapping:
+
+* each source step -> ``op.input`` over a ``FixedPartitionedSource`` (one bytewax partition
+  per connector partition, resumed from its snapshot), then a branch into readings and
+  dead letters; readings are split by key shard into ``(shard, Batch)`` items;
+* each window step -> ``op.stateful_batch`` keyed by shard, running the numpy
+  :class:`~edgeflow.ops.window.WindowKernel` (snapshots are the kernel's state);
+* each sink step -> ``op.output`` over a ``FixedPartitionedSink`` (stateful sinks, resumed
+  from their position) or a ``DynamicSink`` (stateless ones).
+
+Recovery uses bytewax's SQLite partitions in ``<state_dir>/recovery``.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.run import cli_main
+
+from edgeflow.batch import Batch, RecordBatch
+from edgeflow.connectors.base import SinkContext, SinkPartition, SinkSpec, SourceContext, SourcePartition
+from edgeflow.engine.counters import COUNTERS
+from edgeflow.engine.runner import RunOptions
+from edgeflow.engine.shard import Sharder
+from edgeflow.flow.plan import Plan, SourcePlan, WindowPlan
+from edgeflow.ops.window import StepOutput, WindowKernel
+from edgeflow.timeutil import now_ns
+
+
+def _dt(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+
+
+class _Control:
+    """Shared by all workers of a run: the stop deadline and whether to flush at the end."""
+
+    def __init__(self, deadline_ns: int | None, resumable: bool) -> None:
+        self.deadline_ns = deadline_ns
+        self.resumable = resumable
+        self.stopped_by_deadline = threading.Event()
+
+    def flush_on_eof(self) -> bool:
+        # Stopping a resumable run keeps open windows in the snapshot for the next run;
+        # end of input (or a run that cannot resume) closes them.
+        return not (self.stopped_by_deadline.is_set() and self.resumable)
+
+
+class _SourcePart(StatefulSourcePartition[Any, Any]):
+    def __init__(self, part: SourcePartition, control: _Control, step: str) -> None:
+        self.part = part
+        self.control = control
+        self.step = step
+
+    def next_batch(self) -> list[Any]:
+        dl = self.control.deadline_ns
+        if dl is not None and now_ns() >= dl:
+            self.control.stopped_by_deadline.set()
+            raise StopIteration
+        items = self.part.next_batch()
+        for it in items:
+            if isinstance(it, Batch):
+                COUNTERS.add("readings_in", len(it))
+            else:
+                COUNTERS.add("dead_letters", it.n)
+        return items
+
+    def next_awake(self) -> datetime | None:
+        ns = self.part.next_awake()
+        dl = self.control.deadline_ns
+        if dl is not None:
+            ns = dl if ns is None else min(ns, dl)
+        return None if ns is None else _dt(ns)
+
+    def snapshot(self) -> Any:
+        return self.part.snapshot()
+
+    def close(self) -> None:
+        self.part.close()
+
+
+class _Source(FixedPartitionedSource[Any, Any]):
+    def __init__(self, plan: Plan, src: SourcePlan, control: _Control) -> None:
+        self.src = src
+        self.control = control
+        self.ctx = SourceContext(plan.name, src.name, src.key, src.time, src.fields, src.batch_max, src.batch_budget_ns)
+
+    def list_parts(self) -> list[str]:
+        return self.src.spec.partitions()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _SourcePart:
+        return _SourcePart(self.src.spec.open(for_part, resume_state, self.ctx), self.control, self.src.name)
+
+
+class _WindowLogic(StatefulBatchLogic[Batch, tuple[str, RecordBatch], bytes]):
+    def __init__(self, kernel: WindowKernel, resume: bytes | None, control: _Control) -> None:
+        self.kernel = kernel
+        self.control = control
+        self.state = kernel.init() if resume is None else kernel.restore(resume, now_ns())
+
+    @staticmethod
+    def _emit(res: StepOutput, out: list[tuple[str, RecordBatch]]) -> None:
+        if res.windows is not None:
+            COUNTERS.add("windows_out", res.windows.n)
+            out.append(("windows", res.windows))
+        if res.late is not None:
+            COUNTERS.add("late", res.late.n)
+            out.append(("late", res.late))
+
+    def on_batch(self, values: list[Batch]) -> tuple[list[tuple[str, RecordBatch]], bool]:
+        out: list[tuple[str, RecordBatch]] = []
+        now = now_ns()
+        for b in values:
+            self._emit(self.kernel.step_batch(self.state, b, now), out)
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[tuple[str, RecordBatch]], bool]:
+        out: list[tuple[str, RecordBatch]] = []
+        self._emit(self.kernel.on_time(self.state, now_ns()), out)
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[tuple[str, RecordBatch]], bool]:
+        out: list[tuple[str, RecordBatch]] = []
+        if self.control.flush_on_eof():
+            self._emit(self.kernel.flush(self.state), out)
+        return out, StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        ns = self.kernel.next_wakeup(self.state)
+        return None if ns is None else _dt(ns)
+
+    def snapshot(self) -> bytes:
+        return self.kernel.snapshot(self.state)
+
+
+class _StatefulSinkPart(StatefulSinkPartition[RecordBatch, Any]):
+    def __init__(self, part: SinkPartition, name: str) -> None:
+        self.part = part
+        self.name = name
+
+    def write_batch(self, values: list[RecordBatch]) -> None:
+        self.part.write(values)
+        COUNTERS.add(f"records_to.{self.name}", sum(v.n for v in values))
+
+    def snapshot(self) -> Any:
+        return self.part.snapshot()
+
+    def close(self) -> None:
+        self.part.close()
+
+
+class _StatefulSink(FixedPartitionedSink[RecordBatch, Any]):
+    def __init__(self, spec: SinkSpec, ctx: SinkContext) -> None:
+        self.spec = spec
+        self.ctx = ctx
+
+    def list_parts(self) -> list[str]:
+        return self.spec.partitions()
+
+    def part_fn(self, item_key: str) -> int:
+        return 0 if len(self.spec.partitions()) == 1 else super().part_fn(item_key)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StatefulSinkPart:
+        return _StatefulSinkPart(self.spec.open(for_part, resume_state, self.ctx), self.ctx.step)
+
+
+class _StatelessSinkPart(StatelessSinkPartition[tuple[str, RecordBatch]]):
+    def __init__(self, part: SinkPartition, name: str) -> None:
+        self.part = part
+        self.name = name
+
+    def write_batch(self, items: list[tuple[str, RecordBatch]]) -> None:
+        values = [v for _, v in items]
+        self.part.write(values)
+        COUNTERS.add(f"records_to.{self.name}", sum(v.n for v in values))
+
+    def close(self) -> None:
+        self.part.close()
+
+
+class _StatelessSink(DynamicSink[tuple[str, RecordBatch]]):
+    def __init__(self, spec: SinkSpec, ctx: SinkContext) -> None:
+        self.spec = spec
+        self.ctx = ctx
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StatelessSinkPart:
+        return _StatelessSinkPart(self.spec.open(str(worker_index), None, self.ctx), self.ctx.step)
+
+
+def _readings_as_records(step: str, b: Batch) -> RecordBatch:
+    cols: dict[str, Any] = {"key": b.key_array().tolist(), "t": b.t}
+    for j, f in enumerate(b.fields):
+        cols[f] = b.values[j]
+    return RecordBatch("reading", step, cols, len(b), ("key", "t"))
+
+
+def build_dataflow(plan: Plan, control: _Control) -> Dataflow:
+    flow = Dataflow(plan.name)
+    streams: dict[tuple[str, str], Stream[Any]] = {}
+    for src in plan.sources:
+        raw = op.input(src.name, flow, _Source(plan, src, control))
+        parts = op.branch(f"{src.name}__split_kinds", raw, lambda x: isinstance(x, Batch))
+        sharder = Sharder(plan.shards)
+        streams[(src.name, "readings")] = op.flat_map(f"{src.name}__shard", parts.trues, sharder.split)
+        streams[(src.name, "dead_letters")] = op.key_on(f"{src.name}__dl_key", parts.falses, lambda _: "dead_letters")
+    for w in plan.windows:
+        streams.update(_window(w, streams[w.input], control))
+    for k in plan.sinks:
+        ups = []
+        for i, ref in enumerate(k.inputs):
+            s = streams[ref]
+            if ref[1] == "readings":
+                s = op.map_value(f"{k.name}__as_records_{i}", s, lambda b, n=ref[0]: _readings_as_records(n, b))
+            ups.append(s)
+        merged = ups[0] if len(ups) == 1 else op.merge(f"{k.name}__merge", *ups)
+        ctx = SinkContext(plan.name, k.name, plan.version)
+        if k.spec.stateful:
+            op.output(k.name, merged, _StatefulSink(k.spec, ctx))
+        else:
+            op.output(k.name, merged, _StatelessSink(k.spec, ctx))
+    for ref in plan.unrouted:  # counted in the kernels/sources; drained here
+        step, port = ref.split(".", 1)
+        s = streams.get((step, port))
+        if s is not None:
+            op.inspect(f"{step}__{port}__unrouted", s, lambda *_: None)
+    return flow
+
+
+def _window(w: WindowPlan, up: Stream[Any], control: _Control) -> dict[tuple[str, str], Stream[Any]]:
+    kernel = WindowKernel(w.name, w.window, w.aggs, w.fields, lateness_ns=w.lateness_ns, idle_ns=w.idle_ns, key_ttl_ns=w.key_ttl_ns)
+    out = op.stateful_batch(w.name, up, lambda resume: _WindowLogic(kernel, resume, control))
+    parts = op.branch(f"{w.name}__split", out, lambda kv: kv[1][0] == "windows")
+    return {
+        (w.name, "windows"): op.map_value(f"{w.name}__windows_out", parts.trues, lambda v: v[1]),
+        (w.name, "late"): op.map_value(f"{w.name}__late_out", parts.falses, lambda v: v[1]),
+    }
+
+
+def execute(plan: Plan, opts: RunOptions) -> None:
+    deadline = None if opts.run_for_ns is None else now_ns() + opts.run_for_ns
+    control = _Control(deadline, resumable=opts.state_dir is not None)
+    flow = build_dataflow(plan, control)
+    recovery = None
+    if opts.state_dir is not None:
+        db = opts.state_dir / "recovery"
+        if not db.exists():
+            db.mkdir(parents=True)
+            init_db_dir(db, 1)
+        recovery = RecoveryConfig(str(db))
+    cli_main(
+        flow,
+        workers_per_process=opts.workers,
+        epoch_interval=timedelta(microseconds=opts.snapshot_every_ns // 1000),
+        recovery_config=recovery,
+    )

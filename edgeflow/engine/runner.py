@@ -1,0 +1,67 @@
+"""Run a plan: options, state directory, recovery, summary. Engine-neutral front door."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeflow.engine.counters import COUNTERS
+from edgeflow.flow.plan import Plan
+from edgeflow.timeutil import now_ns
+
+
+@dataclass
+class RunOptions:
+    workers: int = 1
+    state_dir: Path | None = None
+    run_for_ns: int | None = None
+    snapshot_every_ns: int = 2_000_000_000
+
+
+@dataclass
+class RunSummary:
+    flow: str
+    seconds: float
+    counters: dict[str, int] = field(default_factory=dict)
+    unrouted: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        c = self.counters
+        out = [
+            f"flow {self.flow!r} ran {self.seconds:.1f}s: {c.get('readings_in', 0)} readings in, "
+            f"{c.get('windows_out', 0)} window records, {c.get('late', 0)} late readings, "
+            f"{c.get('dead_letters', 0)} dead letters"
+        ]
+        if self.unrouted:
+            out.append(f"not routed to any sink (counted only): {', '.join(self.unrouted)}")
+        return out
+
+
+def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
+    """Run ``plan`` to completion (end of input, or ``run_for_ns``); blocks."""
+    from edgeflow.engine import bytewax_adapter  # the only bytewax import
+
+    opts = options or RunOptions()
+    if opts.state_dir is not None:
+        opts.state_dir.mkdir(parents=True, exist_ok=True)
+        _check_plan_unchanged(plan, opts.state_dir)
+    COUNTERS.reset()
+    t0 = now_ns()
+    bytewax_adapter.execute(plan, opts)
+    return RunSummary(plan.name, (now_ns() - t0) / 1e9, COUNTERS.snapshot(), plan.unrouted)
+
+
+def _check_plan_unchanged(plan: Plan, state_dir: Path) -> None:
+    """Resuming a different flow from old snapshots gives wrong results: refuse it."""
+    path = state_dir / "plan.json"
+    current = json.dumps(plan.to_dict(), sort_keys=True, default=str)
+    if path.exists():
+        saved = path.read_text()
+        if saved != current:
+            raise RuntimeError(
+                f"the flow changed since the state in {state_dir} was written; its snapshots "
+                "do not fit the new flow. Use a new --state-dir (or delete this one to start over)."
+            )
+    else:
+        path.write_text(current)

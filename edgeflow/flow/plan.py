@@ -1,0 +1,391 @@
+"""Flows, streams and steps, and the validated plan they compile to.
+
+Build a flow, then ``flow.plan()`` checks it and returns a :class:`Plan` (or raises
+:class:`~edgeflow.errors.FlowValidationError` listing every problem, each naming its
+step and what to change). The plan prints, serialises to JSON and is what the engine
+compiles; building it runs nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeflow.connectors.base import SinkSpec, SourceSpec
+from edgeflow.errors import FlowValidationError
+from edgeflow.ops.agg import Agg
+from edgeflow.ops.window import ResolvedWindow, WindowSpec
+from edgeflow.timeutil import Duration, format_duration, parse_duration
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+#: Streams a step produces: a source gives readings and dead letters, a window gives
+#: window records and late readings.
+PORTS = {"source": ("readings", "dead_letters"), "window": ("windows", "late"), "sink": ()}
+OPTIONAL_PORTS = {"dead_letters", "late"}
+
+
+@dataclass
+class Step:
+    """One node of the flow graph."""
+
+    name: str
+    kind: str
+    inputs: list[tuple[str, str]] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    user_named: bool = False
+
+    def ref(self, port: str) -> str:
+        return f"{self.name}.{port}"
+
+
+class _StreamBase:
+    def __init__(self, flow: Flow, step: Step, port: str) -> None:
+        self.flow = flow
+        self.step = step
+        self.port = port
+
+    def to(self, sink: SinkSpec | SinkStep, *, name: str | None = None) -> _StreamBase:
+        """Send this stream to a sink (a sink spec, or a step from ``flow.sink``). Chainable."""
+        target = sink if isinstance(sink, SinkStep) else self.flow.sink(sink, name=name)
+        target.step.inputs.append((self.step.name, self.port))
+        return self
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.step.name}.{self.port}>"
+
+
+class ReadingStream(_StreamBase):
+    """Readings from a source, keyed by device."""
+
+    def window(
+        self,
+        spec: WindowSpec,
+        *aggs: Agg,
+        name: str | None = None,
+        lateness: Duration | None = None,
+        idle: Duration | None = None,
+        key_ttl: Duration | None = "1h",
+    ) -> RecordStream:
+        """Group readings per key into windows and aggregate them.
+
+        Returns the stream of window records; its ``.late`` attribute is the stream of
+        readings that arrived after their window closed. ``idle`` closes a key's open
+        windows after that much wall-clock time without a reading from it. ``lateness``
+        overrides the source's allowed lateness.
+        """
+        step = self.flow._add(
+            "window", name, [(self.step.name, self.port)],
+            {"spec": spec, "aggs": list(aggs), "lateness": lateness, "idle": idle, "key_ttl": key_ttl},
+        )  # fmt: skip
+        out = RecordStream(self.flow, step, "windows")
+        out.late = RecordStream(self.flow, step, "late")
+        return out
+
+    @property
+    def dead_letters(self) -> RecordStream:
+        """Input the source could not read, with the reason (route it to a sink to keep it)."""
+        return RecordStream(self.flow, self.step, "dead_letters")
+
+
+class RecordStream(_StreamBase):
+    """Result records: window summaries, late readings or dead letters."""
+
+    late: RecordStream
+
+
+class SinkStep:
+    """A declared sink; connect streams to it with ``stream.to(sink_step)``."""
+
+    def __init__(self, step: Step) -> None:
+        self.step = step
+
+
+class Flow:
+    """A named dataflow graph. Add sources with :meth:`source`, then chain operators."""
+
+    def __init__(self, name: str, *, version: str = "0", shards: int = 16) -> None:
+        self.name = name
+        self.version = version
+        self.shards = shards
+        self.steps: list[Step] = []
+        self._counts: dict[str, int] = {}
+
+    def _add(self, kind: str, name: str | None, inputs: list[tuple[str, str]], params: dict[str, Any]) -> Step:
+        if name is None:
+            n = self._counts.get(kind, 0) + 1
+            self._counts[kind] = n
+            name = kind if n == 1 else f"{kind}_{n}"
+            while any(s.name == name for s in self.steps):
+                n += 1
+                self._counts[kind] = n
+                name = f"{kind}_{n}"
+            step = Step(name, kind, inputs, params)
+        else:
+            step = Step(name, kind, inputs, params, user_named=True)
+        self.steps.append(step)
+        return step
+
+    def source(
+        self,
+        spec: SourceSpec,
+        *,
+        key: str | None = None,
+        time: str | None = None,
+        lateness: Duration = 0,
+        fields: Sequence[str] | None = None,
+        name: str | None = None,
+        batch_max: int = 65_536,
+        batch_budget: Duration = "1ms",
+    ) -> ReadingStream:
+        """Read readings from ``spec``. ``key`` names the device column, ``time`` the event time.
+
+        ``lateness`` is how long to wait for out-of-order readings before a window closes.
+        ``fields`` limits the numeric fields kept (default: all but key and time).
+        Batches are cut at ``batch_max`` readings or ``batch_budget`` of waiting.
+        """
+        step = self._add("source", name, [], {
+            "spec": spec, "key": key, "time": time, "lateness": lateness, "fields": fields,
+            "batch_max": batch_max, "batch_budget": batch_budget,
+        })  # fmt: skip
+        return ReadingStream(self, step, "readings")
+
+    def sink(self, spec: SinkSpec, *, name: str | None = None) -> SinkStep:
+        """Declare a sink; streams are connected to it with ``stream.to(...)``."""
+        return SinkStep(self._add("sink", name, [], {"spec": spec}))
+
+    def plan(self) -> Plan:
+        """Validate and return the plan; raises FlowValidationError listing every problem."""
+        return _validate(self)
+
+    def validate(self) -> Plan:
+        return self.plan()
+
+
+@dataclass
+class SourcePlan:
+    name: str
+    spec: SourceSpec
+    key: str
+    time: str
+    fields: tuple[str, ...] | None
+    lateness_ns: int
+    batch_max: int
+    batch_budget_ns: int
+
+
+@dataclass
+class WindowPlan:
+    name: str
+    input: tuple[str, str]
+    window: ResolvedWindow
+    spec: WindowSpec
+    aggs: list[Agg]
+    fields: tuple[str, ...]
+    lateness_ns: int
+    idle_ns: int | None
+    key_ttl_ns: int | None
+
+
+@dataclass
+class SinkPlan:
+    name: str
+    spec: SinkSpec
+    inputs: list[tuple[str, str]]
+
+
+@dataclass
+class Plan:
+    """A validated flow: what the engine compiles."""
+
+    name: str
+    version: str
+    shards: int
+    sources: list[SourcePlan]
+    windows: list[WindowPlan]
+    sinks: list[SinkPlan]
+    unrouted: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        steps: list[dict[str, Any]] = []
+        for s in self.sources:
+            steps.append({
+                "name": s.name, "kind": "source", "connector": s.spec.describe(), "key": s.key,
+                "time": s.time, "fields": list(s.fields) if s.fields is not None else None,
+                "lateness": format_duration(s.lateness_ns),
+                "outputs": [f"{s.name}.readings", f"{s.name}.dead_letters"],
+            })  # fmt: skip
+        for w in self.windows:
+            steps.append({
+                "name": w.name, "kind": "window", "input": ".".join(w.input), "window": w.spec.to_dict(),
+                "aggs": [a.to_dict() for a in w.aggs], "lateness": format_duration(w.lateness_ns),
+                "idle": format_duration(w.idle_ns) if w.idle_ns is not None else None,
+                "outputs": [f"{w.name}.windows", f"{w.name}.late"],
+            })  # fmt: skip
+        for k in self.sinks:
+            steps.append({"name": k.name, "kind": "sink", "connector": k.spec.describe(), "inputs": [".".join(i) for i in k.inputs]})
+        return {"flow": self.name, "version": self.version, "shards": self.shards, "steps": steps, "unrouted": self.unrouted}
+
+    def describe(self) -> str:
+        """A human-readable listing of steps, streams and sinks."""
+        lines = [f"flow {self.name!r} (version {self.version}, {self.shards} shards)"]
+        for s in self.sources:
+            fields = ", ".join(s.fields) if s.fields is not None else "(from the data)"
+            lines.append(f"  source {s.name}: {s.spec.describe()['kind']} key={s.key} time={s.time} fields={fields} lateness={format_duration(s.lateness_ns)}")
+        for w in self.windows:
+            aggs = ", ".join(a.output_name for a in w.aggs)
+            lines.append(f"  window {w.name}: {w.spec.kind} {w.spec.to_dict()} <- {'.'.join(w.input)} -> [{aggs}]")
+        for k in self.sinks:
+            ins = ", ".join(".".join(i) for i in k.inputs)
+            lines.append(f"  sink   {k.name}: {k.spec.describe()['kind']} <- {ins}")
+        if self.unrouted:
+            lines.append(f"  unrouted (counted, not kept): {', '.join(self.unrouted)}")
+        return "\n".join(lines)
+
+
+def _validate(flow: Flow) -> Plan:
+    problems: list[str] = []
+    if not isinstance(flow.name, str) or not _NAME.match(flow.name):
+        problems.append(f"flow name {flow.name!r}: use letters, digits, '_' or '-'")
+    if not isinstance(flow.shards, int) or not 1 <= flow.shards <= 4096:
+        problems.append(f"flow shards={flow.shards!r}: give a whole number in [1, 4096]")
+    seen: dict[str, Step] = {}
+    for s in flow.steps:
+        if s.name in seen:
+            problems.append(f"step {s.name!r}: the name is used by two steps; give each step a unique name=")
+        elif not _NAME.match(s.name):
+            problems.append(f"step {s.name!r}: names may use letters, digits, '_' and '-'")
+        seen[s.name] = s
+    if not any(s.kind == "source" for s in flow.steps):
+        problems.append("the flow has no source; add one with flow.source(...)")
+
+    consumed: set[tuple[str, str]] = set()
+    for s in flow.steps:
+        consumed.update(s.inputs)
+    fields_of: dict[str, tuple[str, ...] | None] = {}
+    sources: list[SourcePlan] = []
+    windows: list[WindowPlan] = []
+    sinks: list[SinkPlan] = []
+    for s in flow.steps:
+        where = f"step {s.name!r} ({s.kind})"
+        p = s.params
+        if s.kind == "source":
+            sources.append(_check_source(s, where, problems, fields_of))
+        elif s.kind == "window":
+            w = _check_window(s, where, problems, fields_of, sources)
+            if w is not None:
+                windows.append(w)
+        elif s.kind == "sink":
+            spec = p["spec"]
+            if not isinstance(spec, SinkSpec):
+                problems.append(f"{where}: {spec!r} is not a sink; use e.g. stdio.sink() or files.sink('out.jsonl')")
+                continue
+            problems.extend(f"{where}: {m}" for m in spec.problems())
+            if not s.inputs:
+                problems.append(f"{where}: no stream is connected to this sink; connect one with stream.to(...) or remove the sink")
+            sinks.append(SinkPlan(s.name, spec, list(s.inputs)))
+    unrouted: list[str] = []
+    for s in flow.steps:
+        for port in PORTS.get(s.kind, ()):
+            if (s.name, port) in consumed:
+                continue
+            if port in OPTIONAL_PORTS:
+                unrouted.append(f"{s.name}.{port}")
+            elif s.kind == "window":
+                problems.append(f"step {s.name!r} (window): its records go nowhere; add .to(stdio.sink()) or another sink")
+            elif s.kind == "source" and not any(i[0] == s.name for i in consumed):
+                problems.append(f"step {s.name!r} (source): its readings go nowhere; add a .window(...) or .to(sink)")
+    if problems:
+        raise FlowValidationError(flow.name, problems)
+    return Plan(flow.name, flow.version, flow.shards, sources, windows, sinks, unrouted)
+
+
+def _duration(value: Any, what: str, where: str, problems: list[str], *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    try:
+        return parse_duration(value, what=what)
+    except ValueError as exc:
+        problems.append(f"{where}: {exc}")
+        return 0
+
+
+def _check_source(s: Step, where: str, problems: list[str], fields_of: dict[str, tuple[str, ...] | None]) -> SourcePlan:
+    p = s.params
+    spec = p["spec"]
+    if not isinstance(spec, SourceSpec):
+        problems.append(f"{where}: {spec!r} is not a source; use e.g. simulate.sensors() or files.source('in.csv')")
+        fields_of[s.name] = None
+        return SourcePlan(s.name, spec, "", "", None, 0, 1, 0)
+    problems.extend(f"{where}: {m}" for m in spec.problems())
+    key = p["key"] if p["key"] is not None else spec.default_key
+    time = p["time"] if p["time"] is not None else spec.default_time
+    if not key:
+        problems.append(f"{where}: say which column is the device key, e.g. flow.source(..., key='device')")
+    if not time:
+        problems.append(f"{where}: say which column is the event time, e.g. flow.source(..., time='ts')")
+    cols = spec.columns()
+    fields: tuple[str, ...] | None = None
+    if cols is not None:
+        for what, name in (("key", key), ("time", time)):
+            if name and name not in cols:
+                problems.append(f"{where}: unknown {what} field {name!r}; the source has: {', '.join(cols)}")
+        fields = tuple(c for c in cols if c not in (key, time))
+    if p["fields"] is not None:
+        wanted = tuple(p["fields"])
+        if fields is not None:
+            for f in wanted:
+                if f not in fields:
+                    problems.append(f"{where}: unknown field {f!r} in fields=; the source has: {', '.join(fields)}")
+        fields = wanted
+    fields_of[s.name] = fields
+    lateness = _duration(p["lateness"], "lateness", where, problems) or 0
+    budget = _duration(p["batch_budget"], "batch_budget", where, problems) or 0
+    bmax = p["batch_max"]
+    if not isinstance(bmax, int) or bmax < 1:
+        problems.append(f"{where}: batch_max={bmax!r}: give a whole number >= 1")
+        bmax = 1
+    return SourcePlan(s.name, spec, key or "", time or "", fields, lateness, bmax, budget)
+
+
+def _check_window(
+    s: Step, where: str, problems: list[str], fields_of: dict[str, tuple[str, ...] | None], sources: list[SourcePlan]
+) -> WindowPlan | None:
+    p = s.params
+    (up, port), = s.inputs
+    spec = p["spec"]
+    if not isinstance(spec, WindowSpec):
+        problems.append(f"{where}: the first argument must be a window such as window.tumbling('1s'), got {spec!r}")
+        return None
+    try:
+        resolved = spec.resolve()
+    except ValueError as exc:
+        problems.append(f"{where}: {exc}")
+        resolved = None
+    aggs = p["aggs"]
+    if not aggs:
+        problems.append(f"{where}: give at least one aggregation, e.g. .window(window.tumbling('1s'), agg.count())")
+    fields = fields_of.get(up)
+    names: set[str] = set()
+    for a in aggs:
+        if not isinstance(a, Agg):
+            problems.append(f"{where}: {a!r} is not an aggregation; use e.g. agg.mean('accel')")
+            continue
+        problems.extend(f"{where}: {m}" for m in a.problems())
+        if a.field is not None and fields is not None and isinstance(a.field, str) and a.field not in fields:
+            problems.append(f"{where}: agg.{a.func}({a.field!r}): unknown field {a.field!r}; the stream has: {', '.join(fields) or '(none)'}")
+        if a.output_name in names:
+            problems.append(f"{where}: two aggregations produce the column {a.output_name!r}; remove one")
+        names.add(a.output_name)
+    src = next((x for x in sources if x.name == up), None)
+    lateness = _duration(p["lateness"], "lateness", where, problems, allow_none=True)
+    if lateness is None:
+        lateness = src.lateness_ns if src else 0
+    idle = _duration(p["idle"], "idle", where, problems, allow_none=True)
+    ttl = _duration(p["key_ttl"], "key_ttl", where, problems, allow_none=True)
+    if resolved is None:
+        return None
+    used = tuple(dict.fromkeys(a.field for a in aggs if isinstance(a, Agg) and isinstance(a.field, str)))
+    return WindowPlan(s.name, (up, port), resolved, spec, [a for a in aggs if isinstance(a, Agg)], used, lateness, idle or None, ttl)

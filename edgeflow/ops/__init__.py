@@ -1,0 +1,1 @@
+"""Pure numpy kernels: windows, aggregations. No bytewax, no I/O."""

@@ -1,0 +1,265 @@
+"""Aggregations over window groups, computed for all groups at once with numpy.
+
+Build aggregation specs with the functions here (``agg.mean("accel")``); a window step
+takes several. Output columns are named ``<func>_<field>`` (``mean_accel``,
+``p95_accel``), and ``count`` for :func:`count` without a field.
+
+Missing values (NaN) are skipped: ``mean_accel`` is the mean of the readings that have
+an ``accel`` value; a window with none gets ``null``. ``std``/``var`` are population
+statistics (ddof=0). Percentiles use linear interpolation between closest ranks (numpy's
+default). ``first``/``last`` are by event time (ties: arrival order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgeflow.batch import F64, I64
+
+FUNCS = (
+    "count", "sum", "mean", "min", "max", "std", "var", "rms",
+    "first", "last", "median", "percentile", "ptp",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Agg:
+    """One aggregation: ``func`` over ``field`` (``q`` in [0, 100] for percentiles)."""
+
+    func: str
+    field: str | None = None
+    q: float | None = None
+
+    @property
+    def output_name(self) -> str:
+        if self.func == "count":
+            return "count" if self.field is None else f"count_{self.field}"
+        if self.func == "percentile":
+            q = self.q if isinstance(self.q, int | float) else 0.0
+            label = f"p{q:g}".replace(".", "_")
+            return f"{label}_{self.field}"
+        return f"{self.func}_{self.field}"
+
+    def problems(self) -> list[str]:
+        """What is wrong with this spec's arguments (empty when valid)."""
+        out: list[str] = []
+        if self.func not in FUNCS:
+            out.append(f"unknown aggregation {self.func!r}; use one of {', '.join(FUNCS)}")
+        if self.func != "count" and not (isinstance(self.field, str) and self.field):
+            out.append(f"agg.{self.func}() needs a field name, e.g. agg.{self.func}('accel')")
+        if self.field is not None and not isinstance(self.field, str):
+            out.append(f"agg.{self.func}: field must be a string, got {self.field!r}")
+        if self.func == "percentile" and (
+            not isinstance(self.q, int | float) or isinstance(self.q, bool) or not 0 <= self.q <= 100
+        ):
+            out.append(f"agg.percentile({self.field!r}, q={self.q!r}): q must be a number in [0, 100]")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"func": self.func, "field": self.field, "output": self.output_name}
+        if self.q is not None:
+            d["q"] = self.q
+        return d
+
+
+def count(field: str | None = None) -> Agg:
+    """Readings in the window (or, with a field, readings that have that field)."""
+    return Agg("count", field)
+
+
+def sum(field: str) -> Agg:  # noqa: A001
+    return Agg("sum", field)
+
+
+def mean(field: str) -> Agg:
+    return Agg("mean", field)
+
+
+def min(field: str) -> Agg:  # noqa: A001
+    return Agg("min", field)
+
+
+def max(field: str) -> Agg:  # noqa: A001
+    return Agg("max", field)
+
+
+def std(field: str) -> Agg:
+    return Agg("std", field)
+
+
+def var(field: str) -> Agg:
+    return Agg("var", field)
+
+
+def rms(field: str) -> Agg:
+    """Root mean square, sqrt(mean(x**2)): the energy of a vibration signal."""
+    return Agg("rms", field)
+
+
+def first(field: str) -> Agg:
+    return Agg("first", field)
+
+
+def last(field: str) -> Agg:
+    return Agg("last", field)
+
+
+def median(field: str) -> Agg:
+    return Agg("median", field)
+
+
+def percentile(field: str, q: float) -> Agg:
+    """The q-th percentile, q in [0, 100], e.g. ``percentile("accel", 99.9)`` -> ``p99_9_accel``."""
+    return Agg("percentile", field, q)
+
+
+def p50(field: str) -> Agg:
+    return Agg("percentile", field, 50)
+
+
+def p90(field: str) -> Agg:
+    return Agg("percentile", field, 90)
+
+
+def p95(field: str) -> Agg:
+    return Agg("percentile", field, 95)
+
+
+def p99(field: str) -> Agg:
+    return Agg("percentile", field, 99)
+
+
+def ptp(field: str) -> Agg:
+    """Peak to peak: max - min."""
+    return Agg("ptp", field)
+
+
+def compute(
+    aggs: Sequence[Agg],
+    fields: Sequence[str],
+    gid: npt.NDArray[np.int64],
+    values: F64,
+    n_groups: int,
+) -> dict[str, npt.NDArray[Any]]:
+    """Compute every aggregation for ``n_groups`` groups.
+
+    ``gid`` is the group of each row, ascending (rows sorted by group, then event time);
+    ``values`` has one row per field in ``fields``. Returns one array per output column.
+    """
+    out: dict[str, npt.NDArray[Any]] = {}
+    per_field: dict[str, _FieldGroups] = {}
+    for a in aggs:
+        if a.func == "count" and a.field is None:
+            out[a.output_name] = np.bincount(gid, minlength=n_groups).astype(np.int64)
+            continue
+        assert a.field is not None
+        fg = per_field.get(a.field)
+        if fg is None:
+            fg = per_field[a.field] = _FieldGroups(gid, values[fields.index(a.field)], n_groups)
+        out[a.output_name] = fg.compute(a)
+    return out
+
+
+class _FieldGroups:
+    """One field's valid values split by group, with lazily computed shared pieces."""
+
+    def __init__(self, gid: I64, x: F64, n_groups: int) -> None:
+        valid = np.isfinite(x)
+        if valid.all():
+            self.g, self.x = gid, x
+        else:
+            self.g, self.x = gid[valid], x[valid]
+        self.n_groups = n_groups
+        self.counts = np.bincount(self.g, minlength=n_groups)
+        self.nonempty = self.counts > 0
+        ends = np.cumsum(self.counts)
+        self.starts = ends - self.counts
+        self.ends = ends
+        self._mean: F64 | None = None
+        self._sorted: F64 | None = None
+        self._minmax: tuple[F64, F64] | None = None
+
+    def _nan(self) -> F64:
+        return np.full(self.n_groups, np.nan)
+
+    def mean(self) -> F64:
+        if self._mean is None:
+            s = np.bincount(self.g, weights=self.x, minlength=self.n_groups)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self._mean = s / self.counts
+        return self._mean
+
+    def var(self) -> F64:
+        dev = self.x - self.mean()[self.g]
+        ss = np.bincount(self.g, weights=dev * dev, minlength=self.n_groups)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return ss / self.counts  # type: ignore[no-any-return]
+
+    def minmax(self) -> tuple[F64, F64]:
+        if self._minmax is None:
+            lo, hi = self._nan(), self._nan()
+            if self.x.size:
+                idx = self.starts[self.nonempty]
+                lo[self.nonempty] = np.minimum.reduceat(self.x, idx)
+                hi[self.nonempty] = np.maximum.reduceat(self.x, idx)
+            self._minmax = (lo, hi)
+        return self._minmax
+
+    def sorted_values(self) -> F64:
+        if self._sorted is None:
+            order = np.lexsort((self.x, self.g))
+            self._sorted = self.x[order]
+        return self._sorted
+
+    def percentile(self, q: float) -> F64:
+        out = self._nan()
+        if not self.x.size:
+            return out
+        s = self.sorted_values()
+        c = self.counts[self.nonempty]
+        st = self.starts[self.nonempty]
+        h = (c - 1) * (q / 100.0)
+        lo = np.floor(h).astype(np.int64)
+        hi = np.minimum(lo + 1, c - 1)
+        a, b = s[st + lo], s[st + hi]
+        out[self.nonempty] = a + (h - lo) * (b - a)
+        return out
+
+    def compute(self, a: Agg) -> npt.NDArray[Any]:
+        f = a.func
+        if f == "count":
+            return self.counts.astype(np.int64)
+        if f == "sum":
+            s = np.bincount(self.g, weights=self.x, minlength=self.n_groups).astype(np.float64)
+            s[~self.nonempty] = np.nan
+            return s
+        if f == "mean":
+            return self.mean()
+        if f == "var":
+            return self.var()
+        if f == "std":
+            return np.sqrt(self.var())
+        if f == "rms":
+            ss = np.bincount(self.g, weights=self.x * self.x, minlength=self.n_groups)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.sqrt(ss / self.counts)  # type: ignore[no-any-return]
+        if f in ("min", "max", "ptp"):
+            lo, hi = self.minmax()
+            return lo if f == "min" else hi if f == "max" else hi - lo
+        if f in ("first", "last"):
+            out = self._nan()
+            if self.x.size:
+                pos = self.starts if f == "first" else self.ends - 1
+                out[self.nonempty] = self.x[pos[self.nonempty]]
+            return out
+        if f == "median":
+            return self.percentile(50.0)
+        if f == "percentile":
+            assert a.q is not None
+            return self.percentile(float(a.q))
+        raise ValueError(f"unknown aggregation {f!r}")

@@ -1,0 +1,556 @@
+"""Window kernels over columnar batches: tumbling, hopping, session and count windows.
+
+Pure numpy; no bytewax, no I/O. Use it as ``state = kernel.init()``, then
+``out = kernel.step(state, batch, now_ns)`` for each batch, ``kernel.on_time(state, now_ns)``
+when the wall clock moves (idle keys, processing time), and ``kernel.flush(state)`` at the
+end of input. ``kernel.snapshot(state)`` / ``kernel.restore(blob)`` round-trip the state.
+
+Semantics (event time, the default), per key:
+
+* The watermark is the largest event time seen for the key minus the allowed lateness.
+  A window ``[start, end)`` closes when the watermark reaches ``end``.
+* Tumbling and hopping: a reading is *late* when every window it belongs to has
+  already closed when it arrives; otherwise it counts in each of its windows that is
+  still open. Session: a reading is late when its time is below the watermark. Late
+  readings go to the ``late`` output, never silently dropped.
+* Session windows group readings closer than ``gap``; ``window_start``/``window_end``
+  are the first and last reading times. A session closes when the watermark passes
+  ``last + gap``.
+* Count windows cut every ``n`` readings of a key in arrival order (no lateness);
+  ``window_start``/``window_end`` are the earliest and latest reading times in it.
+* Idle: when a key has received nothing for ``idle`` wall-clock time, its open windows
+  close (a quiet sensor still gets its last window out); later readings for those
+  windows are late. Keys with nothing open and no reading for ``key_ttl`` are forgotten.
+* Processing time: readings are stamped with the wall clock on arrival and windows
+  close when the wall clock passes their end.
+
+Results are identical however the input is cut into batches: the watermark before
+each reading is computed per reading (a per-key running maximum), exactly as if the
+readings were processed one at a time.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgeflow.batch import F64, I32, I64, Batch, RecordBatch
+from edgeflow.ops import agg as aggmod
+from edgeflow.timeutil import Duration, parse_duration
+
+I64_MIN = np.iinfo(np.int64).min
+I64_MAX = np.iinfo(np.int64).max
+KINDS = ("tumbling", "hopping", "session", "count")
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """What the user asked for; checked by :meth:`resolve` (the flow validator calls it)."""
+
+    kind: str
+    size: Duration | None = None
+    slide: Duration | None = None
+    gap: Duration | None = None
+    count: int | None = None
+    offset: Duration = 0
+    time: str = "event"
+
+    def resolve(self) -> ResolvedWindow:
+        """Durations in ns; raises ValueError naming the bad argument and how to fix it."""
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown window kind {self.kind!r}; use one of {', '.join(KINDS)}")
+        if self.time not in ("event", "processing"):
+            raise ValueError(f"time={self.time!r}: use 'event' or 'processing'")
+        offset = parse_duration(self.offset, what="window offset")
+        if self.kind == "count":
+            if not isinstance(self.count, int) or isinstance(self.count, bool) or self.count < 1:
+                raise ValueError(f"window.count({self.count!r}): n must be a whole number >= 1")
+            return ResolvedWindow("count", 0, 0, 0, self.count, 0, self.time)
+        if self.kind == "session":
+            gap = parse_duration(self.gap if self.gap is not None else "", what="session gap", allow_zero=False)
+            return ResolvedWindow("session", 0, 0, gap, 0, 0, self.time)
+        size = parse_duration(self.size if self.size is not None else "", what=f"{self.kind} window size", allow_zero=False)
+        slide = size
+        if self.kind == "hopping":
+            slide = parse_duration(self.slide if self.slide is not None else "", what="hopping window slide", allow_zero=False)
+            if slide > size:
+                raise ValueError(
+                    f"hopping window slide {self.slide!r} is longer than its size {self.size!r}; "
+                    "readings between windows would belong to none. Use slide <= size."
+                )
+        return ResolvedWindow(self.kind, size, slide, 0, 0, offset % slide, self.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "time": self.time}
+        for k in ("size", "slide", "gap", "count"):
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = v if isinstance(v, str | int | float) else str(v)
+        if self.offset:
+            d["offset"] = self.offset if isinstance(self.offset, str | int | float) else str(self.offset)
+        return d
+
+
+@dataclass(frozen=True)
+class ResolvedWindow:
+    kind: str
+    size: int
+    slide: int
+    gap: int
+    n: int
+    offset: int
+    time: str
+
+
+def tumbling(size: Duration, *, offset: Duration = 0, time: str = "event") -> WindowSpec:
+    """Back-to-back windows of ``size`` (``"1s"``, ``"5m"``); each reading in exactly one."""
+    return WindowSpec("tumbling", size=size, offset=offset, time=time)
+
+
+def hopping(size: Duration, slide: Duration, *, offset: Duration = 0, time: str = "event") -> WindowSpec:
+    """Windows of ``size`` starting every ``slide`` (sliding windows); readings in several."""
+    return WindowSpec("hopping", size=size, slide=slide, offset=offset, time=time)
+
+
+sliding = hopping
+
+
+def session(gap: Duration, *, time: str = "event") -> WindowSpec:
+    """Bursts of readings separated by at least ``gap`` of silence."""
+    return WindowSpec("session", gap=gap, time=time)
+
+
+def count(n: int) -> WindowSpec:
+    """Every ``n`` readings of a key, in arrival order."""
+    return WindowSpec("count", count=n)
+
+
+def _sat_sub(a: I64, b: int) -> I64:
+    """a - b without wrapping below int64 min (min stays min: 'nothing seen yet')."""
+    return np.where(a < I64_MIN + b, I64_MIN, a - b)
+
+
+def _floor_div(a: I64, b: int) -> I64:
+    return a // b
+
+
+def group_exclusive_cummax(codes: I32, t: I64, init: I64) -> tuple[I64, I64]:
+    """For each row, the max of ``init[code]`` and the ``t`` of earlier rows with its code.
+
+    Returns (exclusive max per row, new max per code for the codes in ``init``).
+    """
+    n = t.shape[0]
+    order = np.argsort(codes, kind="stable")
+    c = codes[order]
+    tt = t[order]
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    gidx = np.cumsum(np.r_[False, c[1:] != c[:-1]])
+    lo = int(tt.min())
+    span = int(tt.max()) - lo + 1
+    n_groups = starts.shape[0]
+    if n_groups * span < 2**62:
+        v = gidx.astype(np.int64) * span + (tt - lo)
+        inc = np.maximum.accumulate(v) - gidx * span + lo
+    else:  # time range too wide to pack: per group (rare: absurd timestamps)
+        inc = np.empty(n, np.int64)
+        bounds = np.r_[starts, n]
+        for i in range(n_groups):
+            inc[bounds[i] : bounds[i + 1]] = np.maximum.accumulate(tt[bounds[i] : bounds[i + 1]])
+    excl = np.empty(n, np.int64)
+    excl[1:] = inc[:-1]
+    excl[starts] = I64_MIN
+    excl = np.maximum(excl, init[c])
+    out = np.empty(n, np.int64)
+    out[order] = excl
+    new_max = init.copy()
+    ends = np.r_[starts[1:], n] - 1
+    np.maximum.at(new_max, c[ends], inc[ends])
+    return out, new_max
+
+
+class WindowState:
+    """Per-shard state: key table, per-key scalars, buffered readings of open windows."""
+
+    def __init__(self, n_fields: int) -> None:
+        self.codes: dict[str, int] = {}
+        self.names: list[str] = []
+        self.max_t: I64 = np.empty(0, np.int64)
+        self.floor: I64 = np.empty(0, np.int64)
+        self.last_seen: I64 = np.empty(0, np.int64)
+        self.seen: I64 = np.empty(0, np.int64)
+        self.buf_code: I32 = np.empty(0, np.int32)
+        self.buf_t: I64 = np.empty(0, np.int64)
+        self.buf_k: I64 = np.empty(0, np.int64)
+        self.buf_vals: F64 = np.empty((n_fields, 0), np.float64)
+        self.last_expiry: int = 0
+
+    def lookup(self, names: Sequence[str]) -> I32:
+        """Local codes for key names, adding unseen keys."""
+        out = np.empty(len(names), np.int32)
+        added = 0
+        for i, name in enumerate(names):
+            code = self.codes.get(name)
+            if code is None:
+                code = self.codes[name] = len(self.names)
+                self.names.append(name)
+                added += 1
+            out[i] = code
+        if added:
+            self.max_t = np.r_[self.max_t, np.full(added, I64_MIN, np.int64)]
+            self.floor = np.r_[self.floor, np.full(added, I64_MIN, np.int64)]
+            self.last_seen = np.r_[self.last_seen, np.zeros(added, np.int64)]
+            self.seen = np.r_[self.seen, np.zeros(added, np.int64)]
+        return out
+
+    def buffered(self) -> int:
+        return int(self.buf_t.shape[0])
+
+
+@dataclass
+class StepOutput:
+    """What one kernel call produced: closed windows and late readings (either may be None)."""
+
+    windows: RecordBatch | None = None
+    late: RecordBatch | None = None
+
+
+class WindowKernel:
+    """A window step: one window spec, several aggregations, over the given fields."""
+
+    def __init__(
+        self,
+        step: str,
+        spec: ResolvedWindow,
+        aggs: Sequence[aggmod.Agg],
+        fields: Sequence[str],
+        *,
+        lateness_ns: int = 0,
+        idle_ns: int | None = None,
+        key_ttl_ns: int | None = 3600 * 10**9,
+    ) -> None:
+        self.step = step
+        self.spec = spec
+        self.aggs = list(aggs)
+        self.fields = tuple(fields)
+        self.processing = spec.time == "processing"
+        self.lateness = 0 if self.processing else lateness_ns
+        self.idle = idle_ns
+        self.key_ttl = key_ttl_ns
+
+    # -- state ---------------------------------------------------------------------------
+    def init(self) -> WindowState:
+        return WindowState(len(self.fields))
+
+    def snapshot(self, state: WindowState) -> bytes:
+        return pickle.dumps(state.__dict__, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, blob: bytes, now_ns: int) -> WindowState:
+        state = WindowState(len(self.fields))
+        state.__dict__.update(pickle.loads(blob))
+        # Idle time restarts on resume: downtime of the node is not silence of the sensor.
+        state.last_seen = np.full_like(state.last_seen, now_ns)
+        return state
+
+    # -- input ----------------------------------------------------------------------------
+    def step_batch(self, state: WindowState, batch: Batch, now_ns: int) -> StepOutput:
+        """Add a batch; return windows that closed and readings that were late."""
+        if len(batch) == 0:
+            return StepOutput()
+        if batch.fields != self.fields:
+            idx = [batch.fields.index(f) for f in self.fields]
+            vals = batch.values[idx]
+        else:
+            vals = batch.values
+        codes = state.lookup(batch.keys)[batch.key_idx]
+        t = np.full(len(batch), now_ns, np.int64) if self.processing else batch.t
+        state.last_seen[codes] = now_ns
+        if state.last_expiry == 0:
+            state.last_expiry = now_ns
+        kind = self.spec.kind
+        late_rb = None
+        if kind == "count":
+            k = self._count_index(state, codes)
+            self._append(state, codes, t, k, vals)
+        else:
+            excl, new_max = group_exclusive_cummax(codes, t, state.max_t)
+            wm_row = np.maximum(_sat_sub(excl, self.lateness), state.floor[codes])
+            state.max_t = new_max
+            if kind == "session":
+                late = t < wm_row
+                k = np.zeros(len(t), np.int64)
+            else:
+                kmax = _floor_div(t - self.spec.offset, self.spec.slide)
+                kmin = _floor_div(t - self.spec.offset - self.spec.size, self.spec.slide) + 1
+                k_open = self._first_open_k(wm_row)
+                k = np.maximum(kmin, k_open)
+                late = k > kmax
+            if late.any():
+                late_rb = self._late_records(state, codes[late], t[late], vals[:, late], wm_row[late])
+                keep = ~late
+                codes, t, k, vals = codes[keep], t[keep], k[keep], vals[:, keep]
+            self._append(state, codes, t, k, vals)
+        windows = self._close(state, self._watermarks(state, now_ns))
+        return StepOutput(windows, late_rb)
+
+    def on_time(self, state: WindowState, now_ns: int) -> StepOutput:
+        """Wall clock moved: close processing-time windows and idle keys; expire old keys."""
+        parts: list[RecordBatch | None] = []
+        if self.processing:
+            parts.append(self._close(state, self._watermarks(state, now_ns)))
+        if self.idle is not None and state.buffered():
+            idle_keys = state.last_seen + self.idle <= now_ns
+            if idle_keys.any():
+                parts.append(self._flush_keys(state, idle_keys))
+        if self.key_ttl is not None and now_ns - state.last_expiry >= min(self.key_ttl, 60 * 10**9):
+            state.last_expiry = now_ns
+            self._expire(state, now_ns)
+        return StepOutput(_concat_records([p for p in parts if p is not None]))
+
+    def flush(self, state: WindowState) -> StepOutput:
+        """End of input: close every open window."""
+        return StepOutput(self._flush_keys(state, np.ones(len(state.names), bool)))
+
+    def next_wakeup(self, state: WindowState) -> int | None:
+        """Wall-clock ns at which :meth:`on_time` has work, or None."""
+        times: list[int] = []
+        if state.buffered():
+            if self.idle is not None:
+                times.append(int(state.last_seen[state.buf_code].min()) + self.idle)
+            if self.processing:
+                times.append(int(self._window_end(state.buf_k.min(), state.buf_t.min())))
+        if self.key_ttl is not None and state.names:
+            times.append(state.last_expiry + min(self.key_ttl, 60 * 10**9))
+        return min(times) if times else None
+
+    # -- internals ---------------------------------------------------------------------------
+    def _window_end(self, k: Any, t: Any) -> Any:
+        if self.spec.kind in ("tumbling", "hopping"):
+            return k * self.spec.slide + self.spec.offset + self.spec.size
+        return t
+
+    def _first_open_k(self, wm: I64) -> I64:
+        """Smallest window index whose end is after the watermark."""
+        s = self.spec
+        base = np.where(wm == I64_MIN, I64_MIN // 2, wm)
+        return _floor_div(base - s.offset - s.size, s.slide) + 1
+
+    def _watermarks(self, state: WindowState, now_ns: int) -> I64:
+        if self.processing:
+            return np.full(len(state.names), now_ns, np.int64)
+        return np.maximum(_sat_sub(state.max_t, self.lateness), state.floor)
+
+    def _count_index(self, state: WindowState, codes: I32) -> I64:
+        order = np.argsort(codes, kind="stable")
+        c = codes[order]
+        starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+        rank = np.arange(len(c)) - np.repeat(starts, np.diff(np.r_[starts, len(c)]))
+        pos = np.empty(len(c), np.int64)
+        pos[order] = state.seen[c] + rank
+        np.add.at(state.seen, c[starts], np.diff(np.r_[starts, len(c)]))
+        return pos // self.spec.n  # type: ignore[no-any-return]
+
+    def _append(self, state: WindowState, codes: I32, t: I64, k: I64, vals: F64) -> None:
+        if not len(t):
+            return
+        if state.buffered():
+            state.buf_code = np.concatenate([state.buf_code, codes])
+            state.buf_t = np.concatenate([state.buf_t, t])
+            state.buf_k = np.concatenate([state.buf_k, k])
+            state.buf_vals = np.concatenate([state.buf_vals, vals], axis=1)
+        else:
+            state.buf_code, state.buf_t, state.buf_k = codes.copy(), t.copy(), k.copy()
+            state.buf_vals = vals.copy()
+
+    def _take(self, state: WindowState, keep: npt.NDArray[np.bool_]) -> None:
+        state.buf_code = state.buf_code[keep]
+        state.buf_t = state.buf_t[keep]
+        state.buf_k = state.buf_k[keep]
+        state.buf_vals = state.buf_vals[:, keep]
+
+    def _close(self, state: WindowState, wm: I64, *, flush: bool = False) -> RecordBatch | None:
+        """Emit every window whose end the per-key watermark ``wm`` has reached."""
+        if not state.buffered():
+            return None
+        kind = self.spec.kind
+        if kind == "count":
+            return self._close_count(state, flush)
+        if kind == "session":
+            return self._close_session(state, wm)
+        s = self.spec
+        row_wm = wm[state.buf_code]
+        kc = self._first_open_k(row_wm) - 1  # last closed window index
+        kmax = _floor_div(state.buf_t - s.offset, s.slide)
+        upto = np.minimum(kmax, kc)
+        n_emit = np.maximum(upto - state.buf_k + 1, 0)
+        total = int(n_emit.sum())
+        if total == 0:
+            return None
+        rows = np.repeat(np.arange(len(n_emit)), n_emit)
+        first = np.repeat(np.cumsum(n_emit) - n_emit, n_emit)
+        kk = state.buf_k[rows] + (np.arange(total) - first)
+        codes = state.buf_code[rows]
+        t = state.buf_t[rows]
+        vals = state.buf_vals[:, rows]
+        done = kmax <= kc
+        if done.any():
+            state.buf_k = np.where(done, state.buf_k, np.maximum(state.buf_k, kc + 1))
+            self._take(state, ~done)
+        else:
+            state.buf_k = np.maximum(state.buf_k, kc + 1)
+        starts = kk * s.slide + s.offset
+        return self._records(state, codes, kk, t, vals, starts, starts + s.size)
+
+    def _close_session(self, state: WindowState, wm: I64) -> RecordBatch | None:
+        order = np.lexsort((state.buf_t, state.buf_code))
+        c = state.buf_code[order]
+        t = state.buf_t[order]
+        brk = np.r_[True, (c[1:] != c[:-1]) | (t[1:] - t[:-1] >= self.spec.gap)]
+        sid = np.cumsum(brk) - 1
+        starts = np.flatnonzero(brk)
+        ends = np.r_[starts[1:], len(t)] - 1
+        last_t = t[ends]
+        key_wm = wm[c[ends]]
+        closable = (key_wm != I64_MIN) & (last_t <= np.where(key_wm == I64_MIN, 0, key_wm) - self.spec.gap)
+        if not closable.any():
+            return None
+        row_close = closable[sid]
+        sel = order[row_close]
+        out_c, out_t = c[row_close], t[row_close]
+        out_sid = sid[row_close]
+        out_vals = state.buf_vals[:, sel]
+        keep = np.ones(state.buffered(), bool)
+        keep[sel] = False
+        self._take(state, keep)
+        first_t = t[starts][out_sid]
+        last = last_t[out_sid]
+        return self._records(state, out_c, out_sid, out_t, out_vals, first_t, last, presorted=True)
+
+    def _close_count(self, state: WindowState, flush: bool) -> RecordBatch | None:
+        n = self.spec.n
+        if flush:
+            closable = np.ones(state.buffered(), bool)
+        else:
+            complete = state.seen[state.buf_code] // n
+            closable = state.buf_k < complete
+        if not closable.any():
+            return None
+        c, k, t = state.buf_code[closable], state.buf_k[closable], state.buf_t[closable]
+        vals = state.buf_vals[:, closable]
+        self._take(state, ~closable)
+        return self._records(state, c, k, t, vals, None, None, seq=True)
+
+    def _records(
+        self,
+        state: WindowState,
+        codes: I32,
+        k: I64,
+        t: I64,
+        vals: F64,
+        start: I64 | None,
+        end: I64 | None,
+        *,
+        presorted: bool = False,
+        seq: bool = False,
+    ) -> RecordBatch:
+        """Group rows by (key, window) and aggregate."""
+        if presorted:
+            order = np.arange(len(t))
+            gk = k
+        else:
+            order = np.lexsort((t, k, codes))
+            gk = None
+        c_s, k_s, t_s = codes[order], (k[order] if gk is None else gk), t[order]
+        brk = np.r_[True, (c_s[1:] != c_s[:-1]) | (k_s[1:] != k_s[:-1])]
+        gid = np.cumsum(brk) - 1
+        heads = np.flatnonzero(brk)
+        n_groups = len(heads)
+        cols: dict[str, Any] = {}
+        names = state.names
+        cols["key"] = [names[i] for i in c_s[heads].tolist()]
+        if start is None or end is None:  # count windows: span of the readings
+            cols["window_start"] = np.minimum.reduceat(t_s, heads)
+            cols["window_end"] = np.maximum.reduceat(t_s, heads)
+        else:
+            cols["window_start"] = start[order][heads]
+            cols["window_end"] = end[order][heads]
+        if seq:
+            cols["window_seq"] = k_s[heads]
+        cols.update(aggmod.compute(self.aggs, self.fields, gid, vals[:, order], n_groups))
+        ids = ("key", "window_seq") if seq else ("key", "window_start")
+        return RecordBatch("window", self.step, cols, n_groups, ids)
+
+    def _late_records(self, state: WindowState, codes: I32, t: I64, vals: F64, wm: I64) -> RecordBatch:
+        cols: dict[str, Any] = {"key": [state.names[i] for i in codes.tolist()], "t": t}
+        for j, f in enumerate(self.fields):
+            cols[f] = vals[j]
+        cols["watermark"] = wm
+        cols["reason"] = ["window closed"] * len(t)
+        return RecordBatch("late", self.step, cols, len(t), ("key", "t"))
+
+    def _flush_keys(self, state: WindowState, which: npt.NDArray[np.bool_]) -> RecordBatch | None:
+        """Close every open window of the keys in ``which`` (a mask over key codes)."""
+        if not state.buffered():
+            return None
+        rows = which[state.buf_code]
+        if not rows.any():
+            return None
+        kind = self.spec.kind
+        if kind == "count":
+            out = self._split_close(state, rows, lambda: self._close_count(state, True))
+            # the next reading of these keys starts a new count window
+            n = self.spec.n
+            state.seen = np.where(which, -(-state.seen // n) * n, state.seen)
+            return out
+        wm = np.where(which, I64_MAX // 2, I64_MIN)
+        if kind == "session":
+            max_t = np.full(len(state.names), I64_MIN, np.int64)
+            np.maximum.at(max_t, state.buf_code[rows], state.buf_t[rows])
+            out = self._close_session(state, wm)
+            new_floor = np.where(max_t == I64_MIN, I64_MIN, max_t + self.spec.gap)
+        else:
+            s = self.spec
+            kmax = np.full(len(state.names), I64_MIN, np.int64)
+            np.maximum.at(kmax, state.buf_code[rows], _floor_div(state.buf_t[rows] - s.offset, s.slide))
+            out = self._close(state, wm)
+            new_floor = np.where(kmax == I64_MIN, I64_MIN, kmax * s.slide + s.offset + s.size)
+        state.floor = np.maximum(state.floor, np.where(which, new_floor, I64_MIN))
+        return out
+
+    def _split_close(self, state: WindowState, rows: npt.NDArray[np.bool_], fn: Any) -> RecordBatch | None:
+        """Run ``fn`` on only the buffered ``rows``, keeping the others buffered."""
+        rest = (state.buf_code[~rows], state.buf_t[~rows], state.buf_k[~rows], state.buf_vals[:, ~rows])
+        self._take(state, rows)
+        out: RecordBatch | None = fn()
+        state.buf_code, state.buf_t, state.buf_k, state.buf_vals = rest
+        return out
+
+    def _expire(self, state: WindowState, now_ns: int) -> None:
+        assert self.key_ttl is not None
+        active = np.zeros(len(state.names), bool)
+        active[state.buf_code] = True
+        active |= state.last_seen + self.key_ttl > now_ns
+        if active.all():
+            return
+        remap = np.cumsum(active) - 1
+        state.names = [n for n, a in zip(state.names, active.tolist(), strict=True) if a]
+        state.codes = {n: i for i, n in enumerate(state.names)}
+        for attr in ("max_t", "floor", "last_seen", "seen"):
+            setattr(state, attr, getattr(state, attr)[active])
+        state.buf_code = remap[state.buf_code].astype(np.int32)
+
+
+def _concat_records(parts: list[RecordBatch]) -> RecordBatch | None:
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    cols: dict[str, Any] = {}
+    for name in parts[0].columns:
+        vs = [p.columns[name] for p in parts]
+        cols[name] = np.concatenate(vs) if isinstance(vs[0], np.ndarray) else [x for v in vs for x in v]
+    return RecordBatch(parts[0].kind, parts[0].step, cols, sum(p.n for p in parts), parts[0].id_columns)
