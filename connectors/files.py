@@ -26,7 +26,15 @@ import numpy as np
 import orjson
 
 from edgeflow.batch import Batch, RecordBatch
-from edgeflow.connectors.base import Item, SinkContext, SinkPartition, SinkSpec, SourceContext, SourcePartition, SourceSpec
+from edgeflow.connectors.base import (
+    Item,
+    SinkContext,
+    SinkPartition,
+    SinkSpec,
+    SourceContext,
+    SourcePartition,
+    SourceSpec,
+)
 from edgeflow.connectors.records import TIME_FORMATS, json_lines
 from edgeflow.timeutil import now_ns, parse_iso_ns
 
@@ -45,7 +53,9 @@ def number_to_ns(v: float | int, unit: str) -> int:
     """Epoch number -> ns. ``auto`` picks the unit by magnitude (s, ms, us or ns since 1970)."""
     if unit == "auto":
         a = abs(v)
-        scale = 1 if a >= 1e17 else 1_000 if a >= 1e14 else 1_000_000 if a >= 1e11 else 1_000_000_000
+        scale = (
+            1 if a >= 1e17 else 1_000 if a >= 1e14 else 1_000_000 if a >= 1e11 else 1_000_000_000
+        )
     else:
         scale = TIME_UNITS[unit]
     if isinstance(v, int):
@@ -76,7 +86,14 @@ def parse_time(v: Any, unit: str) -> int:
 class FileSource(SourceSpec):
     kind = "files"
 
-    def __init__(self, paths: str | Sequence[str], *, format: str = "auto", time_unit: str = "auto", batch_lines: int = 10_000) -> None:  # noqa: A002
+    def __init__(
+        self,
+        paths: str | Sequence[str],
+        *,
+        format: str = "auto",
+        time_unit: str = "auto",
+        batch_lines: int = 10_000,
+    ) -> None:
         self.patterns = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
         self.format = format
         self.time_unit = time_unit
@@ -98,7 +115,9 @@ class FileSource(SourceSpec):
             out.append(f"time_unit={self.time_unit!r}: use one of {', '.join(TIME_UNITS)}")
         files = self.files()
         if not files:
-            out.append(f"no file matches {self.patterns!r}; check the path (relative paths start where edgeflow runs)")
+            out.append(
+                f"no file matches {self.patterns!r}; check the path (relative paths start where edgeflow runs)"
+            )
         for f in files:
             if not os.path.isfile(f):
                 out.append(f"input file {f!r} does not exist or is not a file")
@@ -112,7 +131,12 @@ class FileSource(SourceSpec):
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "paths": [os.fspath(p) for p in self.patterns], "format": self.format, "time_unit": self.time_unit}
+        return {
+            "kind": self.kind,
+            "paths": [os.fspath(p) for p in self.patterns],
+            "format": self.format,
+            "time_unit": self.time_unit,
+        }
 
     def partitions(self) -> list[str]:
         return self.files()
@@ -140,7 +164,9 @@ def _peek_columns(path: str, fmt: str) -> list[str] | None:
 
 
 class _FilePartition(SourcePartition):
-    def __init__(self, spec: FileSource, path: str, offset: int, line_no: int, ctx: SourceContext) -> None:
+    def __init__(
+        self, spec: FileSource, path: str, offset: int, line_no: int, ctx: SourceContext
+    ) -> None:
         self.spec = spec
         self.path = path
         self.fmt = _format_of(path, spec.format)
@@ -194,9 +220,21 @@ class _FilePartition(SourcePartition):
         if keys:
             values = np.asarray(rows, dtype=np.float64).reshape(len(rows), nf).T.copy()
             names, codes = np.unique(np.asarray(keys, dtype=str), return_inverse=True)
-            out.append(Batch(tuple(self.fields), tuple(names.tolist()), codes.astype(np.int32).reshape(-1), np.asarray(times, np.int64), values))
+            out.append(
+                Batch(
+                    tuple(self.fields),
+                    tuple(names.tolist()),
+                    codes.astype(np.int32).reshape(-1),
+                    np.asarray(times, np.int64),
+                    values,
+                )
+            )
         if bad:
-            out.append(dead_letters(self.ctx.step, [(f"{self.path}:{no}", raw, err) for no, raw, err in bad]))
+            out.append(
+                dead_letters(
+                    self.ctx.step, [(f"{self.path}:{no}", raw, err) for no, raw, err in bad]
+                )
+            )
         return out
 
     def _value(self, name: str, v: Any) -> float:
@@ -242,7 +280,9 @@ class _FilePartition(SourcePartition):
         assert self.header is not None
         row = next(csv.reader(io.StringIO(raw.decode("utf-8"))))
         if len(row) != len(self.header):
-            raise ValueError(f"expected {len(self.header)} columns ({','.join(self.header)}), got {len(row)}")
+            raise ValueError(
+                f"expected {len(self.header)} columns ({','.join(self.header)}), got {len(row)}"
+            )
         rec = dict(zip(self.header, row, strict=True))
         if self.ctx.key not in rec:
             raise KeyError(f"no column {self.ctx.key!r} for the key")
@@ -277,7 +317,13 @@ def dead_letters(step: str, items: list[tuple[str, bytes, str]]) -> RecordBatch:
     return RecordBatch("dead_letter", step, cols, len(items), ("source",))
 
 
-def source(paths: str | Sequence[str], *, format: str = "auto", time_unit: str = "auto", batch_lines: int = 10_000) -> FileSource:  # noqa: A002
+def source(
+    paths: str | Sequence[str],
+    *,
+    format: str = "auto",
+    time_unit: str = "auto",
+    batch_lines: int = 10_000,
+) -> FileSource:
     """Readings from CSV (header row) or JSON-lines files; a glob reads many files.
 
     ``time_unit`` says how numeric times are read: ``s``, ``ms``, ``us``, ``ns`` or ``auto``

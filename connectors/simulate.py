@@ -71,7 +71,9 @@ class SimulatedSensors(SourceSpec):
         if not isinstance(self.rate_hz, int | float) or not 0 < self.rate_hz <= 1e6:
             out.append(f"rate_hz={self.rate_hz!r}: give a rate in (0, 1e6] samples per second")
         if self.speed is not None and (not isinstance(self.speed, int | float) or self.speed <= 0):
-            out.append(f"speed={self.speed!r}: give a positive factor (1.0 = real time) or None for as fast as possible")
+            out.append(
+                f"speed={self.speed!r}: give a positive factor (1.0 = real time) or None for as fast as possible"
+            )
         if not isinstance(self.n_parts, int) or self.n_parts < 1:
             out.append(f"partitions={self.n_parts!r}: give a whole number >= 1")
         for name in ("duration", "jitter"):
@@ -115,7 +117,9 @@ class SimulatedSensors(SourceSpec):
 
 
 class _SimPartition(SourcePartition):
-    def __init__(self, spec: SimulatedSensors, part: int, tick: int, start_ns: int, ctx: SourceContext) -> None:
+    def __init__(
+        self, spec: SimulatedSensors, part: int, tick: int, start_ns: int, ctx: SourceContext
+    ) -> None:
         self.spec = spec
         self.part = part
         self.tick = tick
@@ -123,7 +127,9 @@ class _SimPartition(SourcePartition):
         self.period_ns = round(1e9 / spec.rate_hz)
         self.dev_ids = np.arange(part, spec.devices, spec.n_parts)
         self.names = tuple(f"{spec.prefix}{i}" for i in self.dev_ids.tolist())
-        self.end_tick = None if spec.duration is None else parse_duration(spec.duration) // self.period_ns
+        self.end_tick = (
+            None if spec.duration is None else parse_duration(spec.duration) // self.period_ns
+        )
         self.jitter_ns = parse_duration(spec.jitter)
         self.batch_ticks = max(1, ctx.batch_max // max(1, len(self.dev_ids)))
         self.fields = tuple(f for f in FIELDS if ctx.fields is None or f in ctx.fields) or FIELDS
@@ -135,7 +141,11 @@ class _SimPartition(SourcePartition):
         phase = np.empty(len(self.dev_ids))
         for j, d in enumerate(self.dev_ids.tolist()):
             r = np.random.default_rng([spec.seed, 1, d])
-            amp[j], freq[j], phase[j] = r.uniform(0.5, 2.0), r.uniform(0.05, 2.0), r.uniform(0, 2 * np.pi)
+            amp[j], freq[j], phase[j] = (
+                r.uniform(0.5, 2.0),
+                r.uniform(0.05, 2.0),
+                r.uniform(0, 2 * np.pi),
+            )
         self.amp, self.freq, self.phase = amp, freq, phase
         self._block_idx = -1
         self._block: dict[str, F64] = {}
@@ -150,7 +160,11 @@ class _SimPartition(SourcePartition):
             spike_size = r.uniform(5, 10, shape) * np.where(r.random(shape) < 0.5, -1, 1)
             shifted = r.random(len(self.dev_ids)) < s.shift_prob
             tnoise = r.standard_normal(shape)
-            jitter = r.integers(0, self.jitter_ns, shape) if self.jitter_ns else np.zeros(shape, np.int64)
+            jitter = (
+                r.integers(0, self.jitter_ns, shape)
+                if self.jitter_ns
+                else np.zeros(shape, np.int64)
+            )
             self._block = {
                 "noise": noise, "spike": np.where(spikes, spike_size, 0.0),
                 "shift": np.where(shifted, 3.0, 0.0), "tnoise": tnoise, "jitter": jitter.astype(np.float64),
@@ -161,7 +175,9 @@ class _SimPartition(SourcePartition):
     def generate(self, a: int, b: int) -> Batch:
         """Readings for ticks [a, b) of this partition."""
         ticks = np.arange(a, b)
-        blocks: dict[str, list[F64]] = {k: [] for k in ("noise", "spike", "shift", "tnoise", "jitter")}
+        blocks: dict[str, list[F64]] = {
+            k: [] for k in ("noise", "spike", "shift", "tnoise", "jitter")
+        }
         lo = a
         while lo < b:
             blk = lo // BLOCK_TICKS
@@ -171,7 +187,9 @@ class _SimPartition(SourcePartition):
             for k in blocks:
                 v = data[k]
                 # "shift" is per device for the whole block; the others are per tick
-                blocks[k].append(v[sl] if v.ndim == 2 else np.broadcast_to(v, (hi - lo, v.shape[0])))
+                blocks[k].append(
+                    v[sl] if v.ndim == 2 else np.broadcast_to(v, (hi - lo, v.shape[0]))
+                )
             lo = hi
         cat = {k: np.concatenate(v) for k, v in blocks.items()}
         secs = (self.start_ns + ticks * self.period_ns) / 1e9

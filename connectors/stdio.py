@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from edgeflow.batch import RecordBatch
 from edgeflow.connectors.base import SinkContext, SinkPartition, SinkSpec
 from edgeflow.connectors.records import TIME_FORMATS, json_lines
-from edgeflow.batch import RecordBatch
 
 
 class _StdoutPartition(SinkPartition):

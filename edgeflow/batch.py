@@ -35,7 +35,9 @@ class Batch:
     def __post_init__(self) -> None:
         n = self.t.shape[0] if self.t.ndim == 1 else -1
         if self.t.dtype != np.int64 or self.t.ndim != 1:
-            raise BatchError(f"Batch.t must be a 1-D int64 array of ns, got {self.t.dtype} {self.t.shape}")
+            raise BatchError(
+                f"Batch.t must be a 1-D int64 array of ns, got {self.t.dtype} {self.t.shape}"
+            )
         if self.key_idx.dtype != np.int32 or self.key_idx.shape != (n,):
             raise BatchError(
                 f"Batch.key_idx must be int32 of length {n}, got {self.key_idx.dtype} {self.key_idx.shape}"
@@ -68,7 +70,9 @@ class Batch:
         columns: Mapping[str, Sequence[float] | F64],
     ) -> Batch:
         """Build a batch from a key per reading, times in ns and one sequence per field."""
-        names, codes = np.unique(np.asarray(list(keys), dtype=object).astype(str), return_inverse=True)
+        names, codes = np.unique(
+            np.asarray(list(keys), dtype=object).astype(str), return_inverse=True
+        )
         fields = tuple(columns)
         n = len(codes)
         values = np.empty((len(fields), n), np.float64)
@@ -86,7 +90,8 @@ class Batch:
         )
 
     def column(self, name: str) -> F64:
-        return self.values[self.fields.index(name)]
+        col: F64 = self.values[self.fields.index(name)]
+        return col
 
     def select(self, rows: npt.NDArray[Any]) -> Batch:
         """The readings at ``rows`` (an index or boolean mask); key names are kept as they are."""
@@ -113,7 +118,10 @@ class RecordBatch:
     id_columns: tuple[str, ...] = field(default=())
 
     def rows(self) -> list[dict[str, Any]]:
-        cols = {k: (v.tolist() if isinstance(v, np.ndarray) else list(v)) for k, v in self.columns.items()}
+        cols = {
+            k: (v.tolist() if isinstance(v, np.ndarray) else list(v))
+            for k, v in self.columns.items()
+        }
         names = list(cols)
         data = [cols[k] for k in names]
         out: list[dict[str, Any]] = []

@@ -14,7 +14,9 @@ class FlowValidationError(EdgeflowError):
         self.flow_name = flow_name
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"flow {flow_name!r} is not valid ({len(self.problems)} problem(s)):\n{lines}")
+        super().__init__(
+            f"flow {flow_name!r} is not valid ({len(self.problems)} problem(s)):\n{lines}"
+        )
 
 
 class DurationError(EdgeflowError, ValueError):

@@ -1,6 +1,6 @@
 """Quickstart: 50 simulated vibration sensors, 1-second summaries printed as JSON lines.
 
-    edgeflow deploy flows/quickstart.py --for 20s
+edgeflow deploy flows/quickstart.py --for 20s
 """
 
 from edgeflow import Flow, agg, window

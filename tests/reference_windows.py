@@ -56,7 +56,14 @@ def aggregate(func: str, q: float | None, items: list[tuple[int, int, float]]) -
     raise ValueError(func)
 
 
-def _record(key: str, start: int, end: int, members: list[tuple[int, int, dict[str, float]]], aggs: list[Any], extra: dict[str, Any]) -> dict[str, Any]:
+def _record(
+    key: str,
+    start: int,
+    end: int,
+    members: list[tuple[int, int, dict[str, float]]],
+    aggs: list[Any],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
     rec: dict[str, Any] = {"key": key, "window_start": start, "window_end": end, **extra}
     for a in aggs:
         if a.func == "count" and a.field is None:
@@ -67,7 +74,9 @@ def _record(key: str, start: int, end: int, members: list[tuple[int, int, dict[s
     return rec
 
 
-def reference(kind: str, p: dict[str, int], aggs: list[Any], readings: list[Reading], lateness: int) -> tuple[list[dict[str, Any]], list[tuple[str, int]]]:
+def reference(
+    kind: str, p: dict[str, int], aggs: list[Any], readings: list[Reading], lateness: int
+) -> tuple[list[dict[str, Any]], list[tuple[str, int]]]:
     """Return (window records, late readings as (key, t)), flushing everything at the end."""
     out: list[dict[str, Any]] = []
     late: list[tuple[str, int]] = []
@@ -111,7 +120,16 @@ def reference(kind: str, p: dict[str, int], aggs: list[Any], readings: list[Read
                 ms = cnt.pop(key)
                 s = seq.get(key, 0)
                 seq[key] = s + 1
-                out.append(_record(key, min(x[0] for x in ms), max(x[0] for x in ms), ms, aggs, {"window_seq": s}))
+                out.append(
+                    _record(
+                        key,
+                        min(x[0] for x in ms),
+                        max(x[0] for x in ms),
+                        ms,
+                        aggs,
+                        {"window_seq": s},
+                    )
+                )
             continue
         wm = wm_of(key)
         if kind == "session":
@@ -139,7 +157,11 @@ def reference(kind: str, p: dict[str, int], aggs: list[Any], readings: list[Read
     if kind == "count":
         for key, ms in cnt.items():
             s = seq.get(key, 0)
-            out.append(_record(key, min(x[0] for x in ms), max(x[0] for x in ms), ms, aggs, {"window_seq": s}))
+            out.append(
+                _record(
+                    key, min(x[0] for x in ms), max(x[0] for x in ms), ms, aggs, {"window_seq": s}
+                )
+            )
     elif kind == "session":
         for key in list(sess):
             close_sessions(key, math.inf, force=True)

@@ -24,7 +24,10 @@ ALL_AGGS = [
 
 SPECS = {
     "tumbling": (win.tumbling("1s"), {"size": S, "slide": S, "offset": 0}),
-    "tumbling_offset": (win.tumbling("2s", offset="500ms"), {"size": 2 * S, "slide": 2 * S, "offset": S // 2}),
+    "tumbling_offset": (
+        win.tumbling("2s", offset="500ms"),
+        {"size": 2 * S, "slide": 2 * S, "offset": S // 2},
+    ),
     "hopping": (win.hopping("2s", "500ms"), {"size": 2 * S, "slide": S // 2, "offset": 0}),
     "session": (win.session("700ms"), {"gap": 7 * S // 10}),
     "count": (win.count(3), {"n": 3}),
@@ -37,7 +40,9 @@ def streams(draw: Any) -> tuple[list[tuple[str, int, dict[str, float]]], list[in
     keys = draw(st.lists(st.sampled_from(["a", "b", "c", "dev-7", "ü"]), min_size=n, max_size=n))
     base = 0
     rows = []
-    value = st.one_of(st.floats(-1e3, 1e3, allow_nan=False), st.just(float("nan")), st.integers(-5, 5).map(float))
+    value = st.one_of(
+        st.floats(-1e3, 1e3, allow_nan=False), st.just(float("nan")), st.integers(-5, 5).map(float)
+    )
     for i in range(n):
         base += draw(st.integers(0, S // 3))
         jitter = draw(st.integers(-3 * S, S // 2))  # out of order, within and beyond lateness
@@ -47,8 +52,15 @@ def streams(draw: Any) -> tuple[list[tuple[str, int, dict[str, float]]], list[in
     return rows, cuts
 
 
-def run_kernel(spec: win.WindowSpec, rows: list[tuple[str, int, dict[str, float]]], cuts: list[int], lateness: int) -> tuple[list[dict[str, Any]], list[tuple[str, int]]]:
-    k = win.WindowKernel("w", spec.resolve(), ALL_AGGS, ["x", "y"], lateness_ns=lateness, idle_ns=None)
+def run_kernel(
+    spec: win.WindowSpec,
+    rows: list[tuple[str, int, dict[str, float]]],
+    cuts: list[int],
+    lateness: int,
+) -> tuple[list[dict[str, Any]], list[tuple[str, int]]]:
+    k = win.WindowKernel(
+        "w", spec.resolve(), ALL_AGGS, ["x", "y"], lateness_ns=lateness, idle_ns=None
+    )
     state = k.init()
     out: list[dict[str, Any]] = []
     late: list[tuple[str, int]] = []
@@ -116,7 +128,11 @@ def test_batch_cutting_does_not_change_results() -> None:
     rng = np.random.default_rng(3)
     n = 5000
     rows = [
-        (f"k{rng.integers(0, 40)}", int(i * S // 50 + rng.integers(-S, S)), {"x": float(rng.normal()), "y": float(rng.normal())})
+        (
+            f"k{rng.integers(0, 40)}",
+            int(i * S // 50 + rng.integers(-S, S)),
+            {"x": float(rng.normal()), "y": float(rng.normal())},
+        )
         for i in range(n)
     ]
     whole, late_whole = run_kernel(win.tumbling("1s"), rows, [], S)
@@ -127,21 +143,31 @@ def test_batch_cutting_does_not_change_results() -> None:
 
 
 def test_idle_key_closes_its_windows_and_later_readings_are_late() -> None:
-    k = win.WindowKernel("w", win.tumbling("10s").resolve(), [agg.count()], ["x"], lateness_ns=0, idle_ns=5 * S)
+    k = win.WindowKernel(
+        "w", win.tumbling("10s").resolve(), [agg.count()], ["x"], lateness_ns=0, idle_ns=5 * S
+    )
     st_ = k.init()
-    k.step_batch(st_, Batch.from_columns(["quiet", "busy"], [1 * S, 1 * S], {"x": [1.0, 2.0]}), now_ns=100 * S)
+    k.step_batch(
+        st_,
+        Batch.from_columns(["quiet", "busy"], [1 * S, 1 * S], {"x": [1.0, 2.0]}),
+        now_ns=100 * S,
+    )
     assert k.next_wakeup(st_) == 105 * S
     assert k.on_time(st_, 104 * S).windows is None
     k.step_batch(st_, Batch.from_columns(["busy"], [2 * S], {"x": [3.0]}), now_ns=104 * S)
     out = k.on_time(st_, 105 * S).windows
-    assert out is not None and out.rows() == [{"key": "quiet", "window_start": 0, "window_end": 10 * S, "count": 1}]
+    assert out is not None and out.rows() == [
+        {"key": "quiet", "window_start": 0, "window_end": 10 * S, "count": 1}
+    ]
     res = k.step_batch(st_, Batch.from_columns(["quiet"], [3 * S], {"x": [4.0]}), now_ns=106 * S)
     assert res.late is not None and res.late.rows()[0]["key"] == "quiet"
     assert st_.buffered() == 2  # busy's two readings are still open
 
 
 def test_idle_keys_expire_and_state_is_freed() -> None:
-    k = win.WindowKernel("w", win.tumbling("1s").resolve(), [agg.count()], ["x"], idle_ns=S, key_ttl_ns=10 * S)
+    k = win.WindowKernel(
+        "w", win.tumbling("1s").resolve(), [agg.count()], ["x"], idle_ns=S, key_ttl_ns=10 * S
+    )
     st_ = k.init()
     keys = [f"dev{i}" for i in range(1000)]
     k.step_batch(st_, Batch.from_columns(keys, [0] * 1000, {"x": [0.0] * 1000}), now_ns=0)
@@ -153,27 +179,46 @@ def test_idle_keys_expire_and_state_is_freed() -> None:
 
 
 def test_processing_time_windows_close_on_the_wall_clock() -> None:
-    k = win.WindowKernel("w", win.tumbling("1s", time="processing").resolve(), [agg.count(), agg.max("x")], ["x"])
+    k = win.WindowKernel(
+        "w", win.tumbling("1s", time="processing").resolve(), [agg.count(), agg.max("x")], ["x"]
+    )
     st_ = k.init()
     # event times are ignored: readings are stamped on arrival
-    k.step_batch(st_, Batch.from_columns(["a", "a"], [0, 999 * S], {"x": [1.0, 5.0]}), now_ns=10 * S + 5)
+    k.step_batch(
+        st_, Batch.from_columns(["a", "a"], [0, 999 * S], {"x": [1.0, 5.0]}), now_ns=10 * S + 5
+    )
     assert k.next_wakeup(st_) == 11 * S
     assert k.on_time(st_, 11 * S - 1).windows is None
     out = k.on_time(st_, 11 * S).windows
     assert out is not None
-    assert out.rows() == [{"key": "a", "window_start": 10 * S, "window_end": 11 * S, "count": 2, "max_x": 5.0}]
+    assert out.rows() == [
+        {"key": "a", "window_start": 10 * S, "window_end": 11 * S, "count": 2, "max_x": 5.0}
+    ]
 
 
 def test_snapshot_round_trip_resumes_identically() -> None:
     rng = np.random.default_rng(9)
-    rows = [(f"k{rng.integers(0, 5)}", int(i * S // 10 + rng.integers(-S, S)), {"x": float(i), "y": 1.0}) for i in range(400)]
+    rows = [
+        (
+            f"k{rng.integers(0, 5)}",
+            int(i * S // 10 + rng.integers(-S, S)),
+            {"x": float(i), "y": 1.0},
+        )
+        for i in range(400)
+    ]
     whole, _ = run_kernel(win.hopping("2s", "1s"), rows, [], S)
-    k = win.WindowKernel("w", win.hopping("2s", "1s").resolve(), ALL_AGGS, ["x", "y"], lateness_ns=S, idle_ns=None)
+    k = win.WindowKernel(
+        "w", win.hopping("2s", "1s").resolve(), ALL_AGGS, ["x", "y"], lateness_ns=S, idle_ns=None
+    )
     out: list[dict[str, Any]] = []
     state = k.init()
     for a in range(0, 400, 50):
         part = rows[a : a + 50]
-        b = Batch.from_columns([r[0] for r in part], [r[1] for r in part], {"x": [r[2]["x"] for r in part], "y": [1.0] * len(part)})
+        b = Batch.from_columns(
+            [r[0] for r in part],
+            [r[1] for r in part],
+            {"x": [r[2]["x"] for r in part], "y": [1.0] * len(part)},
+        )
         res = k.step_batch(state, b, 0)
         if res.windows:
             out.extend(res.windows.rows())

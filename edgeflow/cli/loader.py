@@ -44,7 +44,9 @@ def load_flow(ref: str) -> Flow:
         if is_path:
             path = Path(target)
             if not path.is_file():
-                raise FlowLoadError(f"flow file {target!r} does not exist; give a path to a .py file, 'file.py:name' or 'module:name'")
+                raise FlowLoadError(
+                    f"flow file {target!r} does not exist; give a path to a .py file, 'file.py:name' or 'module:name'"
+                )
             module = _import_path(path)
         else:
             if os.getcwd() not in sys.path:
@@ -54,7 +56,9 @@ def load_flow(ref: str) -> Flow:
         raise
     except ModuleNotFoundError as exc:
         if not is_path and exc.name == target.split(".")[0]:
-            raise FlowLoadError(f"no module named {target!r}; give a path to a .py file or an importable 'module:name'") from None
+            raise FlowLoadError(
+                f"no module named {target!r}; give a path to a .py file or an importable 'module:name'"
+            ) from None
         raise FlowLoadError(_user_error(ref, exc)) from None
     except Exception as exc:  # the user's file raised while building the flow
         raise FlowLoadError(_user_error(ref, exc)) from None
@@ -71,10 +75,19 @@ def load_flow(ref: str) -> Flow:
         return next(iter(flows.values()))
     if not flows:
         raise FlowLoadError(f"{target} defines no Flow; create one with flow = Flow('name')")
-    raise FlowLoadError(f"{target} defines several flows ({', '.join(sorted(flows))}); pick one with {target}:NAME")
+    raise FlowLoadError(
+        f"{target} defines several flows ({', '.join(sorted(flows))}); pick one with {target}:NAME"
+    )
 
 
 def _user_error(ref: str, exc: BaseException) -> str:
     tb = traceback.extract_tb(exc.__traceback__)
-    where = next((f"{f.filename}:{f.lineno}" for f in reversed(tb) if "edgeflow" not in Path(f.filename).parts[-2:-1]), "")
+    where = next(
+        (
+            f"{f.filename}:{f.lineno}"
+            for f in reversed(tb)
+            if "edgeflow" not in Path(f.filename).parts[-2:-1]
+        ),
+        "",
+    )
     return f"loading {ref} failed at {where}: {type(exc).__name__}: {exc}"

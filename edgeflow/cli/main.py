@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -25,8 +27,12 @@ def _plan_or_exit(flow: Flow) -> Plan:
         sys.exit(2)
 
 
-def _run(plan: Plan, *, run_for: int | None, workers: int, state_dir: Path | None, snapshot_every: int) -> None:
-    opts = RunOptions(workers=workers, state_dir=state_dir, run_for_ns=run_for, snapshot_every_ns=snapshot_every)
+def _run(
+    plan: Plan, *, run_for: int | None, workers: int, state_dir: Path | None, snapshot_every: int
+) -> None:
+    opts = RunOptions(
+        workers=workers, state_dir=state_dir, run_for_ns=run_for, snapshot_every_ns=snapshot_every
+    )
     try:
         summary = run(plan, opts)
     except RuntimeError as exc:
@@ -37,13 +43,34 @@ def _run(plan: Plan, *, run_for: int | None, workers: int, state_dir: Path | Non
 
 
 _common = [
-    click.option("--for", "run_for", type=DURATION, default=None, help="Stop after this long (e.g. 30s); default: until the input ends."),
-    click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True, help="Worker threads."),
-    click.option("--snapshot-every", type=DURATION, default="2s", show_default=True, help="How often state is snapshotted for resume."),
+    click.option(
+        "--for",
+        "run_for",
+        type=DURATION,
+        default=None,
+        help="Stop after this long (e.g. 30s); default: until the input ends.",
+    ),
+    click.option(
+        "--workers",
+        type=click.IntRange(1, 256),
+        default=1,
+        show_default=True,
+        help="Worker threads.",
+    ),
+    click.option(
+        "--snapshot-every",
+        type=DURATION,
+        default="2s",
+        show_default=True,
+        help="How often state is snapshotted for resume.",
+    ),
 ]
 
 
-def common_options(f):  # type: ignore[no-untyped-def]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def common_options(f: F) -> F:
     for opt in reversed(_common):
         f = opt(f)
     return f
@@ -62,17 +89,37 @@ def main() -> None:
 @main.command("run")
 @click.argument("flow", type=FLOW)
 @common_options
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Keep snapshots here and resume from them.")
-def run_cmd(flow: Flow, run_for: int | None, workers: int, snapshot_every: int, state_dir: Path | None) -> None:
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep snapshots here and resume from them.",
+)
+def run_cmd(
+    flow: Flow, run_for: int | None, workers: int, snapshot_every: int, state_dir: Path | None
+) -> None:
     """Run FLOW in the foreground."""
-    _run(_plan_or_exit(flow), run_for=run_for, workers=workers, state_dir=state_dir, snapshot_every=snapshot_every)
+    _run(
+        _plan_or_exit(flow),
+        run_for=run_for,
+        workers=workers,
+        state_dir=state_dir,
+        snapshot_every=snapshot_every,
+    )
 
 
 @main.command("deploy")
 @click.argument("flow", type=FLOW)
 @common_options
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=f"State directory (default {DEFAULT_ROOT}/<flow name>).")
-def deploy_cmd(flow: Flow, run_for: int | None, workers: int, snapshot_every: int, state_dir: Path | None) -> None:
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"State directory (default {DEFAULT_ROOT}/<flow name>).",
+)
+def deploy_cmd(
+    flow: Flow, run_for: int | None, workers: int, snapshot_every: int, state_dir: Path | None
+) -> None:
     """Validate FLOW, print its plan, then run it with a state directory (resumes after a crash)."""
     plan = _plan_or_exit(flow)
     state = state_dir or DEFAULT_ROOT / re.sub(r"[^A-Za-z0-9_-]", "_", plan.name)

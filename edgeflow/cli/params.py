@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -11,8 +11,14 @@ from edgeflow.errors import DurationError, FlowLoadError
 from edgeflow.flow.plan import Flow
 from edgeflow.timeutil import parse_duration
 
+if TYPE_CHECKING:
+    _IntParam = click.ParamType[int]
+    _FlowParam = click.ParamType[Flow]
+else:
+    _IntParam = _FlowParam = click.ParamType
 
-class DurationType(click.ParamType):
+
+class DurationType(_IntParam):
     """A duration such as ``500ms``, ``10s``, ``5m``, ``1h``; converted to int nanoseconds."""
 
     name = "duration"
@@ -26,7 +32,7 @@ class DurationType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-class FlowType(click.ParamType):
+class FlowType(_FlowParam):
     """``path/to/flow.py``, ``path.py:name`` or ``module:name``; loads the Flow."""
 
     name = "flow"

@@ -16,6 +16,7 @@ Recovery uses bytewax's SQLite partitions in ``<state_dir>/recovery``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -23,12 +24,23 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
-from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from edgeflow.batch import Batch, RecordBatch
-from edgeflow.connectors.base import SinkContext, SinkPartition, SinkSpec, SourceContext, SourcePartition
+from edgeflow.connectors.base import (
+    SinkContext,
+    SinkPartition,
+    SinkSpec,
+    SourceContext,
+    SourcePartition,
+)
 from edgeflow.engine.counters import COUNTERS
 from edgeflow.engine.runner import RunOptions
 from edgeflow.engine.shard import Sharder
@@ -92,13 +104,17 @@ class _Source(FixedPartitionedSource[Any, Any]):
     def __init__(self, plan: Plan, src: SourcePlan, control: _Control) -> None:
         self.src = src
         self.control = control
-        self.ctx = SourceContext(plan.name, src.name, src.key, src.time, src.fields, src.batch_max, src.batch_budget_ns)
+        self.ctx = SourceContext(
+            plan.name, src.name, src.key, src.time, src.fields, src.batch_max, src.batch_budget_ns
+        )
 
     def list_parts(self) -> list[str]:
         return self.src.spec.partitions()
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _SourcePart:
-        return _SourcePart(self.src.spec.open(for_part, resume_state, self.ctx), self.control, self.src.name)
+        return _SourcePart(
+            self.src.spec.open(for_part, resume_state, self.ctx), self.control, self.src.name
+        )
 
 
 class _WindowLogic(StatefulBatchLogic[Batch, tuple[str, RecordBatch], bytes]):
@@ -203,6 +219,13 @@ def _readings_as_records(step: str, b: Batch) -> RecordBatch:
     return RecordBatch("reading", step, cols, len(b), ("key", "t"))
 
 
+def _as_records(step: str) -> Callable[[Batch], RecordBatch]:
+    def convert(b: Batch) -> RecordBatch:
+        return _readings_as_records(step, b)
+
+    return convert
+
+
 def build_dataflow(plan: Plan, control: _Control) -> Dataflow:
     flow = Dataflow(plan.name)
     streams: dict[tuple[str, str], Stream[Any]] = {}
@@ -210,16 +233,20 @@ def build_dataflow(plan: Plan, control: _Control) -> Dataflow:
         raw = op.input(src.name, flow, _Source(plan, src, control))
         parts = op.branch(f"{src.name}__split_kinds", raw, lambda x: isinstance(x, Batch))
         sharder = Sharder(plan.shards)
-        streams[(src.name, "readings")] = op.flat_map(f"{src.name}__shard", parts.trues, sharder.split)
-        streams[(src.name, "dead_letters")] = op.key_on(f"{src.name}__dl_key", parts.falses, lambda _: "dead_letters")
+        streams[(src.name, "readings")] = op.flat_map(
+            f"{src.name}__shard", parts.trues, sharder.split
+        )
+        streams[(src.name, "dead_letters")] = op.key_on(
+            f"{src.name}__dl_key", parts.falses, lambda _: "dead_letters"
+        )
     for w in plan.windows:
         streams.update(_window(w, streams[w.input], control))
     for k in plan.sinks:
         ups = []
-        for i, ref in enumerate(k.inputs):
-            s = streams[ref]
-            if ref[1] == "readings":
-                s = op.map_value(f"{k.name}__as_records_{i}", s, lambda b, n=ref[0]: _readings_as_records(n, b))
+        for i, (up_step, up_port) in enumerate(k.inputs):
+            s = streams[(up_step, up_port)]
+            if up_port == "readings":
+                s = op.map_value(f"{k.name}__as_records_{i}", s, _as_records(up_step))
             ups.append(s)
         merged = ups[0] if len(ups) == 1 else op.merge(f"{k.name}__merge", *ups)
         ctx = SinkContext(plan.name, k.name, plan.version)
@@ -229,14 +256,24 @@ def build_dataflow(plan: Plan, control: _Control) -> Dataflow:
             op.output(k.name, merged, _StatelessSink(k.spec, ctx))
     for ref in plan.unrouted:  # counted in the kernels/sources; drained here
         step, port = ref.split(".", 1)
-        s = streams.get((step, port))
-        if s is not None:
-            op.inspect(f"{step}__{port}__unrouted", s, lambda *_: None)
+        unrouted = streams.get((step, port))
+        if unrouted is not None:
+            op.inspect(f"{step}__{port}__unrouted", unrouted, lambda *_: None)
     return flow
 
 
-def _window(w: WindowPlan, up: Stream[Any], control: _Control) -> dict[tuple[str, str], Stream[Any]]:
-    kernel = WindowKernel(w.name, w.window, w.aggs, w.fields, lateness_ns=w.lateness_ns, idle_ns=w.idle_ns, key_ttl_ns=w.key_ttl_ns)
+def _window(
+    w: WindowPlan, up: Stream[Any], control: _Control
+) -> dict[tuple[str, str], Stream[Any]]:
+    kernel = WindowKernel(
+        w.name,
+        w.window,
+        w.aggs,
+        w.fields,
+        lateness_ns=w.lateness_ns,
+        idle_ns=w.idle_ns,
+        key_ttl_ns=w.key_ttl_ns,
+    )
     out = op.stateful_batch(w.name, up, lambda resume: _WindowLogic(kernel, resume, control))
     parts = op.branch(f"{w.name}__split", out, lambda kv: kv[1][0] == "windows")
     return {
@@ -254,9 +291,9 @@ def execute(plan: Plan, opts: RunOptions) -> None:
         db = opts.state_dir / "recovery"
         if not db.exists():
             db.mkdir(parents=True)
-            init_db_dir(db, 1)
-        recovery = RecoveryConfig(str(db))
-    cli_main(
+            init_db_dir(db, 1)  # type: ignore[no-untyped-call]
+        recovery = RecoveryConfig(str(db))  # type: ignore[no-untyped-call]
+    cli_main(  # type: ignore[no-untyped-call]
         flow,
         workers_per_process=opts.workers,
         epoch_interval=timedelta(microseconds=opts.snapshot_every_ns // 1000),

@@ -113,7 +113,9 @@ class Flow:
         self.steps: list[Step] = []
         self._counts: dict[str, int] = {}
 
-    def _add(self, kind: str, name: str | None, inputs: list[tuple[str, str]], params: dict[str, Any]) -> Step:
+    def _add(
+        self, kind: str, name: str | None, inputs: list[tuple[str, str]], params: dict[str, Any]
+    ) -> Step:
         if name is None:
             n = self._counts.get(kind, 0) + 1
             self._counts[kind] = n
@@ -225,18 +227,35 @@ class Plan:
                 "outputs": [f"{w.name}.windows", f"{w.name}.late"],
             })  # fmt: skip
         for k in self.sinks:
-            steps.append({"name": k.name, "kind": "sink", "connector": k.spec.describe(), "inputs": [".".join(i) for i in k.inputs]})
-        return {"flow": self.name, "version": self.version, "shards": self.shards, "steps": steps, "unrouted": self.unrouted}
+            steps.append(
+                {
+                    "name": k.name,
+                    "kind": "sink",
+                    "connector": k.spec.describe(),
+                    "inputs": [".".join(i) for i in k.inputs],
+                }
+            )
+        return {
+            "flow": self.name,
+            "version": self.version,
+            "shards": self.shards,
+            "steps": steps,
+            "unrouted": self.unrouted,
+        }
 
     def describe(self) -> str:
         """A human-readable listing of steps, streams and sinks."""
         lines = [f"flow {self.name!r} (version {self.version}, {self.shards} shards)"]
         for s in self.sources:
             fields = ", ".join(s.fields) if s.fields is not None else "(from the data)"
-            lines.append(f"  source {s.name}: {s.spec.describe()['kind']} key={s.key} time={s.time} fields={fields} lateness={format_duration(s.lateness_ns)}")
+            lines.append(
+                f"  source {s.name}: {s.spec.describe()['kind']} key={s.key} time={s.time} fields={fields} lateness={format_duration(s.lateness_ns)}"
+            )
         for w in self.windows:
             aggs = ", ".join(a.output_name for a in w.aggs)
-            lines.append(f"  window {w.name}: {w.spec.kind} {w.spec.to_dict()} <- {'.'.join(w.input)} -> [{aggs}]")
+            lines.append(
+                f"  window {w.name}: {w.spec.kind} {w.spec.to_dict()} <- {'.'.join(w.input)} -> [{aggs}]"
+            )
         for k in self.sinks:
             ins = ", ".join(".".join(i) for i in k.inputs)
             lines.append(f"  sink   {k.name}: {k.spec.describe()['kind']} <- {ins}")
@@ -254,7 +273,9 @@ def _validate(flow: Flow) -> Plan:
     seen: dict[str, Step] = {}
     for s in flow.steps:
         if s.name in seen:
-            problems.append(f"step {s.name!r}: the name is used by two steps; give each step a unique name=")
+            problems.append(
+                f"step {s.name!r}: the name is used by two steps; give each step a unique name="
+            )
         elif not _NAME.match(s.name):
             problems.append(f"step {s.name!r}: names may use letters, digits, '_' and '-'")
         seen[s.name] = s
@@ -280,11 +301,15 @@ def _validate(flow: Flow) -> Plan:
         elif s.kind == "sink":
             spec = p["spec"]
             if not isinstance(spec, SinkSpec):
-                problems.append(f"{where}: {spec!r} is not a sink; use e.g. stdio.sink() or files.sink('out.jsonl')")
+                problems.append(
+                    f"{where}: {spec!r} is not a sink; use e.g. stdio.sink() or files.sink('out.jsonl')"
+                )
                 continue
             problems.extend(f"{where}: {m}" for m in spec.problems())
             if not s.inputs:
-                problems.append(f"{where}: no stream is connected to this sink; connect one with stream.to(...) or remove the sink")
+                problems.append(
+                    f"{where}: no stream is connected to this sink; connect one with stream.to(...) or remove the sink"
+                )
             sinks.append(SinkPlan(s.name, spec, list(s.inputs)))
     unrouted: list[str] = []
     for s in flow.steps:
@@ -294,15 +319,21 @@ def _validate(flow: Flow) -> Plan:
             if port in OPTIONAL_PORTS:
                 unrouted.append(f"{s.name}.{port}")
             elif s.kind == "window":
-                problems.append(f"step {s.name!r} (window): its records go nowhere; add .to(stdio.sink()) or another sink")
+                problems.append(
+                    f"step {s.name!r} (window): its records go nowhere; add .to(stdio.sink()) or another sink"
+                )
             elif s.kind == "source" and not any(i[0] == s.name for i in consumed):
-                problems.append(f"step {s.name!r} (source): its readings go nowhere; add a .window(...) or .to(sink)")
+                problems.append(
+                    f"step {s.name!r} (source): its readings go nowhere; add a .window(...) or .to(sink)"
+                )
     if problems:
         raise FlowValidationError(flow.name, problems)
     return Plan(flow.name, flow.version, flow.shards, sources, windows, sinks, unrouted)
 
 
-def _duration(value: Any, what: str, where: str, problems: list[str], *, allow_none: bool = False) -> int | None:
+def _duration(
+    value: Any, what: str, where: str, problems: list[str], *, allow_none: bool = False
+) -> int | None:
     if value is None and allow_none:
         return None
     try:
@@ -312,33 +343,45 @@ def _duration(value: Any, what: str, where: str, problems: list[str], *, allow_n
         return 0
 
 
-def _check_source(s: Step, where: str, problems: list[str], fields_of: dict[str, tuple[str, ...] | None]) -> SourcePlan:
+def _check_source(
+    s: Step, where: str, problems: list[str], fields_of: dict[str, tuple[str, ...] | None]
+) -> SourcePlan:
     p = s.params
     spec = p["spec"]
     if not isinstance(spec, SourceSpec):
-        problems.append(f"{where}: {spec!r} is not a source; use e.g. simulate.sensors() or files.source('in.csv')")
+        problems.append(
+            f"{where}: {spec!r} is not a source; use e.g. simulate.sensors() or files.source('in.csv')"
+        )
         fields_of[s.name] = None
         return SourcePlan(s.name, spec, "", "", None, 0, 1, 0)
     problems.extend(f"{where}: {m}" for m in spec.problems())
     key = p["key"] if p["key"] is not None else spec.default_key
     time = p["time"] if p["time"] is not None else spec.default_time
     if not key:
-        problems.append(f"{where}: say which column is the device key, e.g. flow.source(..., key='device')")
+        problems.append(
+            f"{where}: say which column is the device key, e.g. flow.source(..., key='device')"
+        )
     if not time:
-        problems.append(f"{where}: say which column is the event time, e.g. flow.source(..., time='ts')")
+        problems.append(
+            f"{where}: say which column is the event time, e.g. flow.source(..., time='ts')"
+        )
     cols = spec.columns()
     fields: tuple[str, ...] | None = None
     if cols is not None:
         for what, name in (("key", key), ("time", time)):
             if name and name not in cols:
-                problems.append(f"{where}: unknown {what} field {name!r}; the source has: {', '.join(cols)}")
+                problems.append(
+                    f"{where}: unknown {what} field {name!r}; the source has: {', '.join(cols)}"
+                )
         fields = tuple(c for c in cols if c not in (key, time))
     if p["fields"] is not None:
         wanted = tuple(p["fields"])
         if fields is not None:
             for f in wanted:
                 if f not in fields:
-                    problems.append(f"{where}: unknown field {f!r} in fields=; the source has: {', '.join(fields)}")
+                    problems.append(
+                        f"{where}: unknown field {f!r} in fields=; the source has: {', '.join(fields)}"
+                    )
         fields = wanted
     fields_of[s.name] = fields
     lateness = _duration(p["lateness"], "lateness", where, problems) or 0
@@ -351,13 +394,19 @@ def _check_source(s: Step, where: str, problems: list[str], fields_of: dict[str,
 
 
 def _check_window(
-    s: Step, where: str, problems: list[str], fields_of: dict[str, tuple[str, ...] | None], sources: list[SourcePlan]
+    s: Step,
+    where: str,
+    problems: list[str],
+    fields_of: dict[str, tuple[str, ...] | None],
+    sources: list[SourcePlan],
 ) -> WindowPlan | None:
     p = s.params
-    (up, port), = s.inputs
+    ((up, port),) = s.inputs
     spec = p["spec"]
     if not isinstance(spec, WindowSpec):
-        problems.append(f"{where}: the first argument must be a window such as window.tumbling('1s'), got {spec!r}")
+        problems.append(
+            f"{where}: the first argument must be a window such as window.tumbling('1s'), got {spec!r}"
+        )
         return None
     try:
         resolved = spec.resolve()
@@ -366,7 +415,9 @@ def _check_window(
         resolved = None
     aggs = p["aggs"]
     if not aggs:
-        problems.append(f"{where}: give at least one aggregation, e.g. .window(window.tumbling('1s'), agg.count())")
+        problems.append(
+            f"{where}: give at least one aggregation, e.g. .window(window.tumbling('1s'), agg.count())"
+        )
     fields = fields_of.get(up)
     names: set[str] = set()
     for a in aggs:
@@ -374,10 +425,19 @@ def _check_window(
             problems.append(f"{where}: {a!r} is not an aggregation; use e.g. agg.mean('accel')")
             continue
         problems.extend(f"{where}: {m}" for m in a.problems())
-        if a.field is not None and fields is not None and isinstance(a.field, str) and a.field not in fields:
-            problems.append(f"{where}: agg.{a.func}({a.field!r}): unknown field {a.field!r}; the stream has: {', '.join(fields) or '(none)'}")
+        if (
+            a.field is not None
+            and fields is not None
+            and isinstance(a.field, str)
+            and a.field not in fields
+        ):
+            problems.append(
+                f"{where}: agg.{a.func}({a.field!r}): unknown field {a.field!r}; the stream has: {', '.join(fields) or '(none)'}"
+            )
         if a.output_name in names:
-            problems.append(f"{where}: two aggregations produce the column {a.output_name!r}; remove one")
+            problems.append(
+                f"{where}: two aggregations produce the column {a.output_name!r}; remove one"
+            )
         names.add(a.output_name)
     src = next((x for x in sources if x.name == up), None)
     lateness = _duration(p["lateness"], "lateness", where, problems, allow_none=True)
@@ -387,5 +447,17 @@ def _check_window(
     ttl = _duration(p["key_ttl"], "key_ttl", where, problems, allow_none=True)
     if resolved is None:
         return None
-    used = tuple(dict.fromkeys(a.field for a in aggs if isinstance(a, Agg) and isinstance(a.field, str)))
-    return WindowPlan(s.name, (up, port), resolved, spec, [a for a in aggs if isinstance(a, Agg)], used, lateness, idle or None, ttl)
+    used = tuple(
+        dict.fromkeys(a.field for a in aggs if isinstance(a, Agg) and isinstance(a.field, str))
+    )
+    return WindowPlan(
+        s.name,
+        (up, port),
+        resolved,
+        spec,
+        [a for a in aggs if isinstance(a, Agg)],
+        used,
+        lateness,
+        idle or None,
+        ttl,
+    )

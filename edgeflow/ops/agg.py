@@ -55,9 +55,13 @@ class Agg:
         if self.field is not None and not isinstance(self.field, str):
             out.append(f"agg.{self.func}: field must be a string, got {self.field!r}")
         if self.func == "percentile" and (
-            not isinstance(self.q, int | float) or isinstance(self.q, bool) or not 0 <= self.q <= 100
+            not isinstance(self.q, int | float)
+            or isinstance(self.q, bool)
+            or not 0 <= self.q <= 100
         ):
-            out.append(f"agg.percentile({self.field!r}, q={self.q!r}): q must be a number in [0, 100]")
+            out.append(
+                f"agg.percentile({self.field!r}, q={self.q!r}): q must be a number in [0, 100]"
+            )
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,7 +76,7 @@ def count(field: str | None = None) -> Agg:
     return Agg("count", field)
 
 
-def sum(field: str) -> Agg:  # noqa: A001
+def sum(field: str) -> Agg:
     return Agg("sum", field)
 
 
@@ -80,11 +84,11 @@ def mean(field: str) -> Agg:
     return Agg("mean", field)
 
 
-def min(field: str) -> Agg:  # noqa: A001
+def min(field: str) -> Agg:
     return Agg("min", field)
 
 
-def max(field: str) -> Agg:  # noqa: A001
+def max(field: str) -> Agg:
     return Agg("max", field)
 
 
@@ -198,7 +202,7 @@ class _FieldGroups:
         dev = self.x - self.mean()[self.g]
         ss = np.bincount(self.g, weights=dev * dev, minlength=self.n_groups)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return ss / self.counts  # type: ignore[no-any-return]
+            return ss / self.counts
 
     def minmax(self) -> tuple[F64, F64]:
         if self._minmax is None:
@@ -247,7 +251,7 @@ class _FieldGroups:
         if f == "rms":
             ss = np.bincount(self.g, weights=self.x * self.x, minlength=self.n_groups)
             with np.errstate(invalid="ignore", divide="ignore"):
-                return np.sqrt(ss / self.counts)  # type: ignore[no-any-return]
+                return np.sqrt(ss / self.counts)
         if f in ("min", "max", "ptp"):
             lo, hi = self.minmax()
             return lo if f == "min" else hi if f == "max" else hi - lo

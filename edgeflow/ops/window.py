@@ -72,12 +72,22 @@ class WindowSpec:
                 raise ValueError(f"window.count({self.count!r}): n must be a whole number >= 1")
             return ResolvedWindow("count", 0, 0, 0, self.count, 0, self.time)
         if self.kind == "session":
-            gap = parse_duration(self.gap if self.gap is not None else "", what="session gap", allow_zero=False)
+            gap = parse_duration(
+                self.gap if self.gap is not None else "", what="session gap", allow_zero=False
+            )
             return ResolvedWindow("session", 0, 0, gap, 0, 0, self.time)
-        size = parse_duration(self.size if self.size is not None else "", what=f"{self.kind} window size", allow_zero=False)
+        size = parse_duration(
+            self.size if self.size is not None else "",
+            what=f"{self.kind} window size",
+            allow_zero=False,
+        )
         slide = size
         if self.kind == "hopping":
-            slide = parse_duration(self.slide if self.slide is not None else "", what="hopping window slide", allow_zero=False)
+            slide = parse_duration(
+                self.slide if self.slide is not None else "",
+                what="hopping window slide",
+                allow_zero=False,
+            )
             if slide > size:
                 raise ValueError(
                     f"hopping window slide {self.slide!r} is longer than its size {self.size!r}; "
@@ -92,7 +102,9 @@ class WindowSpec:
             if v is not None:
                 d[k] = v if isinstance(v, str | int | float) else str(v)
         if self.offset:
-            d["offset"] = self.offset if isinstance(self.offset, str | int | float) else str(self.offset)
+            d["offset"] = (
+                self.offset if isinstance(self.offset, str | int | float) else str(self.offset)
+            )
         return d
 
 
@@ -112,7 +124,9 @@ def tumbling(size: Duration, *, offset: Duration = 0, time: str = "event") -> Wi
     return WindowSpec("tumbling", size=size, offset=offset, time=time)
 
 
-def hopping(size: Duration, slide: Duration, *, offset: Duration = 0, time: str = "event") -> WindowSpec:
+def hopping(
+    size: Duration, slide: Duration, *, offset: Duration = 0, time: str = "event"
+) -> WindowSpec:
     """Windows of ``size`` starting every ``slide`` (sliding windows); readings in several."""
     return WindowSpec("hopping", size=size, slide=slide, offset=offset, time=time)
 
@@ -290,7 +304,9 @@ class WindowKernel:
                 k = np.maximum(kmin, k_open)
                 late = k > kmax
             if late.any():
-                late_rb = self._late_records(state, codes[late], t[late], vals[:, late], wm_row[late])
+                late_rb = self._late_records(
+                    state, codes[late], t[late], vals[:, late], wm_row[late]
+                )
                 keep = ~late
                 codes, t, k, vals = codes[keep], t[keep], k[keep], vals[:, keep]
             self._append(state, codes, t, k, vals)
@@ -352,7 +368,7 @@ class WindowKernel:
         pos = np.empty(len(c), np.int64)
         pos[order] = state.seen[c] + rank
         np.add.at(state.seen, c[starts], np.diff(np.r_[starts, len(c)]))
-        return pos // self.spec.n  # type: ignore[no-any-return]
+        return pos // self.spec.n
 
     def _append(self, state: WindowState, codes: I32, t: I64, k: I64, vals: F64) -> None:
         if not len(t):
@@ -415,7 +431,9 @@ class WindowKernel:
         ends = np.r_[starts[1:], len(t)] - 1
         last_t = t[ends]
         key_wm = wm[c[ends]]
-        closable = (key_wm != I64_MIN) & (last_t <= np.where(key_wm == I64_MIN, 0, key_wm) - self.spec.gap)
+        closable = (key_wm != I64_MIN) & (
+            last_t <= np.where(key_wm == I64_MIN, 0, key_wm) - self.spec.gap
+        )
         if not closable.any():
             return None
         row_close = closable[sid]
@@ -484,7 +502,9 @@ class WindowKernel:
         ids = ("key", "window_seq") if seq else ("key", "window_start")
         return RecordBatch("window", self.step, cols, n_groups, ids)
 
-    def _late_records(self, state: WindowState, codes: I32, t: I64, vals: F64, wm: I64) -> RecordBatch:
+    def _late_records(
+        self, state: WindowState, codes: I32, t: I64, vals: F64, wm: I64
+    ) -> RecordBatch:
         cols: dict[str, Any] = {"key": [state.names[i] for i in codes.tolist()], "t": t}
         for j, f in enumerate(self.fields):
             cols[f] = vals[j]
@@ -515,15 +535,24 @@ class WindowKernel:
         else:
             s = self.spec
             kmax = np.full(len(state.names), I64_MIN, np.int64)
-            np.maximum.at(kmax, state.buf_code[rows], _floor_div(state.buf_t[rows] - s.offset, s.slide))
+            np.maximum.at(
+                kmax, state.buf_code[rows], _floor_div(state.buf_t[rows] - s.offset, s.slide)
+            )
             out = self._close(state, wm)
             new_floor = np.where(kmax == I64_MIN, I64_MIN, kmax * s.slide + s.offset + s.size)
         state.floor = np.maximum(state.floor, np.where(which, new_floor, I64_MIN))
         return out
 
-    def _split_close(self, state: WindowState, rows: npt.NDArray[np.bool_], fn: Any) -> RecordBatch | None:
+    def _split_close(
+        self, state: WindowState, rows: npt.NDArray[np.bool_], fn: Any
+    ) -> RecordBatch | None:
         """Run ``fn`` on only the buffered ``rows``, keeping the others buffered."""
-        rest = (state.buf_code[~rows], state.buf_t[~rows], state.buf_k[~rows], state.buf_vals[:, ~rows])
+        rest = (
+            state.buf_code[~rows],
+            state.buf_t[~rows],
+            state.buf_k[~rows],
+            state.buf_vals[:, ~rows],
+        )
         self._take(state, rows)
         out: RecordBatch | None = fn()
         state.buf_code, state.buf_t, state.buf_k, state.buf_vals = rest
@@ -552,5 +581,9 @@ def _concat_records(parts: list[RecordBatch]) -> RecordBatch | None:
     cols: dict[str, Any] = {}
     for name in parts[0].columns:
         vs = [p.columns[name] for p in parts]
-        cols[name] = np.concatenate(vs) if isinstance(vs[0], np.ndarray) else [x for v in vs for x in v]
-    return RecordBatch(parts[0].kind, parts[0].step, cols, sum(p.n for p in parts), parts[0].id_columns)
+        cols[name] = (
+            np.concatenate(vs) if isinstance(vs[0], np.ndarray) else [x for v in vs for x in v]
+        )
+    return RecordBatch(
+        parts[0].kind, parts[0].step, cols, sum(p.n for p in parts), parts[0].id_columns
+    )

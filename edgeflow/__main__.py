@@ -1,0 +1,3 @@
+from edgeflow.cli.main import main
+
+main()

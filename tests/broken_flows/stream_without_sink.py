@@ -1,0 +1,6 @@
+from edgeflow import Flow, agg, window
+from edgeflow.connectors import simulate
+
+flow = Flow("broken")
+r = flow.source(simulate.sensors(), key="device", time="ts")
+r.window(window.tumbling("1s"), agg.count(), name="summary")

@@ -1,0 +1,52 @@
+"""Shared test helpers: write flow files, run the real CLI, read JSON-lines output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_flow(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path
+
+
+def edgeflow(
+    *args: str, timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(
+        [sys.executable, "-m", "edgeflow", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    if check and res.returncode != 0:
+        raise AssertionError(
+            f"edgeflow {' '.join(args)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
+        )
+    return res
+
+
+def popen_edgeflow(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgeflow", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(x) for x in lines(path)]
