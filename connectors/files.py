@@ -60,7 +60,8 @@ def number_to_ns(v: float | int, unit: str) -> int:
         scale = TIME_UNITS[unit]
     if isinstance(v, int):
         return v * scale
-    return round(v * scale)
+    whole = math.floor(v)  # split so that large epoch floats keep their fraction exactly
+    return int(whole) * scale + round((v - whole) * scale)
 
 
 def parse_time(v: Any, unit: str) -> int:

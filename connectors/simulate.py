@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeflow.batch import F64, Batch
+from edgeflow.batch import Batch
 from edgeflow.connectors.base import Item, SourceContext, SourcePartition, SourceSpec
 from edgeflow.timeutil import Duration, now_ns, parse_duration, parse_iso_ns
 
@@ -132,7 +132,7 @@ class _SimPartition(SourcePartition):
         )
         self.jitter_ns = parse_duration(spec.jitter)
         self.batch_ticks = max(1, ctx.batch_max // max(1, len(self.dev_ids)))
-        self.fields = tuple(f for f in FIELDS if ctx.fields is None or f in ctx.fields) or FIELDS
+        self.fields = tuple(f for f in FIELDS if ctx.fields is None or f in ctx.fields)
         self.wall0 = now_ns()
         self.tick0 = tick
         # per-device parameters depend only on (seed, device)
@@ -147,68 +147,65 @@ class _SimPartition(SourcePartition):
                 r.uniform(0, 2 * np.pi),
             )
         self.amp, self.freq, self.phase = amp, freq, phase
+        self.omega = 2 * np.pi * freq
         self._block_idx = -1
-        self._block: dict[str, F64] = {}
+        self._block: dict[str, Any] = {}
 
-    def _gen_block(self, b: int) -> dict[str, F64]:
+    def _gen_block(self, b: int) -> dict[str, Any]:
+        """Random draws for ticks [b*BLOCK_TICKS, (b+1)*BLOCK_TICKS): a pure function of (seed, partition, b)."""
         if b != self._block_idx:
             s = self.spec
             r = np.random.default_rng([s.seed, 2, self.part, b])
             shape = (BLOCK_TICKS, len(self.dev_ids))
-            noise = r.standard_normal(shape)
-            spikes = r.random(shape) < s.spike_prob
-            spike_size = r.uniform(5, 10, shape) * np.where(r.random(shape) < 0.5, -1, 1)
-            shifted = r.random(len(self.dev_ids)) < s.shift_prob
-            tnoise = r.standard_normal(shape)
-            jitter = (
-                r.integers(0, self.jitter_ns, shape)
-                if self.jitter_ns
-                else np.zeros(shape, np.int64)
-            )
+            noise = r.standard_normal(shape, dtype=np.float32).astype(np.float64)
+            # one uniform draw per reading decides spike, sign and size: u < 1 is a spike
+            u = r.random(shape, dtype=np.float32) / np.float32(max(s.spike_prob, 1e-30))
+            spike = np.where(u < 1.0, np.where(u < 0.5, -1.0, 1.0) * (5.0 + 5.0 * u), 0.0)
+            shift = np.where(r.random(len(self.dev_ids)) < s.shift_prob, 3.0, 0.0)
+            jitter = r.integers(0, self.jitter_ns, shape) if self.jitter_ns else None
+            # accel disturbance (noise, spikes, level shift) scaled by each device's amplitude
             self._block = {
-                "noise": noise, "spike": np.where(spikes, spike_size, 0.0),
-                "shift": np.where(shifted, 3.0, 0.0), "tnoise": tnoise, "jitter": jitter.astype(np.float64),
-            }  # fmt: skip
+                "accel": self.amp * (0.1 * noise + spike + shift),
+                "temp": 0.05 * np.roll(noise, 1, axis=1),
+                "jitter": jitter,
+            }
             self._block_idx = b
         return self._block
 
     def generate(self, a: int, b: int) -> Batch:
-        """Readings for ticks [a, b) of this partition."""
-        ticks = np.arange(a, b)
-        blocks: dict[str, list[F64]] = {
-            k: [] for k in ("noise", "spike", "shift", "tnoise", "jitter")
-        }
+        """Readings for ticks [a, b) of this partition, tick-major."""
+        nd = len(self.dev_ids)
+        n = (b - a) * nd
+        t = np.empty((b - a, nd), np.int64)
+        values = np.empty((len(self.fields), b - a, nd))
+        cols = dict(zip(self.fields, values, strict=True))
         lo = a
         while lo < b:
             blk = lo // BLOCK_TICKS
             hi = min(b, (blk + 1) * BLOCK_TICKS)
             data = self._gen_block(blk)
             sl = slice(lo - blk * BLOCK_TICKS, hi - blk * BLOCK_TICKS)
-            for k in blocks:
-                v = data[k]
-                # "shift" is per device for the whole block; the others are per tick
-                blocks[k].append(
-                    v[sl] if v.ndim == 2 else np.broadcast_to(v, (hi - lo, v.shape[0]))
+            out = slice(lo - a, hi - a)
+            rel = np.arange(lo, hi) * self.period_ns
+            secs = (rel / 1e9)[:, None]
+            if "accel" in cols:
+                cols["accel"][out] = (
+                    self.amp * np.sin(self.omega * secs + self.phase) + data["accel"][sl]
                 )
+            if "temp" in cols:
+                cols["temp"][out] = (
+                    22.0 + 2.5 * np.sin(secs * (2 * np.pi / 600.0) + self.phase) + data["temp"][sl]
+                )
+            t[out] = (self.start_ns + rel)[:, None]
+            if data["jitter"] is not None:
+                t[out] -= data["jitter"][sl]
             lo = hi
-        cat = {k: np.concatenate(v) for k, v in blocks.items()}
-        secs = (self.start_ns + ticks * self.period_ns) / 1e9
-        secs = secs[:, None] - self.start_ns / 1e9
-        accel = self.amp * np.sin(2 * np.pi * self.freq * secs + self.phase)
-        accel = accel + 0.1 * self.amp * cat["noise"] + self.amp * (cat["spike"] + cat["shift"])
-        temp = 22.0 + 2.5 * np.sin(2 * np.pi * secs / 600.0 + self.phase) + 0.05 * cat["tnoise"]
-        nd = len(self.dev_ids)
-        t = (self.start_ns + ticks * self.period_ns)[:, None] - cat["jitter"].astype(np.int64)
-        cols = {"accel": accel, "temp": temp}
-        values = np.empty((len(self.fields), (b - a) * nd))
-        for j, f in enumerate(self.fields):
-            values[j] = cols[f].reshape(-1)
         return Batch(
             self.fields,
             self.names,
             np.tile(np.arange(nd, dtype=np.int32), b - a),
-            np.ascontiguousarray(t.reshape(-1), dtype=np.int64),
-            values,
+            t.reshape(-1),
+            values.reshape(len(self.fields), n),
         )
 
     def _ready_tick(self) -> int:

@@ -140,3 +140,10 @@ class RecordBatch:
         cols = [self.columns[c] for c in self.id_columns]
         lists = [c.tolist() if isinstance(c, np.ndarray) else list(c) for c in cols]
         return ["/".join([flow, self.step, *(str(c[i]) for c in lists)]) for i in range(self.n)]
+
+
+def stable_argsort(values: npt.NDArray[np.integer[Any]], upper: int) -> npt.NDArray[np.intp]:
+    """Stable argsort of non-negative ints below ``upper``; O(n) radix sort when they fit 16 bits."""
+    if upper <= 1 << 16:
+        return np.argsort(values.astype(np.uint16), kind="stable")
+    return np.argsort(values, kind="stable")

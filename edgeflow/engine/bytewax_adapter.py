@@ -105,7 +105,13 @@ class _Source(FixedPartitionedSource[Any, Any]):
         self.src = src
         self.control = control
         self.ctx = SourceContext(
-            plan.name, src.name, src.key, src.time, src.fields, src.batch_max, src.batch_budget_ns
+            plan.name,
+            src.name,
+            src.key,
+            src.time,
+            src.read_fields,
+            src.batch_max,
+            src.batch_budget_ns,
         )
 
     def list_parts(self) -> list[str]:

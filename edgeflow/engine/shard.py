@@ -9,7 +9,7 @@ import zlib
 
 import numpy as np
 
-from edgeflow.batch import Batch
+from edgeflow.batch import Batch, stable_argsort
 
 
 class Sharder:
@@ -33,7 +33,7 @@ class Sharder:
         if self.shards == 1 or (lut == lut[0]).all():
             return [(str(int(lut[0])), batch)]
         shard = lut[batch.key_idx]
-        order = np.argsort(shard, kind="stable")
+        order = stable_argsort(shard, self.shards)
         s_sorted = shard[order]
         bounds = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1], True])
         out = []

@@ -106,7 +106,7 @@ class SinkStep:
 class Flow:
     """A named dataflow graph. Add sources with :meth:`source`, then chain operators."""
 
-    def __init__(self, name: str, *, version: str = "0", shards: int = 16) -> None:
+    def __init__(self, name: str, *, version: str = "0", shards: int = 8) -> None:
         self.name = name
         self.version = version
         self.shards = shards
@@ -176,6 +176,9 @@ class SourcePlan:
     lateness_ns: int
     batch_max: int
     batch_budget_ns: int
+    #: the fields the flow uses (windows' fields; all when raw readings go to a sink):
+    #: sources parse or generate only these
+    read_fields: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -328,6 +331,13 @@ def _validate(flow: Flow) -> Plan:
                 )
     if problems:
         raise FlowValidationError(flow.name, problems)
+    for src in sources:
+        raw_to_sink = any((src.name, "readings") in k.inputs for k in sinks)
+        if raw_to_sink:
+            src.read_fields = src.fields
+        else:
+            used = [f for w in windows if w.input[0] == src.name for f in w.fields]
+            src.read_fields = tuple(dict.fromkeys(used))
     return Plan(flow.name, flow.version, flow.shards, sources, windows, sinks, unrouted)
 
 

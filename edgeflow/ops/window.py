@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeflow.batch import F64, I32, I64, Batch, RecordBatch
+from edgeflow.batch import F64, I32, I64, Batch, RecordBatch, stable_argsort
 from edgeflow.ops import agg as aggmod
 from edgeflow.timeutil import Duration, parse_duration
 
@@ -159,7 +159,7 @@ def group_exclusive_cummax(codes: I32, t: I64, init: I64) -> tuple[I64, I64]:
     Returns (exclusive max per row, new max per code for the codes in ``init``).
     """
     n = t.shape[0]
-    order = np.argsort(codes, kind="stable")
+    order = stable_argsort(codes, init.shape[0])
     c = codes[order]
     tt = t[order]
     starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
@@ -280,9 +280,10 @@ class WindowKernel:
             vals = batch.values[idx]
         else:
             vals = batch.values
-        codes = state.lookup(batch.keys)[batch.key_idx]
+        lut = state.lookup(batch.keys)
+        codes = lut[batch.key_idx]
         t = np.full(len(batch), now_ns, np.int64) if self.processing else batch.t
-        state.last_seen[codes] = now_ns
+        state.last_seen[lut] = now_ns
         if state.last_expiry == 0:
             state.last_expiry = now_ns
         kind = self.spec.kind
@@ -291,9 +292,15 @@ class WindowKernel:
             k = self._count_index(state, codes)
             self._append(state, codes, t, k, vals)
         else:
-            excl, new_max = group_exclusive_cummax(codes, t, state.max_t)
+            if bool(np.all(t[1:] >= t[:-1])):
+                # In time order: a reading's in-batch predecessors never close its own
+                # windows (they end after it), so the watermark from before the batch
+                # decides exactly as the per-reading one would.
+                excl = state.max_t[codes]
+                np.maximum.at(state.max_t, codes, t)
+            else:
+                excl, state.max_t = group_exclusive_cummax(codes, t, state.max_t)
             wm_row = np.maximum(_sat_sub(excl, self.lateness), state.floor[codes])
-            state.max_t = new_max
             if kind == "session":
                 late = t < wm_row
                 k = np.zeros(len(t), np.int64)
@@ -361,7 +368,7 @@ class WindowKernel:
         return np.maximum(_sat_sub(state.max_t, self.lateness), state.floor)
 
     def _count_index(self, state: WindowState, codes: I32) -> I64:
-        order = np.argsort(codes, kind="stable")
+        order = stable_argsort(codes, len(state.names))
         c = codes[order]
         starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
         rank = np.arange(len(c)) - np.repeat(starts, np.diff(np.r_[starts, len(c)]))
@@ -400,6 +407,18 @@ class WindowKernel:
         s = self.spec
         row_wm = wm[state.buf_code]
         kc = self._first_open_k(row_wm) - 1  # last closed window index
+        if s.slide == s.size:  # tumbling: one window per reading
+            emit = state.buf_k <= kc
+            if not emit.any():
+                return None
+            out = (
+                state.buf_code[emit],
+                state.buf_k[emit],
+                state.buf_t[emit],
+                state.buf_vals[:, emit],
+            )
+            self._take(state, ~emit)
+            return self._records(state, *out, None, None)
         kmax = _floor_div(state.buf_t - s.offset, s.slide)
         upto = np.minimum(kmax, kc)
         n_emit = np.maximum(upto - state.buf_k + 1, 0)
@@ -418,8 +437,7 @@ class WindowKernel:
             self._take(state, ~done)
         else:
             state.buf_k = np.maximum(state.buf_k, kc + 1)
-        starts = kk * s.slide + s.offset
-        return self._records(state, codes, kk, t, vals, starts, starts + s.size)
+        return self._records(state, codes, kk, t, vals, None, None)
 
     def _close_session(self, state: WindowState, wm: I64) -> RecordBatch | None:
         order = np.lexsort((state.buf_t, state.buf_code))
@@ -476,13 +494,8 @@ class WindowKernel:
         seq: bool = False,
     ) -> RecordBatch:
         """Group rows by (key, window) and aggregate."""
-        if presorted:
-            order = np.arange(len(t))
-            gk = k
-        else:
-            order = np.lexsort((t, k, codes))
-            gk = None
-        c_s, k_s, t_s = codes[order], (k[order] if gk is None else gk), t[order]
+        order = np.arange(len(t)) if presorted else _group_time_order(codes, k, t, len(state.names))
+        c_s, k_s, t_s = codes[order], k[order], t[order]
         brk = np.r_[True, (c_s[1:] != c_s[:-1]) | (k_s[1:] != k_s[:-1])]
         gid = np.cumsum(brk) - 1
         heads = np.flatnonzero(brk)
@@ -490,9 +503,12 @@ class WindowKernel:
         cols: dict[str, Any] = {}
         names = state.names
         cols["key"] = [names[i] for i in c_s[heads].tolist()]
-        if start is None or end is None:  # count windows: span of the readings
+        if seq:  # count windows: span of the readings
             cols["window_start"] = np.minimum.reduceat(t_s, heads)
             cols["window_end"] = np.maximum.reduceat(t_s, heads)
+        elif start is None or end is None:  # tumbling / hopping: from the window index
+            cols["window_start"] = k_s[heads] * self.spec.slide + self.spec.offset
+            cols["window_end"] = cols["window_start"] + self.spec.size
         else:
             cols["window_start"] = start[order][heads]
             cols["window_end"] = end[order][heads]
@@ -571,6 +587,22 @@ class WindowKernel:
         for attr in ("max_t", "floor", "last_seen", "seen"):
             setattr(state, attr, getattr(state, attr)[active])
         state.buf_code = remap[state.buf_code].astype(np.int32)
+
+
+def _group_time_order(codes: I32, k: I64, t: I64, n_keys: int) -> npt.NDArray[np.intp]:
+    """Row order grouped by (key, window), by event time within a group (ties: arrival)."""
+    kmin = int(k.min())
+    span = int(k.max()) - kmin + 1
+    if n_keys * span <= 1 << 16:
+        g = codes.astype(np.int64) * span + (k - kmin)
+        order = stable_argsort(g, n_keys * span)
+        g_s, t_s = g[order], t[order]
+        # rows usually arrive in time order per key; if not, sort by time first
+        if bool(np.all((t_s[1:] >= t_s[:-1]) | (g_s[1:] != g_s[:-1]))):
+            return order
+        by_t = np.argsort(t, kind="stable")
+        return by_t[stable_argsort(g[by_t], n_keys * span)]
+    return np.lexsort((t, k, codes))
 
 
 def _concat_records(parts: list[RecordBatch]) -> RecordBatch | None:

@@ -1,0 +1,207 @@
+"""Windowing throughput: edgeflow (columnar batches) vs per-reading bytewax ``fold_window``.
+
+1,000 simulated devices at 100 Hz through tumbling 1 s windows computing
+count/mean/min/max/std/p95 of ``accel``. Both sides read the same deterministic
+simulator (same seed, same readings, generated on the fly by the same source) and run on
+one worker; each side runs in its own process so its peak RSS is its own.
+
+    python bench/windows.py            # 10 M readings through edgeflow, 1 M for the baseline
+    python bench/windows.py --quick    # under a minute
+
+The baseline is run on fewer readings (it is ~100x slower); rates are per second, so
+they compare directly. The last line is JSON: bench, per_s, baseline_per_s, ratio,
+peak_rss_mb (edgeflow's process), readings, baseline_readings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, peak_rss_mb, run_child  # noqa: E402
+
+DEVICES = 1000
+RATE_HZ = 100
+
+
+def sensors(seconds: int) -> Any:
+    from edgeflow.connectors import simulate
+
+    return simulate.sensors(
+        devices=DEVICES, rate_hz=RATE_HZ, seed=42, speed=None, duration=f"{seconds}s"
+    )
+
+
+def run_edgeflow(seconds: int) -> dict[str, Any]:
+    from edgeflow import Flow, agg, window
+    from edgeflow.connectors.base import SinkContext, SinkPartition, SinkSpec
+    from edgeflow.engine import RunOptions, run
+
+    class CountSink(SinkSpec):
+        kind = "count"
+
+        def describe(self) -> dict[str, Any]:
+            return {"kind": self.kind}
+
+        def open(self, partition: str, resume: Any, ctx: SinkContext) -> SinkPartition:
+            class Part(SinkPartition):
+                def write(self, batches: list[Any]) -> None:
+                    pass
+
+            return Part()
+
+    flow = Flow("bench-windows")
+    r = flow.source(sensors(seconds), key="device", time="ts")
+    r.window(
+        window.tumbling("1s"),
+        agg.count(), agg.mean("accel"), agg.min("accel"), agg.max("accel"), agg.std("accel"), agg.p95("accel"),
+    ).to(CountSink())  # fmt: skip
+    plan = flow.plan()
+    t0 = time.perf_counter()
+    summary = run(plan, RunOptions(workers=1))
+    dt = time.perf_counter() - t0
+    n = summary.counters["readings_in"]
+    return {
+        "side": "edgeflow",
+        "readings": n,
+        "seconds": dt,
+        "per_s": n / dt,
+        "windows": summary.counters.get("windows_out", 0),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def run_baseline(seconds: int) -> dict[str, Any]:
+    """The same computation, one Python object per reading, with bytewax's fold_window."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+    from bytewax.operators.windowing import EventClock, TumblingWindower, fold_window
+    from bytewax.outputs import DynamicSink, StatelessSinkPartition
+    from bytewax.testing import run_main
+
+    from edgeflow.connectors.base import SourceContext
+
+    spec = sensors(seconds)
+    ctx = SourceContext("bench", "src", "device", "ts", ("accel",))
+    counts = {"readings": 0, "windows": 0}
+
+    class Part(StatefulSourcePartition[Any, Any]):
+        def __init__(self, p: str) -> None:
+            self.inner = spec.open(p, None, ctx)
+
+        def next_batch(self) -> list[Any]:
+            out = []
+            for b in self.inner.next_batch():  # same readings, flattened to one tuple each
+                keys = b.keys
+                for k, t, v in zip(
+                    b.key_idx.tolist(), b.t.tolist(), b.values[0].tolist(), strict=True
+                ):
+                    out.append((keys[k], t, v))
+            counts["readings"] += len(out)
+            return out
+
+        def snapshot(self) -> Any:
+            return None
+
+    class Src(FixedPartitionedSource[Any, Any]):
+        def list_parts(self) -> list[str]:
+            return spec.partitions()
+
+        def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Part:
+            return Part(for_part)
+
+    class SinkPart(StatelessSinkPartition[Any]):
+        def write_batch(self, items: list[Any]) -> None:
+            counts["windows"] += len(items)
+
+    class Sink(DynamicSink[Any]):
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> SinkPart:
+            return SinkPart()
+
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+    def ts(x: tuple[str, int, float]) -> datetime:
+        return epoch + timedelta(microseconds=x[1] // 1000)
+
+    def summarise(acc: list[float]) -> dict[str, float]:
+        n = len(acc)
+        mean = sum(acc) / n
+        s = sorted(acc)
+        h = (n - 1) * 0.95
+        lo = math.floor(h)
+        hi = min(lo + 1, n - 1)
+        return {
+            "count": n, "mean": mean, "min": s[0], "max": s[-1],
+            "std": math.sqrt(sum((x - mean) ** 2 for x in acc) / n), "p95": s[lo] + (h - lo) * (s[hi] - s[lo]),
+        }  # fmt: skip
+
+    def folder(acc: list[float], x: tuple[str, int, float]) -> list[float]:
+        acc.append(x[2])
+        return acc
+
+    flow = Dataflow("baseline")
+    s = op.input("in", flow, Src())
+    keyed = op.key_on("key", s, lambda x: x[0])
+    # Freeze bytewax's system clock so its watermark is the largest event time seen, as
+    # in edgeflow (otherwise wall-clock time closes windows early and splits them).
+    frozen = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    clock = EventClock(ts, wait_for_system_duration=timedelta(0), now_getter=lambda: frozen)
+    windower = TumblingWindower(length=timedelta(seconds=1), align_to=epoch)
+    w = fold_window("win", keyed, clock, windower, list, folder, lambda a, b: a + b)
+    out = op.map_value("agg", w.down, lambda kv: summarise(kv[1]))
+    op.output("out", out, Sink())
+    t0 = time.perf_counter()
+    run_main(flow)
+    dt = time.perf_counter() - t0
+    n = counts["readings"]
+    return {
+        "side": "baseline",
+        "readings": n,
+        "seconds": dt,
+        "per_s": n / dt,
+        "windows": counts["windows"],
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="a run of under a minute")
+    ap.add_argument("--side", choices=["edgeflow", "baseline"], help=argparse.SUPPRESS)
+    ap.add_argument("--seconds", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.side:
+        fn = run_edgeflow if args.side == "edgeflow" else run_baseline
+        emit(fn(args.seconds))
+        return
+    ef_seconds, base_seconds = (50, 5) if args.quick else (100, 10)
+    ef = run_child(__file__, "--side", "edgeflow", "--seconds", str(ef_seconds))
+    print(
+        f"edgeflow : {ef['readings']:>11,} readings in {ef['seconds']:6.2f}s = {ef['per_s']:>12,.0f} readings/s, {ef['windows']:,} windows, peak RSS {ef['peak_rss_mb']:.0f} MB"
+    )
+    base = run_child(__file__, "--side", "baseline", "--seconds", str(base_seconds))
+    print(
+        f"baseline : {base['readings']:>11,} readings in {base['seconds']:6.2f}s = {base['per_s']:>12,.0f} readings/s, {base['windows']:,} windows, peak RSS {base['peak_rss_mb']:.0f} MB  (bytewax fold_window, per reading)"
+    )
+    ratio = ef["per_s"] / base["per_s"]
+    same = ef["windows"] * base_seconds == base["windows"] * ef_seconds
+    print(f"ratio    : {ratio:.1f}x   (windows per second of data equal on both sides: {same})")
+    emit({
+        "bench": "windows", "per_s": round(ef["per_s"]), "baseline_per_s": round(base["per_s"]),
+        "ratio": round(ratio, 1), "peak_rss_mb": round(ef["peak_rss_mb"]), "readings": ef["readings"],
+        "baseline_readings": base["readings"], "baseline_peak_rss_mb": round(base["peak_rss_mb"]),
+        "same_windows": same,
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
