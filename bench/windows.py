@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, peak_rss_mb, run_child  # noqa: E402
+from _common import emit, peak_rss_mb, run_child
 
 DEVICES = 1000
 RATE_HZ = 100

@@ -36,7 +36,7 @@ def test_durations(text: object, ns: int) -> None:
 
 @pytest.mark.parametrize("bad", ["", "10", "ten s", "5 parsecs", "-1s", True, float("nan"), None])
 def test_bad_durations_say_what_is_accepted(bad: object) -> None:
-    with pytest.raises(DurationError, match="duration|negative|finite|boolean"):
+    with pytest.raises(DurationError, match=r"duration|negative|finite|boolean"):
         parse_duration(bad)  # type: ignore[arg-type]
 
 

@@ -89,7 +89,7 @@ def test_simulator_injects_spikes() -> None:
     spec = simulate.sensors(
         devices=20, rate_hz=100, seed=2, speed=None, duration="60s", spike_prob=0.001
     )
-    keys, _, vals = concat(drain(spec.open("0", None, ctx(fields=("accel",)))))
+    _, _, vals = concat(drain(spec.open("0", None, ctx(fields=("accel",)))))
     assert vals.shape[0] == 1  # only the fields the flow needs are generated
     big = np.abs(vals[0]) > 4.5
     assert 10 < big.sum() < 200  # ~0.1% of 30,000 readings
