@@ -16,16 +16,14 @@ from __future__ import annotations
 import csv
 import glob
 import io
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
 import orjson
 
-from edgeflow.batch import Batch, RecordBatch
+from edgeflow.batch import RecordBatch
 from edgeflow.connectors.base import (
     Item,
     SinkContext,
@@ -35,53 +33,16 @@ from edgeflow.connectors.base import (
     SourcePartition,
     SourceSpec,
 )
+from edgeflow.connectors.parse import TIME_UNITS, BatchBuilder, RecordParser
 from edgeflow.connectors.records import TIME_FORMATS, json_lines
-from edgeflow.timeutil import now_ns, parse_iso_ns
 
 FORMATS = ("auto", "csv", "jsonl")
-TIME_UNITS = {"auto": 0, "ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
-RAW_LIMIT = 1024
 
 
 def _format_of(path: str, fmt: str) -> str:
     if fmt != "auto":
         return fmt
     return "csv" if path.lower().endswith((".csv", ".csv.txt")) else "jsonl"
-
-
-def number_to_ns(v: float | int, unit: str) -> int:
-    """Epoch number -> ns. ``auto`` picks the unit by magnitude (s, ms, us or ns since 1970)."""
-    if unit == "auto":
-        a = abs(v)
-        scale = (
-            1 if a >= 1e17 else 1_000 if a >= 1e14 else 1_000_000 if a >= 1e11 else 1_000_000_000
-        )
-    else:
-        scale = TIME_UNITS[unit]
-    if isinstance(v, int):
-        return v * scale
-    whole = math.floor(v)  # split so that large epoch floats keep their fraction exactly
-    return int(whole) * scale + round((v - whole) * scale)
-
-
-def parse_time(v: Any, unit: str) -> int:
-    if isinstance(v, bool) or v is None:
-        raise ValueError(f"time value {v!r} is not a timestamp")
-    if isinstance(v, int | float):
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"time value {v!r} is not finite")
-        return number_to_ns(v, unit)
-    if isinstance(v, str):
-        s = v.strip()
-        try:
-            num: float | int = int(s)
-        except ValueError:
-            try:
-                num = float(s)
-            except ValueError:
-                return parse_iso_ns(s)
-        return parse_time(num, unit)
-    raise ValueError(f"time value {v!r} is a {type(v).__name__}, not a number or ISO-8601 string")
 
 
 class FileSource(SourceSpec):
@@ -187,6 +148,10 @@ class _FilePartition(SourcePartition):
         else:
             cols = self.header if self.header is not None else (_peek_columns(path, self.fmt) or [])
             self.fields = tuple(c for c in cols if c not in (ctx.key, ctx.time))
+        self.parser = RecordParser(ctx.key, ctx.time, self.fields, spec.time_unit)
+        self.csv_parser = RecordParser(
+            ctx.key, ctx.time, self.fields, spec.time_unit, numbers_as_strings=True
+        )
 
     def next_batch(self) -> list[Item]:
         lines: list[tuple[int, bytes]] = []
@@ -203,62 +168,13 @@ class _FilePartition(SourcePartition):
         return self._parse(lines)
 
     def _parse(self, lines: list[tuple[int, bytes]]) -> list[Item]:
-        keys: list[str] = []
-        times: list[int] = []
-        rows: list[list[float]] = []
-        bad: list[tuple[int, bytes, str]] = []
-        nf = len(self.fields)
+        out = BatchBuilder(self.fields, self.ctx.step)
         for no, raw in lines:
             try:
-                k, t, vals = self._parse_csv(raw) if self.fmt == "csv" else self._parse_json(raw)
-            except (ValueError, TypeError, KeyError, UnicodeDecodeError, csv.Error) as exc:
-                bad.append((no, raw, str(exc)))
-                continue
-            keys.append(k)
-            times.append(t)
-            rows.append(vals)
-        out: list[Item] = []
-        if keys:
-            values = np.asarray(rows, dtype=np.float64).reshape(len(rows), nf).T.copy()
-            names, codes = np.unique(np.asarray(keys, dtype=str), return_inverse=True)
-            out.append(
-                Batch(
-                    tuple(self.fields),
-                    tuple(names.tolist()),
-                    codes.astype(np.int32).reshape(-1),
-                    np.asarray(times, np.int64),
-                    values,
-                )
-            )
-        if bad:
-            out.append(
-                dead_letters(
-                    self.ctx.step, [(f"{self.path}:{no}", raw, err) for no, raw, err in bad]
-                )
-            )
-        return out
-
-    def _value(self, name: str, v: Any) -> float:
-        if v is None or v == "":
-            return math.nan
-        if isinstance(v, bool) or not isinstance(v, int | float | str):
-            raise ValueError(f"field {name!r}: {v!r} is a {type(v).__name__}, expected a number")
-        if isinstance(v, str) and self.fmt == "jsonl":
-            raise ValueError(f"field {name!r}: {v!r} is a string; send numbers as JSON numbers")
-        try:
-            x = float(v)
-        except ValueError:
-            raise ValueError(f"field {name!r}: {v!r} is not a number") from None
-        if not math.isfinite(x):
-            raise ValueError(f"field {name!r}: {v!r} is not a finite number")
-        return x
-
-    def _key(self, v: Any) -> str:
-        if isinstance(v, str) and v:
-            return v
-        if isinstance(v, int) and not isinstance(v, bool):
-            return str(v)
-        raise ValueError(f"key {self.ctx.key!r}: {v!r} is not a non-empty string or integer")
+                out.add(self._parse_csv(raw) if self.fmt == "csv" else self._parse_json(raw))
+            except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+                out.fail(f"{self.path}:{no}", raw, str(exc))
+        return out.items()
 
     def _parse_json(self, raw: bytes) -> tuple[str, int, list[float]]:
         try:
@@ -267,15 +183,7 @@ class _FilePartition(SourcePartition):
             raise ValueError(f"not valid JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise ValueError(f"expected a JSON object per line, got {type(obj).__name__}")
-        if self.ctx.key not in obj:
-            raise ValueError(f"missing key field {self.ctx.key!r}")
-        if self.ctx.time not in obj:
-            raise ValueError(f"missing time field {self.ctx.time!r}")
-        return (
-            self._key(obj[self.ctx.key]),
-            parse_time(obj[self.ctx.time], self.spec.time_unit),
-            [self._value(f, obj.get(f)) for f in self.fields],
-        )
+        return self.parser.parse(obj)
 
     def _parse_csv(self, raw: bytes) -> tuple[str, int, list[float]]:
         assert self.header is not None
@@ -284,38 +192,13 @@ class _FilePartition(SourcePartition):
             raise ValueError(
                 f"expected {len(self.header)} columns ({','.join(self.header)}), got {len(row)}"
             )
-        rec = dict(zip(self.header, row, strict=True))
-        if self.ctx.key not in rec:
-            raise KeyError(f"no column {self.ctx.key!r} for the key")
-        if self.ctx.time not in rec:
-            raise KeyError(f"no column {self.ctx.time!r} for the time")
-        return (
-            self._key(rec[self.ctx.key]),
-            parse_time(rec[self.ctx.time], self.spec.time_unit),
-            [self._value(f, rec.get(f)) for f in self.fields],
-        )
+        return self.csv_parser.parse(dict(zip(self.header, row, strict=True)))
 
     def snapshot(self) -> Any:
         return (self.offset, self.line_no)
 
     def close(self) -> None:
         self.f.close()
-
-
-def dead_letters(step: str, items: list[tuple[str, bytes, str]]) -> RecordBatch:
-    """Dead-letter records: (where it came from, raw payload, reason)."""
-    now = now_ns()
-    raw = []
-    for _, r, _ in items:
-        text = r[:RAW_LIMIT].decode("utf-8", "backslashreplace")
-        raw.append(text + ("…" if len(r) > RAW_LIMIT else ""))
-    cols: dict[str, Any] = {
-        "raw": raw,
-        "error": [e for _, _, e in items],
-        "source": [s for s, _, _ in items],
-        "received_at": np.full(len(items), now, np.int64),
-    }
-    return RecordBatch("dead_letter", step, cols, len(items), ("source",))
 
 
 def source(
