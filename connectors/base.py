@@ -22,6 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from edgeflow.batch import Batch, RecordBatch
@@ -47,6 +48,7 @@ class SinkContext:
     flow: str
     step: str
     version: str = "0"
+    state_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -114,3 +116,7 @@ class SinkSpec(ABC):
 
     @abstractmethod
     def open(self, partition: str, resume: Any, ctx: SinkContext) -> SinkPartition: ...
+
+    def report(self, ctx: SinkContext) -> list[str]:
+        """Lines for the end-of-run summary (e.g. what is still queued)."""
+        return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -42,7 +43,21 @@ def _run(
         click.echo(line, err=True)
 
 
+def _kafka_bootstrap(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value:
+        os.environ["EDGEFLOW_KAFKA_BOOTSTRAP"] = value
+    return value
+
+
 _common = [
+    click.option(
+        "--kafka-bootstrap",
+        metavar="HOST:PORT",
+        callback=_kafka_bootstrap,
+        expose_value=False,
+        is_eager=True,
+        help="Kafka brokers for kafka.sink/kafka.source without bootstrap= (sets EDGEFLOW_KAFKA_BOOTSTRAP).",
+    ),
     click.option(
         "--for",
         "run_for",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
@@ -232,7 +233,7 @@ def _as_records(step: str) -> Callable[[Batch], RecordBatch]:
     return convert
 
 
-def build_dataflow(plan: Plan, control: _Control) -> Dataflow:
+def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None) -> Dataflow:
     flow = Dataflow(plan.name)
     streams: dict[tuple[str, str], Stream[Any]] = {}
     for src in plan.sources:
@@ -255,7 +256,7 @@ def build_dataflow(plan: Plan, control: _Control) -> Dataflow:
                 s = op.map_value(f"{k.name}__as_records_{i}", s, _as_records(up_step))
             ups.append(s)
         merged = ups[0] if len(ups) == 1 else op.merge(f"{k.name}__merge", *ups)
-        ctx = SinkContext(plan.name, k.name, plan.version)
+        ctx = SinkContext(plan.name, k.name, plan.version, state_dir)
         if k.spec.stateful:
             op.output(k.name, merged, _StatefulSink(k.spec, ctx))
         else:
@@ -291,7 +292,7 @@ def _window(
 def execute(plan: Plan, opts: RunOptions) -> None:
     deadline = None if opts.run_for_ns is None else now_ns() + opts.run_for_ns
     control = _Control(deadline, resumable=opts.state_dir is not None)
-    flow = build_dataflow(plan, control)
+    flow = build_dataflow(plan, control, opts.state_dir)
     recovery = None
     if opts.state_dir is not None:
         db = opts.state_dir / "recovery"

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeflow.connectors.base import SinkContext
 from edgeflow.engine.counters import COUNTERS
 from edgeflow.flow.plan import Plan
 from edgeflow.timeutil import now_ns
@@ -25,6 +26,7 @@ class RunSummary:
     seconds: float
     counters: dict[str, int] = field(default_factory=dict)
     unrouted: list[str] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         c = self.counters
@@ -35,7 +37,7 @@ class RunSummary:
         ]
         if self.unrouted:
             out.append(f"not routed to any sink (counted only): {', '.join(self.unrouted)}")
-        return out
+        return out + self.reports
 
 
 def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
@@ -49,7 +51,12 @@ def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
     COUNTERS.reset()
     t0 = now_ns()
     bytewax_adapter.execute(plan, opts)
-    return RunSummary(plan.name, (now_ns() - t0) / 1e9, COUNTERS.snapshot(), plan.unrouted)
+    summary = RunSummary(plan.name, (now_ns() - t0) / 1e9, COUNTERS.snapshot(), plan.unrouted)
+    for k in plan.sinks:
+        summary.reports.extend(
+            k.spec.report(SinkContext(plan.name, k.name, plan.version, opts.state_dir))
+        )
+    return summary
 
 
 def _check_plan_unchanged(plan: Plan, state_dir: Path) -> None:

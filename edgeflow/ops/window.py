@@ -590,11 +590,13 @@ class WindowKernel:
 
 
 def _group_time_order(codes: I32, k: I64, t: I64, n_keys: int) -> npt.NDArray[np.intp]:
-    """Row order grouped by (key, window), by event time within a group (ties: arrival)."""
+    """Row order grouped by (window, key), by event time within a group (ties: arrival).
+
+    Window-major, so a batch of results lists older windows first."""
     kmin = int(k.min())
     span = int(k.max()) - kmin + 1
     if n_keys * span <= 1 << 16:
-        g = codes.astype(np.int64) * span + (k - kmin)
+        g = (k - kmin) * n_keys + codes.astype(np.int64)
         order = stable_argsort(g, n_keys * span)
         g_s, t_s = g[order], t[order]
         # rows usually arrive in time order per key; if not, sort by time first
@@ -602,7 +604,7 @@ def _group_time_order(codes: I32, k: I64, t: I64, n_keys: int) -> npt.NDArray[np
             return order
         by_t = np.argsort(t, kind="stable")
         return by_t[stable_argsort(g[by_t], n_keys * span)]
-    return np.lexsort((t, k, codes))
+    return np.lexsort((t, codes, k))
 
 
 def _concat_records(parts: list[RecordBatch]) -> RecordBatch | None:

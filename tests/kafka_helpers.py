@@ -1,0 +1,94 @@
+"""A real Kafka broker for tests (scripts/kafka.sh on free ports) and a reading consumer."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class KafkaBroker:
+    """One single-node KRaft broker in its own directory, driven by scripts/kafka.sh."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.controller_port = free_port()
+        self.dir = workdir / f"kafka-{self.port}"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _script(self, action: str) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
+        env.update(
+            KAFKA_PORT=str(self.port),
+            KAFKA_CONTROLLER_PORT=str(self.controller_port),
+            KAFKA_DIR=str(self.dir),
+        )
+        res = subprocess.run(
+            [str(ROOT / "scripts" / "kafka.sh"), action],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"scripts/kafka.sh {action} failed:\n{res.stdout}\n{res.stderr}")
+
+    def up(self) -> KafkaBroker:
+        self._script("up")
+        return self
+
+    def stop(self) -> None:
+        self._script("stop")
+
+    def start(self) -> None:
+        self._script("start")
+
+    def down(self) -> None:
+        self._script("down")
+
+
+def consume_all(
+    bootstrap: str, topic: str, expect: int | None = None, timeout: float = 60
+) -> list[Any]:
+    """Every message of ``topic`` from the beginning (waiting until ``expect`` arrived, if given)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        deadline = time.monotonic() + timeout
+        parts = consumer.partitions_for_topic(topic)
+        while not parts and time.monotonic() < deadline:
+            time.sleep(0.2)
+            parts = consumer.partitions_for_topic(topic)
+        tps = [TopicPartition(topic, p) for p in sorted(parts or [])]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out: list[Any] = []
+        while time.monotonic() < deadline:
+            ends = consumer.end_offsets(tps)
+            done = all(consumer.position(tp) >= ends[tp] for tp in tps)
+            if done and (expect is None or len(out) >= expect):
+                break
+            for msgs in consumer.poll(timeout_ms=500).values():
+                out.extend(msgs)
+        return out
+    finally:
+        consumer.close()
+
+
+def headers(msg: Any) -> dict[str, str]:
+    return {k: v.decode() for k, v in msg.headers}
