@@ -102,7 +102,7 @@ def test_broker_outage_loses_nothing_and_duplicates_nothing(
     assert len(lines(out)) > before + 50, "the flow kept producing during the outage"
     own_broker.start()
     assert time.monotonic() - down_at >= 20
-    stdout, stderr = proc.communicate(timeout=120)
+    _stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     want = records(out)
     msgs = consume_all(own_broker.bootstrap, "outage-summary", expect=len(want))
@@ -125,7 +125,7 @@ def test_kill_9_during_delivery_then_resume_gives_exactly_the_records_after_dedu
 ) -> None:
     ref_flow, ref_out = kafka_flow(tmp_path, "ref", topic="ref-summary", devices=8, duration="60s")
     edgeflow("run", str(ref_flow), "--kafka-bootstrap", kafka_bootstrap)
-    flow, out = kafka_flow(
+    flow, _out = kafka_flow(
         tmp_path, "crashy", topic="crash-summary", devices=8, speed="5", duration="60s"
     )
     args = (
