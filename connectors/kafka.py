@@ -23,13 +23,11 @@ runs at many sites.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import threading
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 
@@ -43,12 +41,12 @@ from edgeflow.connectors.base import (
     SourcePartition,
     SourceSpec,
 )
+from edgeflow.connectors.forwarder import Forwarder
 from edgeflow.connectors.outbox import (
     DEFAULT_BUDGET,
     PRIORITIES,
     Outbox,
     OutRecord,
-    Stored,
     priority_of,
 )
 from edgeflow.connectors.parse import BatchBuilder, RecordParser
@@ -93,157 +91,6 @@ def outbox_path(ctx: SinkContext) -> Path:
     return Path(".edgeflow") / "outbox" / f"{ctx.flow}.sqlite"
 
 
-# -- the forwarder -----------------------------------------------------------------------------
-class Forwarder(threading.Thread):
-    """Drains one outbox to one Kafka cluster, oldest first; deletes what the broker acked."""
-
-    _running: ClassVar[dict[tuple[Path, str], Forwarder]] = {}
-    _lock: ClassVar[threading.Lock] = threading.Lock()
-
-    @classmethod
-    def ensure(
-        cls,
-        outbox: Outbox,
-        bootstrap: str,
-        producer_config: dict[str, Any],
-        topics: dict[str, tuple[int, int]],
-    ) -> Forwarder:
-        with cls._lock:
-            key = (outbox.path, bootstrap)
-            fw = cls._running.get(key)
-            if fw is None or not fw.is_alive():
-                fw = cls._running[key] = Forwarder(outbox, bootstrap, producer_config)
-                fw.topics.update(topics)
-                fw.start()
-            else:
-                fw.topics.update(topics)
-            fw.users += 1
-            return fw
-
-    def __init__(
-        self,
-        outbox: Outbox,
-        bootstrap: str,
-        producer_config: dict[str, Any],
-        max_batch: int = 20_000,
-    ) -> None:
-        super().__init__(name=f"edgeflow-forwarder-{bootstrap}", daemon=True)
-        self.outbox = outbox
-        self.bootstrap = bootstrap
-        self.producer_config = producer_config
-        self.max_batch = max_batch
-        self.topics: dict[str, tuple[int, int]] = {}
-        self._created: set[str] = set()
-        self.users = 0
-        self.stopping = threading.Event()  # finish what is queued, then stop
-        self.abort = threading.Event()  # stop now
-        self.last_error: str | None = None
-        self.sent = 0
-
-    def release(self, drain_timeout: float) -> None:
-        """One user is done; the last one drains the outbox (up to ``drain_timeout`` s) and stops it."""
-        with Forwarder._lock:
-            self.users -= 1
-            if self.users > 0:
-                return
-            Forwarder._running.pop((self.outbox.path, self.bootstrap), None)
-        self.stopping.set()
-        self.join(drain_timeout)
-        if self.is_alive():
-            self.abort.set()
-            self.join(10)
-
-    def _producer(self) -> Any:
-        from kafka import KafkaProducer
-
-        return KafkaProducer(bootstrap_servers=self.bootstrap, **self.producer_config)
-
-    def _create_topics(self) -> None:
-        todo = {t: v for t, v in self.topics.items() if t not in self._created}
-        if not todo:
-            return
-        from kafka.admin import KafkaAdminClient, NewTopic
-        from kafka.errors import TopicAlreadyExistsError
-
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000)
-        try:
-            for topic, (parts, repl) in todo.items():
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    admin.create_topics([NewTopic(topic, parts, repl)])
-                self._created.add(topic)
-        finally:
-            admin.close()
-
-    def run(self) -> None:
-        conn = self.outbox.connect()
-        after = 0
-        producer = None
-        backoff = 0.1
-        while not self.abort.is_set():
-            if producer is None:
-                try:
-                    producer = self._producer()
-                    self._create_topics()
-                    backoff = 0.1
-                except Exception as exc:
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    if producer is not None:
-                        producer.close(0)
-                        producer = None
-                    if self.stopping.is_set() and self.outbox.depth()[0] == 0:
-                        break
-                    self.abort.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-            rows, newest = self.outbox.fetch(after, self.max_batch, conn)
-            if not rows:
-                after = max(after, newest)
-                if self.stopping.is_set():
-                    break
-                self.outbox.wait_for_records(after, 0.2)
-                continue
-            if self._send(producer, rows):
-                self.outbox.delivered(rows, conn)
-                after = rows[-1].seq
-                self.sent += len(rows)
-            else:
-                self.outbox.release(rows[0].seq)
-                producer.close(0)
-                producer = None
-        if producer is not None:
-            producer.close(5)
-        conn.close()
-
-    def _send(self, producer: Any, rows: list[Stored]) -> bool:
-        from kafka.errors import KafkaError, MessageSizeTooLargeError
-
-        futures = []
-        for r in rows:
-            headers = [(k, v.encode()) for k, v in orjson.loads(r.headers)]
-            try:
-                futures.append(producer.send(r.topic, key=r.key, value=r.value, headers=headers))
-            except MessageSizeTooLargeError as exc:
-                # can never be delivered: count it and move on rather than block the queue
-                log.error("record %s is too large for Kafka and is discarded: %s", r.seq, exc)
-                with self.outbox.lock:
-                    self.outbox._bump(f"rejected.{r.sink}", 1)
-            except KafkaError as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                return False
-        while not all(f.is_done for f in futures):
-            # still waiting means the broker may be down: the producer keeps retrying
-            with contextlib.suppress(KafkaError):
-                producer.flush(timeout=0.5)
-            if self.abort.is_set():
-                return False
-        failed = [f for f in futures if f.failed()]
-        if failed:
-            self.last_error = f"{type(failed[0].exception).__name__}: {failed[0].exception}"
-            return False
-        self.last_error = None
-        return True
-
-
 # -- the sink -----------------------------------------------------------------------------------
 def _event_times(batch: RecordBatch) -> list[int]:
     for col in ("window_start", "t", "received_at"):
@@ -270,7 +117,7 @@ class _KafkaSinkPartition(SinkPartition):
             self.outbox.truncate_after(ctx.step, int(resume))
         self.forwarder: Forwarder | None = None
         bootstrap = resolve_bootstrap(spec.bootstrap)
-        if bootstrap:
+        if bootstrap and spec.forwarders > 0:
             self.forwarder = Forwarder.ensure(
                 self.outbox,
                 bootstrap,
@@ -278,6 +125,7 @@ class _KafkaSinkPartition(SinkPartition):
                 {spec.topic: (spec.topic_partitions, spec.replication)}
                 if spec.create_topic
                 else {},
+                spec.forwarders,
             )
 
     def write(self, batches: list[RecordBatch]) -> None:
@@ -328,10 +176,11 @@ class KafkaSink(SinkSpec):
         partitions: int = 1,
         replication: int = 1,
         budget_bytes: int = DEFAULT_BUDGET,
-        linger: Duration = "5ms",
+        linger: Duration = "20ms",
         compression: str = "auto",
         drain_timeout: Duration = "30s",
         producer_options: dict[str, Any] | None = None,
+        forwarders: int = 2,
     ) -> None:
         self.topic = topic
         self.bootstrap = bootstrap
@@ -344,6 +193,7 @@ class KafkaSink(SinkSpec):
         self.compression = compression
         self.drain_timeout = drain_timeout
         self.producer_options = dict(producer_options or {})
+        self.forwarders = forwarders
 
     @property
     def drain_timeout_s(self) -> float:
@@ -387,7 +237,7 @@ class KafkaSink(SinkSpec):
             "enable_idempotence": True,
             "compression_type": None if comp == "none" else comp,
             "linger_ms": parse_duration(self.linger) // 1_000_000,
-            "batch_size": 256 * 1024,
+            "batch_size": 1024 * 1024,
             "max_in_flight_requests_per_connection": 5,
             # keep retrying through uplink outages instead of failing records
             "delivery_timeout_ms": 7 * 24 * 3600 * 1000,
@@ -417,10 +267,16 @@ class KafkaSink(SinkSpec):
         where = (
             resolve_bootstrap(self.bootstrap) or "no Kafka configured: records stay in the outbox"
         )
+        errors = [
+            f"  last forwarder error: {v}"
+            for k, v in sorted(box.status().items())
+            if k.startswith("error.")
+        ]
         return [
             f"kafka sink {ctx.step!r} -> {self.topic} ({where}): "
             f"{stats.get(f'delivered.{ctx.step}', 0)} delivered, {stats.get(f'dropped.{ctx.step}', 0)} dropped (outbox full); "
-            f"outbox {path}: {n} records ({size / 1e6:.1f} MB) waiting"
+            f"outbox {path}: {n} records ({size / 1e6:.1f} MB) waiting",
+            *errors,
         ]
 
 
@@ -436,17 +292,19 @@ def sink(
     compression: str = "auto",
     drain_timeout: Duration = "30s",
     producer_options: dict[str, Any] | None = None,
+    forwarders: int = 2,
 ) -> KafkaSink:
     """Publish records to ``topic`` through the durable outbox (see the module docstring).
 
     ``priority`` (raw < trend < summary < alert) decides what the outbox drops first when
     it reaches ``budget_bytes`` (default 1 GiB); by default window summaries and dead
-    letters are ``summary`` and late/raw readings ``raw``.
+    letters are ``summary`` and late/raw readings ``raw``. ``forwarders`` is the number of
+    processes draining the outbox (each owns some keys, so per-key order holds).
     """
     return KafkaSink(
         topic, bootstrap=bootstrap, priority=priority, create_topic=create_topic, partitions=partitions,
         replication=replication, budget_bytes=budget_bytes, compression=compression,
-        drain_timeout=drain_timeout, producer_options=producer_options,
+        drain_timeout=drain_timeout, producer_options=producer_options, forwarders=forwarders,
     )  # fmt: skip
 
 

@@ -9,24 +9,31 @@ records of the lowest-priority stream go first (``raw`` < ``trend`` < ``summary`
 ``alert``). Records the forwarder has in flight are never dropped. Every drop is
 counted per sink in the ``stats`` table, so a consumer can reconcile what is missing.
 
-Order: records are delivered in the order they were appended (``seq``).
+Order: each record belongs to a *lane* (a hash of its key); a forwarder process owns a set
+of lanes and sends each lane in append order (``seq``), so a key's records stay in order.
+Several forwarder processes may drain one outbox: the byte total and the in-flight marks
+live in the database, so appends and drops see what every process did.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 PRIORITIES = {"raw": 0, "trend": 1, "summary": 2, "alert": 3}
 DEFAULT_BUDGET = 1 << 30
+LANES = 8
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox(
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    lane INTEGER NOT NULL,
     sink TEXT NOT NULL,
     topic TEXT NOT NULL,
     priority INTEGER NOT NULL,
@@ -37,7 +44,13 @@ CREATE TABLE IF NOT EXISTS outbox(
 );
 CREATE INDEX IF NOT EXISTS outbox_by_priority ON outbox(priority, seq);
 CREATE TABLE IF NOT EXISTS stats(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS status(name TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO stats(name, value) SELECT 'bytes', COALESCE(SUM(size), 0) FROM outbox;
 """
+
+
+def lane_of(key: bytes | None) -> int:
+    return zlib.crc32(key) % LANES if key else 0
 
 
 def priority_of(value: str | int) -> int:
@@ -61,6 +74,10 @@ class OutRecord:
     def size(self) -> int:
         return len(self.value) + len(self.key or b"") + len(self.headers) + 64
 
+    @property
+    def lane(self) -> int:
+        return lane_of(self.key)
+
 
 @dataclass(frozen=True)
 class Stored:
@@ -73,7 +90,8 @@ class Stored:
 
 
 class Outbox:
-    """One SQLite file; shared by every sink of a process that names the same path."""
+    """One SQLite file. In a process, sinks naming the same path share one object (:meth:`at`);
+    forwarder processes open their own."""
 
     _open: ClassVar[dict[Path, Outbox]] = {}
     _open_lock: ClassVar[threading.Lock] = threading.Lock()
@@ -91,44 +109,37 @@ class Outbox:
 
     def __init__(self, path: Path, budget_bytes: int = DEFAULT_BUDGET) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+        self.path = path.resolve()
         self.budget = budget_bytes
         self.lock = threading.RLock()
-        self.changed = threading.Condition(self.lock)
-        self.db = self.connect()
-        self.db.executescript(_SCHEMA)
-        self.total_bytes = int(
-            self.db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0]
+        self.db = sqlite3.connect(
+            self.path, timeout=60, isolation_level=None, check_same_thread=False
         )
-        self.inflight_hi = 0  # rows with seq <= this are being sent: never dropped
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # a committed append survives power loss
+        self._migrate()
+        self.db.executescript(_SCHEMA)  # runs in its own transaction
 
-    def connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # a committed append survives power loss
-        return db
+    def _migrate(self) -> None:
+        """Bring an outbox written by an older edgeflow up to this schema, keeping its records."""
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(outbox)")}
+        if cols and "lane" not in cols:  # before lanes: everything goes to lane 0, in order
+            self.db.execute("ALTER TABLE outbox ADD COLUMN lane INTEGER NOT NULL DEFAULT 0")
 
-    # -- appending (inside the flow) ---------------------------------------------------------
-    def append(self, sink: str, priority: int, records: Sequence[OutRecord]) -> int:
-        """Durably append; returns the last seq written (0 if nothing). Drops per the budget."""
-        if not records:
-            return self.last_seq()
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
         with self.lock:
-            keep = self._make_room(sink, priority, list(records))
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                self.db.executemany(
-                    "INSERT INTO outbox(sink, topic, priority, key, value, headers, size) VALUES (?,?,?,?,?,?,?)",
-                    [(sink, r.topic, priority, r.key, r.value, r.headers, r.size) for r in keep],
-                )
-                self._bump(f"appended.{sink}", len(keep))
-                self.db.execute("COMMIT")
+                yield
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
-            self.total_bytes += sum(r.size for r in keep)
-            self.changed.notify_all()
-            return self.last_seq()
+            self.db.execute("COMMIT")
+
+    def _stat(self, name: str) -> int:
+        row = self.db.execute("SELECT value FROM stats WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
 
     def _bump(self, name: str, n: int) -> None:
         if n:
@@ -137,128 +148,156 @@ class Outbox:
                 (name, n),
             )
 
+    def _set(self, name: str, n: int) -> None:
+        self.db.execute(
+            "INSERT INTO stats(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (name, n),
+        )
+
+    @property
+    def total_bytes(self) -> int:
+        with self.lock:
+            return self._stat("bytes")
+
+    # -- appending (inside the flow) ---------------------------------------------------------
+    def append(self, sink: str, priority: int, records: Sequence[OutRecord]) -> int:
+        """Durably append (committed and fsync'ed on return); drops per the budget. Returns the last seq."""
+        with self._tx():
+            keep = self._make_room(sink, priority, list(records))
+            self.db.executemany(
+                "INSERT INTO outbox(lane, sink, topic, priority, key, value, headers, size) VALUES (?,?,?,?,?,?,?,?)",
+                [
+                    (r.lane, sink, r.topic, priority, r.key, r.value, r.headers, r.size)
+                    for r in keep
+                ],
+            )
+            self._bump(f"appended.{sink}", len(keep))
+            self._bump("bytes", sum(r.size for r in keep))
+            return self.last_seq()
+
+    _DROPPABLE = "seq > COALESCE((SELECT value FROM stats WHERE name = 'inflight.' || lane), 0)"
+
     def _make_room(self, sink: str, priority: int, new: list[OutRecord]) -> list[OutRecord]:
         """Drop the oldest lowest-priority records until ``new`` fits; returns what of ``new`` to keep."""
         need = sum(r.size for r in new)
-        while self.total_bytes + need > self.budget and (new or self.total_bytes):
+        total = self._stat("bytes")
+        while total + need > self.budget and new:
             row = self.db.execute(
-                "SELECT priority FROM outbox WHERE seq > ? ORDER BY priority, seq LIMIT 1",
-                (self.inflight_hi,),
+                f"SELECT priority FROM outbox WHERE {self._DROPPABLE} ORDER BY priority, seq LIMIT 1"
             ).fetchone()
             if row is None or priority < row[0]:
-                if not new:
-                    break
                 # the incoming records are the lowest priority: drop them, oldest first
                 drop = 0
-                while new and self.total_bytes + need > self.budget:
+                while new and total + need > self.budget:
                     need -= new.pop(0).size
                     drop += 1
-                self.db.execute("BEGIN IMMEDIATE")
                 self._bump(f"dropped.{sink}", drop)
-                self.db.execute("COMMIT")
                 continue
-            self._drop_stored(row[0], self.total_bytes + need - self.budget)
+            total -= self._drop_stored(row[0], total + need - self.budget)
         return new
 
-    def _drop_stored(self, priority: int, excess: int) -> None:
+    def _drop_stored(self, priority: int, excess: int) -> int:
         rows = self.db.execute(
-            "SELECT seq, sink, size FROM outbox WHERE priority = ? AND seq > ? ORDER BY seq LIMIT 10000",
-            (priority, self.inflight_hi),
+            f"SELECT seq, sink, size FROM outbox WHERE priority = ? AND {self._DROPPABLE} ORDER BY seq LIMIT 10000",
+            (priority,),
         ).fetchall()
-        chosen = []
         freed = 0
+        per_sink: dict[str, int] = {}
+        chosen = []
         for seq, sink, size in rows:
-            chosen.append((seq, sink, size))
+            chosen.append((seq,))
+            per_sink[sink] = per_sink.get(sink, 0) + 1
             freed += size
             if freed >= excess:
                 break
-        self.db.execute("BEGIN IMMEDIATE")
-        self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s, _, _ in chosen])
-        per_sink: dict[str, int] = {}
-        for _, sink, _ in chosen:
-            per_sink[sink] = per_sink.get(sink, 0) + 1
+        self.db.executemany("DELETE FROM outbox WHERE seq = ?", chosen)
         for sink, n in per_sink.items():
             self._bump(f"dropped.{sink}", n)
-        self.db.execute("COMMIT")
-        self.total_bytes -= freed
+        self._bump("bytes", -freed)
+        return freed
 
     def truncate_after(self, sink: str, seq: int) -> int:
         """Resume support: delete ``sink``'s records appended after ``seq`` (they will be replayed)."""
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            rows = self.db.execute(
+        with self._tx():
+            n, size = self.db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox WHERE sink = ? AND seq > ?",
                 (sink, seq),
             ).fetchone()
             self.db.execute("DELETE FROM outbox WHERE sink = ? AND seq > ?", (sink, seq))
-            self._bump(f"appended.{sink}", -int(rows[0]))
-            self.db.execute("COMMIT")
-            self.total_bytes -= int(rows[1])
-            return int(rows[0])
+            self._bump(f"appended.{sink}", -int(n))
+            self._bump("bytes", -int(size))
+            return int(n)
 
     def last_seq(self) -> int:
         row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         return int(row[0]) if row else 0
 
-    # -- draining (the forwarder) -------------------------------------------------------------
-    def fetch(self, after: int, limit: int, conn: sqlite3.Connection) -> tuple[list[Stored], int]:
-        """Up to ``limit`` rows after seq ``after``, oldest first, marked in flight; and the
-        newest seq allocated at that moment (nothing at or below it is missing from the result)."""
-        with self.lock:
-            rows = conn.execute(
-                "SELECT seq, sink, topic, key, value, headers FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+    # -- draining (a forwarder owns some lanes) ------------------------------------------------
+    def fetch(self, lanes: Sequence[int], after: int, limit: int) -> tuple[list[Stored], int]:
+        """Up to ``limit`` rows of ``lanes`` after seq ``after``, oldest first, marked in flight; and
+        the newest seq allocated at that moment (nothing of these lanes up to it is left out)."""
+        marks = ",".join(str(int(x)) for x in lanes)
+        with self._tx():
+            rows = self.db.execute(
+                f"SELECT seq, sink, topic, key, value, headers FROM outbox WHERE lane IN ({marks}) AND seq > ? ORDER BY seq LIMIT ?",
                 (after, limit),
             ).fetchall()
             if rows:
-                self.inflight_hi = max(self.inflight_hi, int(rows[-1][0]))
+                for lane in lanes:
+                    self._set(f"inflight.{lane}", int(rows[-1][0]))
             newest = self.last_seq()
         return [Stored(*r) for r in rows], newest
 
-    def delivered(self, rows: Sequence[Stored], conn: sqlite3.Connection) -> None:
-        """The broker acknowledged ``rows``: delete them and count them per sink."""
+    def delivered(self, lanes: Sequence[int], rows: Sequence[Stored]) -> None:
+        """The broker acknowledged ``rows`` (fetched for ``lanes``): delete and count them."""
         if not rows:
             return
+        marks = ",".join(str(int(x)) for x in lanes)
         lo, hi = rows[0].seq, rows[-1].seq
         per_sink: dict[str, int] = {}
         for r in rows:
             per_sink[r.sink] = per_sink.get(r.sink, 0) + 1
-        with self.lock:
-            size = conn.execute(
-                "SELECT COALESCE(SUM(size), 0) FROM outbox WHERE seq BETWEEN ? AND ?", (lo, hi)
+        where = f"lane IN ({marks}) AND seq BETWEEN ? AND ?"
+        with self._tx():
+            size = self.db.execute(
+                f"SELECT COALESCE(SUM(size), 0) FROM outbox WHERE {where}", (lo, hi)
             ).fetchone()[0]
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", (lo, hi))
+            self.db.execute(f"DELETE FROM outbox WHERE {where}", (lo, hi))
             for sink, n in per_sink.items():
-                conn.execute(
-                    "INSERT INTO stats(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                    (f"delivered.{sink}", n),
-                )
-            conn.execute("COMMIT")
-            self.total_bytes -= int(size)
-            self.changed.notify_all()
+                self._bump(f"delivered.{sink}", n)
+            self._bump("bytes", -int(size))
 
-    def release(self, lo: int) -> None:
-        """Sending rows from ``lo`` on failed: they stay queued and may be dropped again."""
-        with self.lock:
-            self.inflight_hi = min(self.inflight_hi, lo - 1)
+    def release(self, lanes: Sequence[int], lo: int) -> None:
+        """Sending from seq ``lo`` on failed: those rows stay queued and may be dropped again."""
+        with self._tx():
+            for lane in lanes:
+                self._set(f"inflight.{lane}", max(0, lo - 1))
 
-    def wait_for_records(self, after: int, timeout: float) -> None:
-        with self.changed:
-            if self.last_seq() <= after:
-                self.changed.wait(timeout)
+    def record_count(self, rejected_sink: str) -> None:
+        with self._tx():
+            self._bump(f"rejected.{rejected_sink}", 1)
 
     # -- reporting ------------------------------------------------------------------------
     def depth(self) -> tuple[int, int]:
         """(records waiting, bytes waiting)."""
         with self.lock:
-            n, size = self.db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox"
-            ).fetchone()
-        return int(n), int(size)
+            n = self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            return int(n), self._stat("bytes")
 
     def stats(self) -> dict[str, int]:
         with self.lock:
             return {k: int(v) for k, v in self.db.execute("SELECT name, value FROM stats")}
+
+    def set_status(self, name: str, value: str) -> None:
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO status(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+    def status(self) -> dict[str, str]:
+        with self.lock:
+            return dict(self.db.execute("SELECT name, value FROM status").fetchall())
 
 
 def read_stats(path: Path) -> dict[str, int]:

@@ -1,10 +1,15 @@
-"""Quickstart: 50 simulated vibration sensors, 1-second summaries printed as JSON lines.
+"""Quickstart: 50 simulated vibration sensors, 1-second summaries.
 
-edgeflow deploy flows/quickstart.py --for 20s
+Prints every summary as a JSON line, and publishes summaries, late readings and dead
+letters to Kafka when a broker is configured (``--kafka-bootstrap host:9092`` or
+``EDGEFLOW_KAFKA_BOOTSTRAP``); otherwise they wait in the local durable outbox
+(``<state dir>/outbox.sqlite``) until one is.
+
+    edgeflow deploy flows/quickstart.py --for 20s
 """
 
 from edgeflow import Flow, agg, window
-from edgeflow.connectors import simulate, stdio
+from edgeflow.connectors import kafka, simulate, stdio
 
 flow = Flow("quickstart")
 readings = flow.source(
@@ -21,5 +26,11 @@ summaries = readings.window(
     agg.p95("accel"),
     agg.max("temp"),
     idle="5s",
+    name="summaries",
 )
-summaries.to(stdio.sink())
+summaries.to(stdio.sink(), name="console")
+summaries.to(kafka.sink("edgeflow.quickstart.summaries"), name="summaries_to_kafka")
+summaries.late.to(kafka.sink("edgeflow.quickstart.late"), name="late_to_kafka")
+readings.dead_letters.to(
+    kafka.sink("edgeflow.quickstart.dead-letters"), name="dead_letters_to_kafka"
+)

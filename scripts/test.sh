@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
+./scripts/system-deps.sh   # Java + Maven (Kafka broker), kcat, Mosquitto: the tests start real servers
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy edgeflow

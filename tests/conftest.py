@@ -31,3 +31,37 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker
         yield broker
     finally:
         broker.down()
+
+
+SERVER_FIXTURES = {"kafka_bootstrap": "kafka", "own_broker": "kafka"}
+_passed: dict[str, int] = {"kafka": 0}
+_collected: dict[str, int] = {"kafka": 0}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fx in getattr(item, "fixturenames", ()):
+            if fx in SERVER_FIXTURES:
+                _collected[SERVER_FIXTURES[fx]] += 1
+                item.user_properties.append(("server", SERVER_FIXTURES[fx]))
+                break
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.passed:
+        for name, value in report.user_properties:
+            if name == "server":
+                _passed[str(value)] += 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI, a full run that passed no test against a real server is a failure, not a pass."""
+    filtered = bool(session.config.option.keyword or session.config.option.markexpr)
+    if not os.environ.get("CI") or exitstatus != 0 or filtered:
+        return
+    for server, n in _passed.items():
+        if n == 0:
+            session.exitstatus = 1
+            print(
+                f"\nCI: {_collected[server]} tests need a real {server} server and none passed; they must run in CI."
+            )

@@ -18,7 +18,7 @@ def write_flow(path: Path, body: str) -> Path:
 
 
 def edgeflow(
-    *args: str, timeout: float = 120, check: bool = True
+    *args: str, timeout: float = 120, check: bool = True, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     res = subprocess.run(
         [sys.executable, "-m", "edgeflow", *args],
@@ -26,6 +26,7 @@ def edgeflow(
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        env=env,
     )
     if check and res.returncode != 0:
         raise AssertionError(

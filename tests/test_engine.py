@@ -7,8 +7,10 @@ import signal
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
+from edgeflow.connectors.outbox import read_stats
 from tests.helpers import edgeflow, lines, popen_edgeflow, records, write_flow
 
 FLOW = """
@@ -115,8 +117,16 @@ r.dead_letters.to(files.sink({str(dead)!r}, time_format="iso"))
     assert "3 dead letters" in res.stderr
 
 
-@pytest.mark.parametrize("workers", ["1"])
-def test_deploy_quickstart_prints_window_records(workers: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_deploy_quickstart_prints_window_records_and_keeps_them_in_the_outbox(
+    workers: str, tmp_path: Path
+) -> None:
+    no_kafka = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("KAFKA_BOOTSTRAP", "EDGEFLOW_KAFKA_BOOTSTRAP")
+    }
+    state = tmp_path / "st"
     res = edgeflow(
         "deploy",
         "flows/quickstart.py",
@@ -125,15 +135,13 @@ def test_deploy_quickstart_prints_window_records(workers: str, tmp_path: Path) -
         "--workers",
         workers,
         "--state-dir",
-        str(tmp_path / "st"),
+        str(state),
         timeout=60,
+        env=no_kafka,
     )
-    recs = [x for x in res.stdout.splitlines() if x.startswith("{")]
+    recs = [orjson.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
     assert len(recs) >= 50, res.stdout  # at least one second of 50 devices
-    import orjson
-
-    first = orjson.loads(recs[0])
-    assert set(first) == {
+    assert set(recs[0]) == {
         "key",
         "window_start",
         "window_end",
@@ -143,7 +151,9 @@ def test_deploy_quickstart_prints_window_records(workers: str, tmp_path: Path) -
         "p95_accel",
         "max_temp",
     }
-    assert first["window_start"].endswith("Z")
-    assert (
-        "source quickstart" not in res.stderr and "window window" in res.stderr
-    )  # the plan is printed
+    assert recs[0]["window_start"].endswith("Z")
+    assert "window summaries" in res.stderr  # the plan is printed first
+    assert "no Kafka configured: records stay in the outbox" in res.stderr
+    waiting = read_stats(state / "outbox.sqlite")
+    assert waiting["appended.summaries_to_kafka"] == len(recs)
+    assert waiting["depth"] == len(recs) + waiting.get("appended.late_to_kafka", 0)

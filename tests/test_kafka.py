@@ -124,7 +124,14 @@ def test_kill_9_during_delivery_then_resume_gives_exactly_the_records_after_dedu
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
     ref_flow, ref_out = kafka_flow(tmp_path, "ref", topic="ref-summary", devices=8, duration="60s")
-    edgeflow("run", str(ref_flow), "--kafka-bootstrap", kafka_bootstrap)
+    edgeflow(
+        "run",
+        str(ref_flow),
+        "--kafka-bootstrap",
+        kafka_bootstrap,
+        "--state-dir",
+        str(tmp_path / "ref-st"),
+    )
     flow, _out = kafka_flow(
         tmp_path, "crashy", topic="crash-summary", devices=8, speed="5", duration="60s"
     )
@@ -274,3 +281,32 @@ r.dead_letters.to(files.sink({str(dead)!r}))
     new = [r for r in records(out) if r["window_start"] >= (t0 + 60_000) * 1_000_000]
     assert [(r["key"], r["count"]) for r in new] == [("m0", 7)]
     assert sum(r["count"] for r in records(out)) == 307, "nothing read twice"
+
+
+def test_quickstart_publishes_to_kafka_when_a_broker_is_configured(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    state = tmp_path / "st"
+    res = edgeflow(
+        "deploy",
+        "flows/quickstart.py",
+        "--for",
+        "3s",
+        "--kafka-bootstrap",
+        kafka_bootstrap,
+        "--state-dir",
+        str(state),
+        timeout=90,
+    )
+    printed = [orjson.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    msgs = consume_all(kafka_bootstrap, "edgeflow.quickstart.summaries", expect=len(printed))
+    assert len(printed) >= 50
+    published = [orjson.loads(m.value) for m in msgs]
+    assert sorted((r["key"], r["count"], r["mean_accel"]) for r in published) == sorted(
+        (r["key"], r["count"], r["mean_accel"]) for r in printed
+    )
+    assert all(
+        headers(m)["edgeflow-id"] == f"quickstart/summaries/{r['key']}/{r['window_start']}"
+        for m, r in zip(msgs, published, strict=True)
+    )
+    assert read_stats(state / "outbox.sqlite")["depth"] == 0
