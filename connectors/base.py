@@ -76,6 +76,21 @@ class SourceSpec(ABC):
     def columns(self) -> Sequence[str] | None:
         return None
 
+    def numeric_fields(self, key: str, time: str) -> tuple[str, ...] | None:
+        """The fields readings will carry, if known before running (default: columns - key - time)."""
+        cols = self.columns()
+        return None if cols is None else tuple(c for c in cols if c not in (key, time))
+
+    def check_context(self, key: str, time: str) -> list[str]:
+        """Problems with the key/time the flow chose (default: they must be columns, if known)."""
+        cols = self.columns()
+        out = []
+        if cols is not None:
+            for what, name in (("key", key), ("time", time)):
+                if name and name not in cols:
+                    out.append(f"unknown {what} field {name!r}; the source has: {', '.join(cols)}")
+        return out
+
     def problems(self) -> list[str]:
         return []
 

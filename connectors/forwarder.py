@@ -15,12 +15,10 @@ A forwarder process exits when its parent dies (PR_SET_PDEATHSIG and a parent ch
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import multiprocessing as mp
 import os
 import signal
-import sys
 import threading
 import time
 from multiprocessing.synchronize import Event
@@ -30,14 +28,9 @@ from typing import Any, ClassVar
 import orjson
 
 from edgeflow.connectors.outbox import LANES, Outbox, Stored
+from edgeflow.connectors.process import die_with_parent
 
 log = logging.getLogger("edgeflow.forwarder")
-
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class _Drain:
@@ -193,7 +186,7 @@ def _process_main(
     abort: Event,
     parent: int,
 ) -> None:
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.ERROR)  # our own warnings say what matters

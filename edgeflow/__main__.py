@@ -1,3 +1,4 @@
 from edgeflow.cli.main import main
 
-main()
+if __name__ == "__main__":  # spawned helper processes import this module too
+    main()

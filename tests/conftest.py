@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.kafka_helpers import KafkaBroker
+from tests.mqtt_helpers import Mosquitto
 
 
 @pytest.fixture(scope="session")
@@ -33,9 +34,19 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker
         broker.down()
 
 
-SERVER_FIXTURES = {"kafka_bootstrap": "kafka", "own_broker": "kafka"}
-_passed: dict[str, int] = {"kafka": 0}
-_collected: dict[str, int] = {"kafka": 0}
+@pytest.fixture(scope="session")
+def mqtt_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real Mosquitto broker on 127.0.0.1 (scripts/mosquitto.sh), stopped by pid afterwards."""
+    broker = Mosquitto(tmp_path_factory.mktemp("mqtt")).up()
+    try:
+        yield broker.port
+    finally:
+        broker.down()
+
+
+SERVER_FIXTURES = {"kafka_bootstrap": "kafka", "own_broker": "kafka", "mqtt_port": "mqtt"}
+_passed: dict[str, int] = {"kafka": 0, "mqtt": 0}
+_collected: dict[str, int] = {"kafka": 0, "mqtt": 0}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -46,7 +46,9 @@ def popen_edgeflow(*args: str) -> subprocess.Popen[str]:
 
 
 def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
+    # JSON lines are split on "\n" only: str.splitlines() would also split on U+0085,
+    # U+2028, ... which may legally appear inside JSON strings
+    return [x for x in path.read_text().split("\n") if x] if path.exists() else []
 
 
 def records(path: Path) -> list[dict[str, Any]]:

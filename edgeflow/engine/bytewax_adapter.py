@@ -89,10 +89,10 @@ class _SourcePart(StatefulSourcePartition[Any, Any]):
 
     def next_awake(self) -> datetime | None:
         ns = self.part.next_awake()
+        if ns is None:
+            return None  # "as soon as possible": the deadline only bounds a later wake-up
         dl = self.control.deadline_ns
-        if dl is not None:
-            ns = dl if ns is None else min(ns, dl)
-        return None if ns is None else _dt(ns)
+        return _dt(ns if dl is None else min(ns, dl))
 
     def snapshot(self) -> Any:
         return self.part.snapshot()

@@ -375,15 +375,9 @@ def _check_source(
         problems.append(
             f"{where}: say which column is the event time, e.g. flow.source(..., time='ts')"
         )
-    cols = spec.columns()
-    fields: tuple[str, ...] | None = None
-    if cols is not None:
-        for what, name in (("key", key), ("time", time)):
-            if name and name not in cols:
-                problems.append(
-                    f"{where}: unknown {what} field {name!r}; the source has: {', '.join(cols)}"
-                )
-        fields = tuple(c for c in cols if c not in (key, time))
+    if key and time:
+        problems.extend(f"{where}: {m}" for m in spec.check_context(key, time))
+    fields = spec.numeric_fields(key or "", time or "")
     if p["fields"] is not None:
         wanted = tuple(p["fields"])
         if fields is not None:

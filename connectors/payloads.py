@@ -1,0 +1,377 @@
+"""Decode device payloads into readings, or say exactly why not.
+
+Formats: ``json`` (one object per reading, or an array of them), ``senml`` (RFC 8428 JSON
+packs), ``csv`` (one line, columns declared), ``number`` (a bare number; key from the
+topic, time = receive time). A payload is atomic: if any reading in it is bad, the whole
+payload becomes one dead letter whose reason names the reading.
+
+Limits guard the node against hostile or broken devices: payload size, JSON nesting,
+readings per payload, and timestamps too far in the future or past.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from edgeflow.connectors.parse import parse_time
+
+FORMATS = ("json", "senml", "csv", "number")
+FIELD_TYPES = ("float", "int", "bool")
+SENML_RELATIVE = 2**28  # RFC 8428: times below this are relative to now (seconds)
+
+Row = tuple[str, int, list[float]]
+
+
+class PayloadError(ValueError):
+    """A payload that cannot become readings; the message is the dead letter's reason."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 256 * 1024
+    max_depth: int = 8
+    max_readings: int = 10_000
+    max_future_ns: int = 3600 * 10**9
+    max_past_ns: int = 365 * 86400 * 10**9
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a reading looks like: key and time (payload field, ``topic[i]`` or ``received``)."""
+
+    key: str
+    time: str
+    fields: tuple[str, ...]
+    types: Mapping[str, str]
+    defaults: Mapping[str, float]
+    time_unit: str = "auto"
+    csv_columns: tuple[str, ...] = ()
+
+    def topic_level(self, topic: str, spec: str) -> str:
+        idx = int(spec[len("topic[") : -1])
+        levels = topic.split("/")
+        if not -len(levels) <= idx < len(levels) or not levels[idx]:
+            raise PayloadError(f"topic {topic!r} has no level {idx} for the key")
+        return levels[idx]
+
+
+def is_topic_ref(spec: str) -> bool:
+    return spec.startswith("topic[") and spec.endswith("]") and spec[6:-1].lstrip("-").isdigit()
+
+
+def _depth(obj: Any, limit: int, level: int = 1) -> None:
+    if level > limit:
+        raise PayloadError(f"JSON nested deeper than {limit} levels")
+    if isinstance(obj, dict):
+        for v in obj.values():
+            if isinstance(v, dict | list):
+                _depth(v, limit, level + 1)
+    elif isinstance(obj, list):
+        for v in obj:
+            if isinstance(v, dict | list):
+                _depth(v, limit, level + 1)
+
+
+def _no_duplicate_keys(raw: bytes, obj: dict[str, Any]) -> None:
+    """orjson keeps the last of duplicate keys silently; a device sending them is broken."""
+    if any(raw.count(b'"' + k.encode() + b'"') > 1 for k in obj):
+
+        def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            seen: set[str] = set()
+            for k, _ in pairs:
+                if k in seen:
+                    raise PayloadError(f"duplicate key {k!r} in a JSON object")
+                seen.add(k)
+            return dict(pairs)
+
+        json.loads(raw, object_pairs_hook=hook)
+
+
+class Decoder:
+    """Turns one payload (with its topic and receive time) into readings."""
+
+    def __init__(self, fmt: str, schema: Schema, limits: Limits) -> None:
+        self.fmt = fmt
+        self.schema = schema
+        self.limits = limits
+        self.key_from_topic = is_topic_ref(schema.key)
+
+    def decode(self, payload: bytes, topic: str, received_ns: int) -> list[Row]:
+        if len(payload) > self.limits.max_bytes:
+            raise PayloadError(
+                f"payload of {len(payload)} bytes is over the {self.limits.max_bytes}-byte limit"
+            )
+        if self.fmt == "number":
+            rows = [self._number(payload, topic, received_ns)]
+        elif self.fmt == "csv":
+            rows = [self._csv(payload, topic, received_ns)]
+        else:
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                raise PayloadError(f"not valid JSON: {exc}") from None
+            _depth(obj, self.limits.max_depth)
+            rows = (
+                self._senml(obj, topic, received_ns)
+                if self.fmt == "senml"
+                else self._json(obj, payload, topic, received_ns)
+            )
+        for _, t, _ in rows:
+            if t > received_ns + self.limits.max_future_ns:
+                raise PayloadError(
+                    f"timestamp {t} ns is more than {self.limits.max_future_ns // 10**9} s in the future"
+                )
+            if t < received_ns - self.limits.max_past_ns:
+                raise PayloadError(
+                    f"timestamp {t} ns is more than {self.limits.max_past_ns // 10**9} s in the past"
+                )
+        return rows
+
+    # -- pieces -------------------------------------------------------------------------------
+    def _key(self, topic: str, rec: Mapping[str, Any] | None) -> str:
+        if self.key_from_topic:
+            return self.schema.topic_level(topic, self.schema.key)
+        if rec is None or self.schema.key not in rec:
+            raise PayloadError(f"missing key field {self.schema.key!r}")
+        v = rec[self.schema.key]
+        if isinstance(v, str) and v:
+            return v
+        if isinstance(v, int) and not isinstance(v, bool):
+            return str(v)
+        raise PayloadError(f"key {self.schema.key!r}: {v!r} is not a non-empty string or integer")
+
+    def _time(self, rec: Mapping[str, Any] | None, received_ns: int) -> int:
+        if self.schema.time == "received":
+            return received_ns
+        if rec is None or self.schema.time not in rec:
+            raise PayloadError(f"missing time field {self.schema.time!r}")
+        try:
+            return parse_time(rec[self.schema.time], self.schema.time_unit)
+        except (ValueError, OverflowError) as exc:
+            raise PayloadError(str(exc)) from None
+
+    def _value(self, name: str, v: Any) -> float:
+        typ = self.schema.types.get(name, "float")
+        if v is None:
+            if name in self.schema.defaults:
+                return self.schema.defaults[name]
+            raise PayloadError(f"field {name!r} is missing and has no default")
+        if typ == "bool":
+            if isinstance(v, bool):
+                return 1.0 if v else 0.0
+            raise PayloadError(f"field {name!r}: {v!r} is not a boolean")
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise PayloadError(f"field {name!r}: {v!r} is a {type(v).__name__}, expected a number")
+        x = float(v)
+        if not math.isfinite(x):
+            raise PayloadError(f"field {name!r}: {v!r} is not a finite number")
+        if typ == "int" and not x.is_integer():
+            raise PayloadError(f"field {name!r}: {v!r} is not a whole number")
+        return x
+
+    def _reading(self, rec: Mapping[str, Any], topic: str, received_ns: int) -> Row:
+        return (
+            self._key(topic, rec),
+            self._time(rec, received_ns),
+            [self._value(f, rec.get(f)) for f in self.schema.fields],
+        )
+
+    def _json(self, obj: Any, raw: bytes, topic: str, received_ns: int) -> list[Row]:
+        recs = obj if isinstance(obj, list) else [obj]
+        if len(recs) > self.limits.max_readings:
+            raise PayloadError(
+                f"{len(recs)} readings in one payload; the limit is {self.limits.max_readings}"
+            )
+        if not recs:
+            raise PayloadError("an empty JSON array holds no reading")
+        rows = []
+        for i, rec in enumerate(recs):
+            where = f"reading {i}: " if isinstance(obj, list) else ""
+            if not isinstance(rec, dict):
+                raise PayloadError(f"{where}expected a JSON object, got {type(rec).__name__}")
+            try:
+                _no_duplicate_keys(raw, rec)
+                rows.append(self._reading(rec, topic, received_ns))
+            except PayloadError as exc:
+                raise PayloadError(f"{where}{exc}") from None
+        return rows
+
+    def _number(self, payload: bytes, topic: str, received_ns: int) -> Row:
+        if len(self.schema.fields) != 1:
+            raise PayloadError("format 'number' needs exactly one declared field")
+        text = payload.decode("utf-8", "strict").strip() if payload.isascii() else None
+        if text is None:
+            raise PayloadError("a bare-number payload must be ASCII")
+        try:
+            x = float(text)
+        except ValueError:
+            raise PayloadError(f"{text[:40]!r} is not a number") from None
+        return (
+            self._key(topic, None),
+            received_ns,
+            [
+                self._value(
+                    self.schema.fields[0], int(x) if x.is_integer() and abs(x) < 2**53 else x
+                )
+            ],
+        )
+
+    def _csv(self, payload: bytes, topic: str, received_ns: int) -> Row:
+        try:
+            text = payload.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise PayloadError("CSV payload is not valid UTF-8") from None
+        cols = self.schema.csv_columns
+        cells = [c.strip() for c in text.split(",")]
+        if len(cells) != len(cols):
+            raise PayloadError(
+                f"expected {len(cols)} CSV columns ({','.join(cols)}), got {len(cells)}"
+            )
+        rec: dict[str, Any] = {}
+        for name, cell in zip(cols, cells, strict=True):
+            if name in self.schema.fields:
+                if cell == "":
+                    rec[name] = None
+                    continue
+                try:
+                    num = float(cell)
+                except ValueError:
+                    raise PayloadError(f"field {name!r}: {cell!r} is not a number") from None
+                rec[name] = num
+            else:
+                rec[name] = cell
+        return self._reading(rec, topic, received_ns)
+
+    def _senml(self, obj: Any, topic: str, received_ns: int) -> list[Row]:
+        """RFC 8428: records resolve base name/time/value; records with the same name prefix
+        (the device) and time become one reading whose fields are the record names."""
+        pack = obj if isinstance(obj, list) else None
+        if not pack:
+            raise PayloadError("a SenML pack is a non-empty JSON array of records")
+        if len(pack) > self.limits.max_readings:
+            raise PayloadError(
+                f"{len(pack)} SenML records in one pack; the limit is {self.limits.max_readings}"
+            )
+        bn, bt, bv = "", 0.0, 0.0
+        grouped: dict[tuple[str, int], dict[str, float]] = {}
+        for i, rec in enumerate(pack):
+            if not isinstance(rec, dict):
+                raise PayloadError(
+                    f"SenML record {i}: expected a JSON object, got {type(rec).__name__}"
+                )
+            try:
+                bn = _str(rec.get("bn", bn), "bn")
+                bt = _num(rec.get("bt", bt), "bt")
+                bv = _num(rec.get("bv", bv), "bv")
+                name = bn + _str(rec.get("n", ""), "n")
+                if "vs" in rec or "vd" in rec:
+                    raise PayloadError("string and data values (vs, vd) are not numeric readings")
+                if "v" in rec:
+                    value = bv + _num(rec["v"], "v")
+                elif "vb" in rec:
+                    if not isinstance(rec["vb"], bool):
+                        raise PayloadError(f"vb {rec['vb']!r} is not a boolean")
+                    value = 1.0 if rec["vb"] else 0.0
+                elif "s" in rec:
+                    value = _num(rec["s"], "s")
+                else:
+                    raise PayloadError("no value (v, vb or s)")
+                t_s = bt + _num(rec.get("t", 0.0), "t")
+                t_ns = (
+                    received_ns + round(t_s * 1e9)
+                    if abs(t_s) < SENML_RELATIVE
+                    else round(t_s * 1e9)
+                )
+                device, _, field = _split_name(name)
+                if self.key_from_topic:
+                    device = self.schema.topic_level(topic, self.schema.key)
+                if not device:
+                    raise PayloadError(
+                        f"name {name!r} has no device part; use bn like 'urn:dev:mac:0024befffe804ff1:'"
+                    )
+                if field not in self.schema.fields:
+                    continue  # a measurement the flow does not use
+                if not math.isfinite(value):
+                    raise PayloadError(f"value of {name!r} is not finite")
+                grouped.setdefault((device, t_ns), {})[field] = value
+            except PayloadError as exc:
+                raise PayloadError(f"SenML record {i}: {exc}") from None
+        rows = []
+        for (device, t_ns), values in grouped.items():
+            rows.append(
+                (
+                    device,
+                    t_ns,
+                    [
+                        values.get(f, self.schema.defaults.get(f, math.nan))
+                        for f in self.schema.fields
+                    ],
+                )
+            )
+        if not rows:
+            raise PayloadError(
+                f"no SenML record names a declared field ({', '.join(self.schema.fields)})"
+            )
+        return rows
+
+
+def _str(v: Any, what: str) -> str:
+    if not isinstance(v, str):
+        raise PayloadError(f"{what} {v!r} is not a string")
+    return v
+
+
+def _num(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(float(v)):
+        raise PayloadError(f"{what} {v!r} is not a finite number")
+    return float(v)
+
+
+def _split_name(name: str) -> tuple[str, str, str]:
+    """'urn:dev:ow:10e2073a01080063:temp' -> ('urn:dev:ow:10e2073a01080063', ':', 'temp')."""
+    for sep in (":", "/", "."):
+        if sep in name:
+            return name.rpartition(sep)
+    return "", "", name
+
+
+def check_schema(
+    fmt: str,
+    key: str,
+    time: str,
+    fields: Sequence[str],
+    types: Mapping[str, str],
+    csv_columns: Sequence[str],
+) -> list[str]:
+    """Problems with a declared schema, for flow validation."""
+    out = []
+    if fmt not in FORMATS:
+        out.append(f"format={fmt!r}: use one of {', '.join(FORMATS)}")
+    if not fields:
+        out.append("declare the numeric fields to read, e.g. fields=['temp', 'hum']")
+    for f, t in types.items():
+        if t not in FIELD_TYPES:
+            out.append(f"field {f!r}: type {t!r}; use one of {', '.join(FIELD_TYPES)}")
+        if f not in fields:
+            out.append(f"types names {f!r}, which is not in fields")
+    if fmt == "csv":
+        if not csv_columns:
+            out.append("format='csv' needs csv_columns=[...] naming the columns in order")
+        for c in [
+            *fields,
+            *([] if is_topic_ref(key) else [key]),
+            *([] if time == "received" else [time]),
+        ]:
+            if csv_columns and c not in csv_columns:
+                out.append(f"column {c!r} is not in csv_columns")
+    if fmt == "number" and (len(fields) != 1 or not is_topic_ref(key)):
+        out.append(
+            "format='number' needs exactly one field and key='topic[i]' (the payload is just the value)"
+        )
+    return out
