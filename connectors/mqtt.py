@@ -167,47 +167,29 @@ class MqttSource(SourceSpec):
         return _MqttPartition(self, resume, ctx)
 
 
+Message = tuple[str, bytes, int, int, bool, int]  # topic, payload, mid, qos, dup, received ns
+
+
 class _Receiver:
-    """Runs in its own process: the MQTT client, decoding, and acks requested by the flow.
+    """Runs in its own process: only the MQTT client. Forwards raw messages in batches
+    (``list[Message]``) over ``conn`` and sends the acks the flow asks for
+    (``("ack", [mid, ...])``); ``("stop",)`` ends it. A busy flow would otherwise starve
+    paho's network thread of the GIL."""
 
-    Sends ``(items, [(mid, qos, dup), ...])`` per batch of messages over ``conn``; receives
-    ``("ack", [mid, ...])`` and ``("stop",)``."""
-
-    def __init__(
-        self,
-        spec: MqttSource,
-        ctx: SourceContext,
-        conn: Connection,
-        parent: int,
-        replayed: set[int],
-    ) -> None:
+    def __init__(self, spec: MqttSource, client_id: str, conn: Connection, parent: int) -> None:
         mqtt = _paho()
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.spec = spec
-        self.ctx = ctx
         self.conn = conn
         self.parent = parent
-        self.replayed = replayed  # packet ids the restored state already holds
-        schema = Schema(
-            ctx.key,
-            ctx.time,
-            spec.fields,
-            spec.types,
-            spec.defaults,
-            spec.time_unit,
-            spec.csv_columns,
-        )
-        self.decoder = Decoder(spec.format, schema, spec.limits())
-        self.inbox: collections.deque[tuple[str, bytes, int, int, bool, int]] = collections.deque()
-        self.manual_ack = spec.qos == 1 and spec.ack == "after_snapshot"
-        cid = spec.client_id or f"edgeflow-{ctx.flow}-{ctx.step}"
+        self.inbox: collections.deque[Message] = collections.deque()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=cid,
+            client_id=client_id,
             clean_session=not spec.persistent,
             protocol=mqtt.MQTTv311,
-            manual_ack=self.manual_ack,
+            manual_ack=spec.qos == 1 and spec.ack == "after_snapshot",
         )
         if spec.username:
             password = os.environ.get(spec.password_env) if spec.password_env else None
@@ -249,25 +231,73 @@ class _Receiver:
                 if not self.inbox:
                     time.sleep(0.0005)
                     continue
-                self.conn.send(self._decode(min(len(self.inbox), self.ctx.batch_max)))
+                pop = self.inbox.popleft
+                self.conn.send([pop() for _ in range(min(len(self.inbox), 20_000))])
         finally:
             self.client.disconnect()
             self.client.loop_stop()
 
-    def _decode(self, n: int) -> tuple[list[Item], list[tuple[int, int, bool]]]:
+
+def _receiver_main(spec: MqttSource, client_id: str, conn: Connection, parent: int) -> None:
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _Receiver(spec, client_id, conn, parent).run()
+
+
+class _MqttPartition(SourcePartition):
+    """The flow's side: decodes what the receiver process hands over; acks after snapshots."""
+
+    def __init__(self, spec: MqttSource, resume: Any, ctx: SourceContext) -> None:
+        _paho()  # fail here, with the install hint, rather than in the child
+        self.spec = spec
+        self.ctx = ctx
+        schema = Schema(
+            ctx.key,
+            ctx.time,
+            spec.fields,
+            spec.types,
+            spec.defaults,
+            spec.time_unit,
+            spec.csv_columns,
+        )
+        self.decoder = Decoder(spec.format, schema, spec.limits())
+        self.manual_ack = spec.qos == 1 and spec.ack == "after_snapshot"
+        # packet ids received since the last snapshot, and those of the last ACK_LAG_SNAPSHOTS
+        self.current: list[int] = []
+        self.unacked: collections.deque[list[int]] = collections.deque()
+        self.replayed = set(resume["pending"]) if resume else set()  # already in the restored state
+        mpctx = mp.get_context("spawn")  # no fork: the engine runs threads
+        self.conn, child = mpctx.Pipe()
+        client_id = spec.client_id or f"edgeflow-{ctx.flow}-{ctx.step}"
+        self.proc = mpctx.Process(
+            target=_receiver_main,
+            args=(spec, client_id, child, os.getpid()),
+            name="edgeflow-mqtt",
+            daemon=True,
+        )
+        self.proc.start()
+        child.close()
+
+    def next_batch(self) -> list[Item]:
+        if not self.conn.poll(0):
+            if not self.proc.is_alive():
+                raise RuntimeError(
+                    f"the MQTT receiver process exited (code {self.proc.exitcode}); see its messages above"
+                )
+            return []
+        msgs: list[Message] = self.conn.recv()
         out = BatchBuilder(self.spec.fields, self.ctx.step)
         decode = self.decoder.decode
-        pop = self.inbox.popleft
-        msgs = []
-        for _ in range(n):
-            topic, payload, mid, qos, dup, received = pop()
-            msgs.append((mid, qos, dup))
-            if dup and mid in self.replayed:
-                self.replayed.discard(mid)  # a redelivery of what the restored state holds
-                continue
+        add = out.add
+        for topic, payload, mid, qos, dup, received in msgs:
+            if qos == 1 and self.manual_ack:
+                self.current.append(mid)
+                if dup and mid in self.replayed:
+                    self.replayed.discard(mid)  # a redelivery of what the restored state holds
+                    continue
             try:
                 for row in decode(payload, topic, received):
-                    out.add(row)
+                    add(row)
             except PayloadError as exc:
                 out.fail(topic, payload, str(exc))
             except (
@@ -278,53 +308,7 @@ class _Receiver:
                 UnicodeDecodeError,
             ) as exc:
                 out.fail(topic, payload, f"unreadable payload: {type(exc).__name__}: {exc}")
-        return out.items(), msgs
-
-
-def _receiver_main(
-    spec: MqttSource, ctx: SourceContext, conn: Connection, parent: int, replayed: set[int]
-) -> None:
-    die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _Receiver(spec, ctx, conn, parent, replayed).run()
-
-
-class _MqttPartition(SourcePartition):
-    """The flow's side: batches from the receiver process; acks after snapshots."""
-
-    def __init__(self, spec: MqttSource, resume: Any, ctx: SourceContext) -> None:
-        _paho()  # fail here, with the install hint, rather than in the child
-        self.spec = spec
-        self.manual_ack = spec.qos == 1 and spec.ack == "after_snapshot"
-        # packet ids received since the last snapshot, and those of the last ACK_LAG_SNAPSHOTS
-        self.current: list[int] = []
-        self.unacked: collections.deque[list[int]] = collections.deque()
-        replayed = set(resume["pending"]) if resume else set()
-        mpctx = mp.get_context("spawn")  # no fork: the engine runs threads
-        self.conn, child = mpctx.Pipe()
-        self.proc = mpctx.Process(
-            target=_receiver_main,
-            args=(spec, ctx, child, os.getpid(), replayed),
-            name="edgeflow-mqtt",
-            daemon=True,
-        )
-        self.proc.start()
-        child.close()
-
-    def next_batch(self) -> list[Item]:
-        items: list[Item] = []
-        while self.conn.poll(0):
-            got, msgs = self.conn.recv()
-            if self.manual_ack:
-                self.current.extend(mid for mid, qos, _ in msgs if qos == 1)
-            items.extend(got)
-            if len(items) >= 8:
-                break
-        if not items and not self.proc.is_alive():
-            raise RuntimeError(
-                f"the MQTT receiver process exited (code {self.proc.exitcode}); see its messages above"
-            )
-        return items
+        return out.items()
 
     def next_awake(self) -> int | None:
         return None
@@ -339,7 +323,7 @@ class _MqttPartition(SourcePartition):
         return {"pending": [m for epoch in self.unacked for m in epoch]}
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, BrokenPipeError):
+        with contextlib.suppress(OSError):
             self.conn.send(("stop",))
         self.proc.join(5)
         if self.proc.is_alive():

@@ -101,6 +101,8 @@ class Decoder:
         self.schema = schema
         self.limits = limits
         self.key_from_topic = is_topic_ref(schema.key)
+        self.key_level = int(schema.key[6:-1]) if self.key_from_topic else 0
+        self.plain_floats = all(schema.types.get(f, "float") == "float" for f in schema.fields)
 
     def decode(self, payload: bytes, topic: str, received_ns: int) -> list[Row]:
         if len(payload) > self.limits.max_bytes:
@@ -136,7 +138,14 @@ class Decoder:
     # -- pieces -------------------------------------------------------------------------------
     def _key(self, topic: str, rec: Mapping[str, Any] | None) -> str:
         if self.key_from_topic:
-            return self.schema.topic_level(topic, self.schema.key)
+            levels = topic.split("/")
+            try:
+                level = levels[self.key_level]
+            except IndexError:
+                level = ""
+            if not level:
+                raise PayloadError(f"topic {topic!r} has no level {self.key_level} for the key")
+            return level
         if rec is None or self.schema.key not in rec:
             raise PayloadError(f"missing key field {self.schema.key!r}")
         v = rec[self.schema.key]
@@ -176,11 +185,15 @@ class Decoder:
         return x
 
     def _reading(self, rec: Mapping[str, Any], topic: str, received_ns: int) -> Row:
-        return (
-            self._key(topic, rec),
-            self._time(rec, received_ns),
-            [self._value(f, rec.get(f)) for f in self.schema.fields],
-        )
+        values: list[float] = []
+        for f in self.schema.fields:
+            v = rec.get(f)
+            # fast path: a finite float for a float field (ints and the rest: the full checks)
+            if self.plain_floats and type(v) is float and v - v == 0.0:
+                values.append(v)
+            else:
+                values.append(self._value(f, v))
+        return (self._key(topic, rec), self._time(rec, received_ns), values)
 
     def _json(self, obj: Any, raw: bytes, topic: str, received_ns: int) -> list[Row]:
         recs = obj if isinstance(obj, list) else [obj]

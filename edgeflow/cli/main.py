@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import click
 import orjson
 
 from edgeflow.cli.params import DURATION, FLOW
-from edgeflow.engine import RunOptions, run
+from edgeflow.engine import RunOptions, run, stop
 from edgeflow.errors import FlowValidationError
 from edgeflow.flow.plan import Flow, Plan
 
@@ -31,6 +32,8 @@ def _plan_or_exit(flow: Flow) -> Plan:
 def _run(
     plan: Plan, *, run_for: int | None, workers: int, state_dir: Path | None, snapshot_every: int
 ) -> None:
+    # SIGTERM (docker stop, systemd, kill) stops gracefully: sources end, state is snapshotted
+    signal.signal(signal.SIGTERM, lambda *_: stop())
     opts = RunOptions(
         workers=workers, state_dir=state_dir, run_for_ns=run_for, snapshot_every_ns=snapshot_every
     )

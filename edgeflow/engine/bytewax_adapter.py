@@ -54,6 +54,15 @@ def _dt(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
 
 
+_ACTIVE: list[_Control] = []
+
+
+def request_stop() -> None:
+    """Stop the running flow(s) of this process gracefully: sources end, state is snapshotted."""
+    for control in _ACTIVE:
+        control.deadline_ns = now_ns()
+
+
 class _Control:
     """Shared by all workers of a run: the stop deadline and whether to flush at the end."""
 
@@ -300,9 +309,13 @@ def execute(plan: Plan, opts: RunOptions) -> None:
             db.mkdir(parents=True)
             init_db_dir(db, 1)  # type: ignore[no-untyped-call]
         recovery = RecoveryConfig(str(db))  # type: ignore[no-untyped-call]
-    cli_main(  # type: ignore[no-untyped-call]
-        flow,
-        workers_per_process=opts.workers,
-        epoch_interval=timedelta(microseconds=opts.snapshot_every_ns // 1000),
-        recovery_config=recovery,
-    )
+    _ACTIVE.append(control)
+    try:
+        cli_main(  # type: ignore[no-untyped-call]
+            flow,
+            workers_per_process=opts.workers,
+            epoch_interval=timedelta(microseconds=opts.snapshot_every_ns // 1000),
+            recovery_config=recovery,
+        )
+    finally:
+        _ACTIVE.remove(control)

@@ -59,6 +59,13 @@ def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
     return summary
 
 
+def stop() -> None:
+    """Ask the flow running in this process to stop gracefully (as at the end of ``--for``)."""
+    from edgeflow.engine import bytewax_adapter
+
+    bytewax_adapter.request_stop()
+
+
 def _check_plan_unchanged(plan: Plan, state_dir: Path) -> None:
     """Resuming a different flow from old snapshots gives wrong results: refuse it."""
     path = state_dir / "plan.json"
