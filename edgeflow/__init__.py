@@ -9,7 +9,7 @@ r.window(window.tumbling("1s"), agg.count(), agg.mean("accel")).to(stdio.sink())
 """
 
 from edgeflow.flow import Flow, Plan
-from edgeflow.ops import agg, window
+from edgeflow.ops import agg, detect, downsample, window
 
 __version__ = "0.1.0"
-__all__ = ["Flow", "Plan", "__version__", "agg", "window"]
+__all__ = ["Flow", "Plan", "__version__", "agg", "detect", "downsample", "window"]

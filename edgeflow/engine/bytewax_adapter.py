@@ -15,6 +15,7 @@ Recovery uses bytewax's SQLite partitions in ``<state_dir>/recovery``.
 
 from __future__ import annotations
 
+import pickle
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -46,6 +47,8 @@ from edgeflow.engine.counters import COUNTERS
 from edgeflow.engine.runner import RunOptions
 from edgeflow.engine.shard import Sharder
 from edgeflow.flow.plan import Plan, SourcePlan, WindowPlan
+from edgeflow.ops.detect_kernel import DetectKernel
+from edgeflow.ops.downsample import DownsampleKernel
 from edgeflow.ops.window import StepOutput, WindowKernel
 from edgeflow.timeutil import now_ns
 
@@ -174,6 +177,48 @@ class _WindowLogic(StatefulBatchLogic[Batch, tuple[str, RecordBatch], bytes]):
         return self.kernel.snapshot(self.state)
 
 
+class _ReduceLogic(StatefulBatchLogic[Batch, RecordBatch, bytes]):
+    """Downsampling and detection kernels: per-shard state, records out as they come."""
+
+    def __init__(
+        self, kernel: DownsampleKernel | DetectKernel, resume: bytes | None, control: _Control
+    ) -> None:
+        self.kernel = kernel
+        self.control = control
+        self.state = kernel.init() if resume is None else pickle.loads(resume)
+        self.counter = "anomalies" if isinstance(kernel, DetectKernel) else "trend_points"
+
+    def _out(self, rb: RecordBatch | None) -> list[RecordBatch]:
+        if rb is None:
+            return []
+        COUNTERS.add(self.counter, rb.n)
+        return [rb]
+
+    def on_batch(self, values: list[Batch]) -> tuple[list[RecordBatch], bool]:
+        out: list[RecordBatch] = []
+        for b in values:
+            COUNTERS.add(f"{self.counter}_in", len(b))
+            out.extend(self._out(self.kernel.step_batch(self.state, b)))
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[RecordBatch], bool]:
+        if self.control.flush_on_eof():
+            return self._out(self.kernel.flush(self.state)), StatefulBatchLogic.RETAIN
+        return [], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _reduce_builder(
+    kernel: DownsampleKernel | DetectKernel, control: _Control
+) -> Callable[[bytes | None], _ReduceLogic]:
+    def build(resume: bytes | None) -> _ReduceLogic:
+        return _ReduceLogic(kernel, resume, control)
+
+    return build
+
+
 class _StatefulSinkPart(StatefulSinkPartition[RecordBatch, Any]):
     def __init__(self, part: SinkPartition, name: str) -> None:
         self.part = part
@@ -257,6 +302,16 @@ def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None)
         )
     for w in plan.windows:
         streams.update(_window(w, streams[w.input], control))
+    for d in plan.downsamples:
+        ds_kernel = DownsampleKernel(d.name, d.spec)
+        streams[(d.name, "trend")] = op.stateful_batch(
+            d.name, streams[d.input], _reduce_builder(ds_kernel, control)
+        )
+    for a in plan.detects:
+        det_kernel = DetectKernel(a.name, a.field, a.detector, a.decision, a.learn_anomalies)
+        streams[(a.name, "anomalies")] = op.stateful_batch(
+            a.name, streams[a.input], _reduce_builder(det_kernel, control)
+        )
     for k in plan.sinks:
         ups = []
         for i, (up_step, up_port) in enumerate(k.inputs):

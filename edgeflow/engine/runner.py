@@ -35,6 +35,15 @@ class RunSummary:
             f"{c.get('windows_out', 0)} window records, {c.get('late', 0)} late readings, "
             f"{c.get('dead_letters', 0)} dead letters"
         ]
+        if c.get("trend_points_in"):
+            ratio = c["trend_points_in"] / max(1, c.get("trend_points", 0))
+            out.append(
+                f"downsampling: {c['trend_points_in']} points in, {c.get('trend_points', 0)} out ({ratio:.1f}x reduction)"
+            )
+        if c.get("anomalies_in"):
+            out.append(
+                f"detection: {c['anomalies_in']} readings scored, {c.get('anomalies', 0)} anomalies"
+            )
         if self.unrouted:
             out.append(f"not routed to any sink (counted only): {', '.join(self.unrouted)}")
         return out + self.reports

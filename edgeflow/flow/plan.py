@@ -16,6 +16,8 @@ from typing import Any
 from edgeflow.connectors.base import SinkSpec, SourceSpec
 from edgeflow.errors import FlowValidationError
 from edgeflow.ops.agg import Agg
+from edgeflow.ops.detect import Decision, Detector
+from edgeflow.ops.downsample import DownsampleSpec
 from edgeflow.ops.window import ResolvedWindow, WindowSpec
 from edgeflow.timeutil import Duration, format_duration, parse_duration
 
@@ -23,7 +25,13 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
 #: Streams a step produces: a source gives readings and dead letters, a window gives
 #: window records and late readings.
-PORTS = {"source": ("readings", "dead_letters"), "window": ("windows", "late"), "sink": ()}
+PORTS = {
+    "source": ("readings", "dead_letters"),
+    "window": ("windows", "late"),
+    "downsample": ("trend",),
+    "detect": ("anomalies",),
+    "sink": (),
+}
 OPTIONAL_PORTS = {"dead_letters", "late"}
 
 
@@ -83,6 +91,32 @@ class ReadingStream(_StreamBase):
         out = RecordStream(self.flow, step, "windows")
         out.late = RecordStream(self.flow, step, "late")
         return out
+
+    def downsample(self, spec: DownsampleSpec, *, name: str | None = None) -> RecordStream:
+        """Reduce one field per key (deadband, swinging door, LTTB, ...): a stream of trend points."""
+        step = self.flow._add("downsample", name, [(self.step.name, self.port)], {"spec": spec})
+        return RecordStream(self.flow, step, "trend")
+
+    def detect(
+        self,
+        detector: Detector,
+        field: str,
+        *,
+        decision: Decision | None = None,
+        learn_anomalies: bool = False,
+        name: str | None = None,
+    ) -> RecordStream:
+        """Score ``field`` per key with ``detector``; a stream of anomaly events.
+
+        ``decision`` turns scores into verdicts (default ``detect.threshold(0.999)``, each
+        detector's classic alarm level). Anomalies are not learnt as normal unless
+        ``learn_anomalies=True``.
+        """
+        step = self.flow._add(
+            "detect", name, [(self.step.name, self.port)],
+            {"detector": detector, "field": field, "decision": decision or Decision(), "learn": learn_anomalies},
+        )  # fmt: skip
+        return RecordStream(self.flow, step, "anomalies")
 
     @property
     def dead_letters(self) -> RecordStream:
@@ -195,6 +229,23 @@ class WindowPlan:
 
 
 @dataclass
+class DownsamplePlan:
+    name: str
+    input: tuple[str, str]
+    spec: DownsampleSpec
+
+
+@dataclass
+class DetectPlan:
+    name: str
+    input: tuple[str, str]
+    field: str
+    detector: Detector
+    decision: Decision
+    learn_anomalies: bool
+
+
+@dataclass
 class SinkPlan:
     name: str
     spec: SinkSpec
@@ -212,6 +263,8 @@ class Plan:
     windows: list[WindowPlan]
     sinks: list[SinkPlan]
     unrouted: list[str]
+    downsamples: list[DownsamplePlan] = field(default_factory=list)
+    detects: list[DetectPlan] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         steps: list[dict[str, Any]] = []
@@ -228,6 +281,22 @@ class Plan:
                 "aggs": [a.to_dict() for a in w.aggs], "lateness": format_duration(w.lateness_ns),
                 "idle": format_duration(w.idle_ns) if w.idle_ns is not None else None,
                 "outputs": [f"{w.name}.windows", f"{w.name}.late"],
+            })  # fmt: skip
+        for d in self.downsamples:
+            steps.append(
+                {
+                    "name": d.name,
+                    "kind": "downsample",
+                    "input": ".".join(d.input),
+                    "reduce": d.spec.to_dict(),
+                    "outputs": [f"{d.name}.trend"],
+                }
+            )
+        for a in self.detects:
+            steps.append({
+                "name": a.name, "kind": "detect", "input": ".".join(a.input), "field": a.field,
+                "detector": {"name": a.detector.name, **a.detector.params()},
+                "decision": {"kind": a.decision.kind, "value": a.decision.value}, "outputs": [f"{a.name}.anomalies"],
             })  # fmt: skip
         for k in self.sinks:
             steps.append(
@@ -258,6 +327,12 @@ class Plan:
             aggs = ", ".join(a.output_name for a in w.aggs)
             lines.append(
                 f"  window {w.name}: {w.spec.kind} {w.spec.to_dict()} <- {'.'.join(w.input)} -> [{aggs}]"
+            )
+        for d in self.downsamples:
+            lines.append(f"  reduce {d.name}: {d.spec.to_dict()} <- {'.'.join(d.input)}")
+        for a in self.detects:
+            lines.append(
+                f"  detect {a.name}: {a.detector.name} on {a.field} ({a.decision.kind} {a.decision.value}) <- {'.'.join(a.input)}"
             )
         for k in self.sinks:
             ins = ", ".join(".".join(i) for i in k.inputs)
@@ -292,6 +367,8 @@ def _validate(flow: Flow) -> Plan:
     sources: list[SourcePlan] = []
     windows: list[WindowPlan] = []
     sinks: list[SinkPlan] = []
+    downsamples: list[DownsamplePlan] = []
+    detects: list[DetectPlan] = []
     for s in flow.steps:
         where = f"step {s.name!r} ({s.kind})"
         p = s.params
@@ -301,6 +378,36 @@ def _validate(flow: Flow) -> Plan:
             w = _check_window(s, where, problems, fields_of, sources)
             if w is not None:
                 windows.append(w)
+        elif s.kind == "downsample":
+            ((up, port),) = s.inputs
+            spec = p["spec"]
+            if not isinstance(spec, DownsampleSpec):
+                problems.append(
+                    f"{where}: {spec!r} is not a reduction; use e.g. downsample.deadband('temp', band=0.5)"
+                )
+                continue
+            problems.extend(f"{where}: {m}" for m in spec.problems())
+            _check_field(spec.field, fields_of.get(up), where, problems)
+            downsamples.append(DownsamplePlan(s.name, (up, port), spec))
+        elif s.kind == "detect":
+            ((up, port),) = s.inputs
+            det, dec = p["detector"], p["decision"]
+            if not isinstance(det, Detector):
+                problems.append(
+                    f"{where}: {det!r} is not a detector; use e.g. detect.auto() or detect.zscore()"
+                )
+                continue
+            if not isinstance(dec, Decision):
+                problems.append(
+                    f"{where}: decision={dec!r}; use detect.threshold(0.999) or detect.quantile(0.999)"
+                )
+                continue
+            problems.extend(f"{where}: {m}" for m in dec.problems())
+            if not isinstance(p["field"], str):
+                problems.append(f"{where}: field {p['field']!r} must be a field name, e.g. 'accel'")
+                continue
+            _check_field(p["field"], fields_of.get(up), where, problems)
+            detects.append(DetectPlan(s.name, (up, port), p["field"], det, dec, bool(p["learn"])))
         elif s.kind == "sink":
             spec = p["spec"]
             if not isinstance(spec, SinkSpec):
@@ -321,9 +428,9 @@ def _validate(flow: Flow) -> Plan:
                 continue
             if port in OPTIONAL_PORTS:
                 unrouted.append(f"{s.name}.{port}")
-            elif s.kind == "window":
+            elif s.kind in ("window", "downsample", "detect"):
                 problems.append(
-                    f"step {s.name!r} (window): its records go nowhere; add .to(stdio.sink()) or another sink"
+                    f"step {s.name!r} ({s.kind}): its records go nowhere; add .to(stdio.sink()) or another sink"
                 )
             elif s.kind == "source" and not any(i[0] == s.name for i in consumed):
                 problems.append(
@@ -337,8 +444,29 @@ def _validate(flow: Flow) -> Plan:
             src.read_fields = src.fields
         else:
             used = [f for w in windows if w.input[0] == src.name for f in w.fields]
+            used += [d.spec.field for d in downsamples if d.input[0] == src.name]
+            used += [a.field for a in detects if a.input[0] == src.name]
             src.read_fields = tuple(dict.fromkeys(used))
-    return Plan(flow.name, flow.version, flow.shards, sources, windows, sinks, unrouted)
+    return Plan(
+        flow.name,
+        flow.version,
+        flow.shards,
+        sources,
+        windows,
+        sinks,
+        unrouted,
+        downsamples,
+        detects,
+    )
+
+
+def _check_field(
+    name: str, fields: tuple[str, ...] | None, where: str, problems: list[str]
+) -> None:
+    if fields is not None and name not in fields:
+        problems.append(
+            f"{where}: unknown field {name!r}; the stream has: {', '.join(fields) or '(none)'}"
+        )
 
 
 def _duration(

@@ -1,0 +1,684 @@
+"""Streaming anomaly detectors: one contract, a separate decision step, no engine code.
+
+Contract (every detector):
+
+* ``init()`` -> per-key state (small and bounded); ``learn(state, x)`` absorbs normal points;
+  ``score(state, x)`` scores points *as if each were seen right after the ones before it*
+  (a vectorised "prefix" pass that does not change the state); ``forget(state)`` is called
+  for an anomalous point, which is never learnt (unless ``learn_anomalies=True``).
+* A score is in [0, 1), higher = more anomalous, calibrated so that **0.999 is each
+  detector's classic alarm level** (3 sigma for z-scores, h=5 for CUSUM, ...): score =
+  1 - 10^(-3 * raw / level), where ``raw`` is the detector's own statistic (reported too).
+* Deciding is separate: :func:`threshold` (fixed) or :func:`quantile` (adaptive: the
+  q-quantile of the key's recent normal scores, refreshed every ``every`` points).
+
+:class:`Driver` runs a detector on one key's points exactly as a one-at-a-time loop would
+(results do not depend on how points are batched): it scores the rest of the segment in one
+vectorised pass, takes the points up to the first anomaly as final, learns them, skips the
+anomaly, and repeats from there.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgeflow.batch import F64
+
+LN10 = math.log(10.0)
+
+
+def calibrate(raw: F64, level: float) -> F64:
+    """1 - 10^(-3 raw/level): 0 for raw <= 0, 0.999 at the classic alarm level."""
+    out: F64 = np.asarray(-np.expm1(-3.0 * LN10 * np.maximum(raw, 0.0) / level), dtype=np.float64)
+    return out
+
+
+@dataclass
+class Scores:
+    raw: F64
+    score: F64
+    low: F64  # the expected range: values outside it are unusual
+    high: F64
+
+
+class Detector(ABC):
+    name: str = "detector"
+    level: float = 3.0
+    warmup: int = 16
+
+    @abstractmethod
+    def init(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def score(self, st: dict[str, Any], x: F64) -> Scores: ...
+
+    @abstractmethod
+    def learn(self, st: dict[str, Any], x: F64) -> None: ...
+
+    def forget(self, st: dict[str, Any], x: float) -> None:
+        """An anomalous point was seen (not learnt). CUSUM restarts here."""
+        return None
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+
+def _warm(st: dict[str, Any], n: int, warmup: int) -> F64:
+    """1.0 for points scored after warm-up, else 0.0 (no verdict while learning)."""
+    seen = int(st["n"]) + np.arange(n)
+    out: F64 = (seen >= warmup).astype(np.float64)
+    return out
+
+
+class ZScore(Detector):
+    """Rolling z-score: distance from the mean of the last ``window`` normal points, in stds."""
+
+    name = "zscore"
+
+    def __init__(self, window: int = 256, level: float = 3.0, warmup: int = 16) -> None:
+        self.window, self.level, self.warmup = window, level, warmup
+
+    def init(self) -> dict[str, Any]:
+        return {"hist": np.empty(0), "n": 0}
+
+    def score(self, st: dict[str, Any], x: F64) -> Scores:
+        h = st["hist"]
+        w = self.window
+        z = np.concatenate([h, x])
+        base = float(h.mean()) if len(h) else float(x[0])
+        c1 = np.concatenate([[0.0], np.cumsum(z - base)])
+        c2 = np.concatenate([[0.0], np.cumsum((z - base) ** 2)])
+        end = len(h) + np.arange(len(x))  # window for point j: z[start:end]
+        start = np.maximum(end - w, 0)
+        cnt = end - start
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (c1[end] - c1[start]) / cnt
+            var = np.maximum((c2[end] - c2[start]) / cnt - mean**2, 0.0)
+            std = np.sqrt(var)
+            rawz = np.abs(x - base - mean) / np.maximum(std, 1e-12 * (1 + abs(base)))
+        rawz = np.where(cnt > 0, np.nan_to_num(rawz, nan=0.0, posinf=1e6), 0.0) * _warm(
+            st, len(x), self.warmup
+        )
+        m = base + np.nan_to_num(mean, nan=0.0)
+        return Scores(rawz, calibrate(rawz, self.level), m - self.level * std, m + self.level * std)
+
+    def learn(self, st: dict[str, Any], x: F64) -> None:
+        st["hist"] = np.concatenate([st["hist"], x])[-self.window :]
+        st["n"] += len(x)
+
+    def params(self) -> dict[str, Any]:
+        return {"window": self.window, "level": self.level}
+
+
+class EWMA(Detector):
+    """EWMA control chart: exponentially weighted mean and variance; |x - mean| / std."""
+
+    name = "ewma"
+
+    def __init__(self, alpha: float = 0.05, level: float = 3.0, warmup: int = 16) -> None:
+        self.alpha, self.level, self.warmup = alpha, level, warmup
+
+    def init(self) -> dict[str, Any]:
+        return {"m": None, "v": 0.0, "n": 0}
+
+    def _prefix(self, st: dict[str, Any], x: F64) -> tuple[F64, F64]:
+        """Mean and variance *before* each point, learning all previous points of x."""
+        from scipy.signal import lfilter
+
+        a = self.alpha
+        m0 = x[0] if st["m"] is None else st["m"]
+        m_after = lfilter([a], [1.0, -(1 - a)], x, zi=[(1 - a) * m0])[0]
+        m_before = np.concatenate([[m0], m_after[:-1]])
+        d = a * (1 - a) * (x - m_before) ** 2
+        v_after = lfilter([1.0], [1.0, -(1 - a)], d, zi=[(1 - a) * st["v"]])[0]
+        v_before = np.concatenate([[st["v"]], v_after[:-1]])
+        return m_before, v_before
+
+    def score(self, st: dict[str, Any], x: F64) -> Scores:
+        m, v = self._prefix(st, x)
+        std = np.sqrt(v)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.abs(x - m) / np.maximum(std, 1e-12 * (1 + np.abs(m)))
+        z = np.nan_to_num(z, nan=0.0, posinf=1e6) * _warm(st, len(x), self.warmup)
+        return Scores(z, calibrate(z, self.level), m - self.level * std, m + self.level * std)
+
+    def learn(self, st: dict[str, Any], x: F64) -> None:
+        if not len(x):
+            return
+        a = self.alpha
+        m, v = self._prefix(st, x)
+        last = x[-1] - m[-1]
+        st["m"] = float(m[-1] + a * last)
+        st["v"] = float((1 - a) * (v[-1] + a * last * last))
+        st["n"] += len(x)
+
+    def params(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "level": self.level}
+
+
+class MAD(Detector):
+    """Robust z-score: distance from the median of the last ``window`` normal points, in
+    scaled MADs (1.4826 MAD estimates a std). The median and MAD are re-estimated each time
+    ``stride`` more points have been learnt (exactly at learnt counts stride, 2 stride, ...).
+    ``diff=True`` scores first differences (a change from the previous reading), which
+    ignores slow trends and seasonality and catches spikes and steps."""
+
+    name = "mad"
+
+    def __init__(
+        self,
+        window: int = 64,
+        level: float = 3.5,
+        stride: int = 8,
+        warmup: int = 16,
+        diff: bool = False,
+    ) -> None:
+        self.window, self.level, self.stride, self.warmup, self.diff = (
+            window,
+            level,
+            stride,
+            warmup,
+            diff,
+        )
+
+    def init(self) -> dict[str, Any]:
+        return {"hist": np.empty(0), "n": 0, "med": 0.0, "mad": 0.0, "prev": None}
+
+    def _series(self, st: dict[str, Any], x: F64) -> F64:
+        if not self.diff:
+            return x
+        prev = x[0] if st["prev"] is None else st["prev"]
+        out: F64 = np.diff(np.concatenate([[prev], x]))
+        return out
+
+    def _estimates(self, st: dict[str, Any], y: F64) -> tuple[F64, F64]:
+        """Median and scaled MAD in force before each point of y (learning y as it goes).
+
+        The estimate for a point is the one made when the learnt count last reached a
+        multiple of ``stride``, from the ``window`` points learnt before that moment."""
+        n0, hist, s = int(st["n"]), st["hist"], self.stride
+        z = np.concatenate([hist, y])
+        refresh = (n0 + np.arange(len(y))) // s * s
+        med = np.full(len(y), st["med"])
+        mad = np.full(len(y), st["mad"])
+        for r in np.unique(refresh[refresh > n0 // s * s]).tolist():
+            end = len(hist) + (r - n0)
+            win = z[max(0, end - self.window) : end]
+            m = float(np.median(win))
+            sel = refresh == r
+            med[sel] = m
+            mad[sel] = float(np.median(np.abs(win - m))) * 1.4826
+        return med, mad
+
+    def score(self, st: dict[str, Any], x: F64) -> Scores:
+        y = self._series(st, x)
+        med, mad = self._estimates(st, y)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.abs(y - med) / np.maximum(mad, 1e-12 * (1 + np.abs(med)))
+        z = np.nan_to_num(z, nan=0.0, posinf=1e6) * _warm(st, len(x), self.warmup)
+        centre = x - y + med if self.diff else med
+        return Scores(
+            z, calibrate(z, self.level), centre - self.level * mad, centre + self.level * mad
+        )
+
+    def learn(self, st: dict[str, Any], x: F64) -> None:
+        if not len(x):
+            return
+        y = self._series(st, x)
+        med, mad = self._estimates(st, np.concatenate([y, [0.0]]))  # what is in force next
+        st["med"], st["mad"] = float(med[-1]), float(mad[-1])
+        st["hist"] = np.concatenate([st["hist"], y])[-self.window :]
+        st["n"] += len(x)
+        st["prev"] = float(x[-1])  # an anomaly is not learnt: differences skip it
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "level": self.level,
+            "stride": self.stride,
+            "diff": self.diff,
+        }
+
+
+class CUSUM(Detector):
+    """Two-sided CUSUM on values standardised by a slow EWMA: catches small sustained shifts.
+    Statistic max(S+, S-) with drift ``k`` (in stds); classic alarm level ``h``."""
+
+    name = "cusum"
+
+    def __init__(
+        self, k: float = 0.5, h: float = 5.0, alpha: float = 0.01, warmup: int = 32
+    ) -> None:
+        self.k, self.level, self.warmup = k, h, warmup
+        self.base = EWMA(alpha=alpha, warmup=0)
+
+    def init(self) -> dict[str, Any]:
+        return {"ew": self.base.init(), "sp": 0.0, "sn": 0.0, "n": 0}
+
+    def _sums(self, st: dict[str, Any], x: F64) -> tuple[F64, F64, F64, F64]:
+        m, v = self.base._prefix(st["ew"], x)
+        std = np.sqrt(v)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.nan_to_num(
+                (x - m) / np.maximum(std, 1e-12 * (1 + np.abs(m))), nan=0.0, posinf=1e6, neginf=-1e6
+            )
+        z = z * _warm(st, len(x), self.warmup)
+
+        def lindley(y: F64, s0: float) -> F64:  # S_t = max(0, S_{t-1} + y_t), vectorised
+            c = np.cumsum(y)
+            out: F64 = c - np.minimum(np.minimum.accumulate(c), -s0)
+            return out
+
+        return lindley(z - self.k, st["sp"]), lindley(-z - self.k, st["sn"]), m, std
+
+    def score(self, st: dict[str, Any], x: F64) -> Scores:
+        sp, sn, m, std = self._sums(st, x)
+        raw = np.maximum(sp, sn)
+        return Scores(raw, calibrate(raw, self.level), m - 3 * std, m + 3 * std)
+
+    def learn(self, st: dict[str, Any], x: F64) -> None:
+        if not len(x):
+            return
+        sp, sn, _, _ = self._sums(st, x)
+        st["sp"], st["sn"] = float(sp[-1]), float(sn[-1])
+        self.base.learn(st["ew"], x)
+        st["n"] += len(x)
+
+    def forget(self, st: dict[str, Any], x: float) -> None:
+        st["sp"] = st["sn"] = 0.0  # restart after an alarm
+
+    def params(self) -> dict[str, Any]:
+        return {"k": self.k, "h": self.level, "alpha": self.base.alpha}
+
+
+class Seasonal(Detector):
+    """Seasonal residual: the dominant period P is found from the spectrum (FFT) of the last
+    ``window`` normal points (re-estimated every ``refresh`` learnt points), and a point is
+    scored by the robust z of its seasonal difference x(t) - x(t - P) against the recent
+    differences. Catches broken seasonality and frequency changes that stay inside the usual
+    range of values; for a signal with no clear period it falls back to P = 1."""
+
+    name = "seasonal"
+
+    def __init__(
+        self, window: int = 512, level: float = 4.0, refresh: int = 128, warmup: int = 128
+    ) -> None:
+        self.window, self.level, self.refresh, self.warmup = window, level, refresh, warmup
+
+    def init(self) -> dict[str, Any]:
+        return {"hist": np.empty(0), "n": 0, "period": 1, "med": 0.0, "scale": 0.0}
+
+    def _estimate(self, st: dict[str, Any]) -> None:
+        h = st["hist"]
+        if len(h) < 16:
+            return
+        spec = np.abs(np.fft.rfft(h - h.mean()))
+        spec[:2] = 0.0  # no DC, no trend
+        k = int(np.argmax(spec))
+        strong = spec[k] > 8 * np.median(spec[2:]) if len(spec) > 4 else False
+        period = round(len(h) / k) if strong and k > 0 else 1
+        period = max(1, min(period, len(h) // 2))
+        st["period"] = period
+        r = h[period:] - h[:-period]
+        med = float(np.median(r))
+        st["med"], st["scale"] = med, float(np.median(np.abs(r - med))) * 1.4826
+
+    def score(self, st: dict[str, Any], x: F64) -> Scores:
+        h = st["hist"]
+        p = st["period"]
+        z = np.concatenate([h, x])
+        idx = len(h) + np.arange(len(x))
+        prev = np.where(idx - p >= 0, z[np.maximum(idx - p, 0)], x)
+        r = x - prev
+        with np.errstate(invalid="ignore", divide="ignore"):
+            raw = np.abs(r - st["med"]) / max(st["scale"], 1e-12 * (1 + abs(st["med"])))
+        raw = np.nan_to_num(raw, nan=0.0, posinf=1e6) * _warm(st, len(x), self.warmup)
+        width = self.level * st["scale"]
+        return Scores(
+            raw, calibrate(raw, self.level), prev + st["med"] - width, prev + st["med"] + width
+        )
+
+    def learn(self, st: dict[str, Any], x: F64) -> None:
+        if not len(x):
+            return
+        st["hist"] = np.concatenate([st["hist"], x])[-self.window :]
+        before = st["n"] // self.refresh
+        st["n"] += len(x)
+        if st["n"] // self.refresh != before:
+            self._estimate(st)
+
+    def params(self) -> dict[str, Any]:
+        return {"window": self.window, "level": self.level, "refresh": self.refresh}
+
+
+class Ensemble(Detector):
+    """Several detectors on the same field, each deciding and learning on its own; the score
+    is the highest of theirs and a point is anomalous when any of them says so."""
+
+    name = "ensemble"
+
+    def __init__(self, parts: list[Detector], name: str = "ensemble") -> None:
+        self.parts = parts
+        self.name = name
+
+    # An ensemble is run by Driver part by part; these are never called directly.
+    def init(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def score(self, st: dict[str, Any], x: F64) -> Scores:
+        raise NotImplementedError
+
+    def learn(self, st: dict[str, Any], x: F64) -> None:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        return {"parts": [{"name": p.name, **p.params()} for p in self.parts]}
+
+
+def Auto() -> Ensemble:  # noqa: N802 - reads as a class at call sites
+    """The default: spikes/dips/steps (robust z of changes), sustained shifts and drifts
+    (CUSUM), variance and frequency changes (fast/slow variance of changes)."""
+    return Ensemble(
+        [
+            MAD(window=128, level=6.0, stride=16, diff=True, warmup=32),
+            CUSUM(k=1.0, h=12.0, alpha=0.005, warmup=64),
+            _VarianceChange(level=3.0),
+            Seasonal(level=6.0),
+        ],
+        name="auto",
+    )
+
+
+class _VarianceChange(Detector):
+    """Log ratio of a fast to a slow EW variance of the first difference: variance changes."""
+
+    name = "variance"
+
+    def __init__(
+        self, fast: float = 0.1, slow: float = 0.005, level: float = 2.5, warmup: int = 64
+    ) -> None:
+        self.fast, self.slow, self.level, self.warmup = fast, slow, level, warmup
+
+    def init(self) -> dict[str, Any]:
+        return {"prev": None, "vf": None, "vs": None, "n": 0}
+
+    def _prefix(self, st: dict[str, Any], x: F64) -> tuple[F64, F64]:
+        from scipy.signal import lfilter
+
+        prev = x[0] if st["prev"] is None else st["prev"]
+        d2 = np.diff(np.concatenate([[prev], x])) ** 2
+        v0 = float(d2[0]) if st["vf"] is None else st["vf"]
+        s0 = float(d2[0]) if st["vs"] is None else st["vs"]
+        vf = lfilter([self.fast], [1, -(1 - self.fast)], d2, zi=[(1 - self.fast) * v0])[0]
+        vs = lfilter([self.slow], [1, -(1 - self.slow)], d2, zi=[(1 - self.slow) * s0])[0]
+        vs_before = np.concatenate([[s0], vs[:-1]])
+        return vf, vs_before
+
+    def score(self, st: dict[str, Any], x: F64) -> Scores:
+        vf, vs = self._prefix(st, x)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            raw = np.abs(np.log((vf + 1e-12) / (vs + 1e-12)))
+        raw = np.nan_to_num(raw, nan=0.0, posinf=1e6) * _warm(st, len(x), self.warmup)
+        nan = np.full(len(x), np.nan)
+        return Scores(raw, calibrate(raw, self.level), nan, nan)
+
+    def learn(self, st: dict[str, Any], x: F64) -> None:
+        if not len(x):
+            return
+        from scipy.signal import lfilter
+
+        prev = x[0] if st["prev"] is None else st["prev"]
+        d2 = np.diff(np.concatenate([[prev], x])) ** 2
+        v0 = float(d2[0]) if st["vf"] is None else st["vf"]
+        s0 = float(d2[0]) if st["vs"] is None else st["vs"]
+        st["vf"] = float(
+            lfilter([self.fast], [1, -(1 - self.fast)], d2, zi=[(1 - self.fast) * v0])[0][-1]
+        )
+        st["vs"] = float(
+            lfilter([self.slow], [1, -(1 - self.slow)], d2, zi=[(1 - self.slow) * s0])[0][-1]
+        )
+        st["prev"] = float(x[-1])
+        st["n"] += len(x)
+
+
+# -- decisions ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Decision:
+    """Turns scores into anomaly verdicts. ``kind`` is ``threshold`` or ``quantile``."""
+
+    kind: str = "threshold"
+    value: float = 0.999
+    every: int = 256
+    floor: float = 0.99
+    cooldown: int = 64  # after an event, anomalous points within this many points raise no new one
+
+    def init(self) -> dict[str, Any]:
+        return {
+            "thr": self.value if self.kind == "threshold" else 1.0,
+            "scores": np.empty(0),
+            "since": 0,
+        }
+
+    def problems(self) -> list[str]:
+        if not 0 < self.value < 1:
+            return [f"decision {self.kind}({self.value!r}): give a number strictly between 0 and 1"]
+        return []
+
+
+def threshold(score: float = 0.999, *, cooldown: int = 64) -> Decision:
+    """Anomalous when the score reaches ``score`` (0.999 = the detector's classic alarm level).
+    One event per episode: anomalous points within ``cooldown`` points of the last event are
+    still kept out of the model but raise no new event."""
+    return Decision("threshold", score, cooldown=cooldown)
+
+
+def quantile(
+    q: float = 0.999, *, every: int = 256, floor: float = 0.99, cooldown: int = 64
+) -> Decision:
+    """Adaptive: anomalous above the q-quantile of the key's recent normal scores (refreshed
+    every ``every`` points, never below ``floor``; 1.0 = nothing flagged until the first refresh)."""
+    return Decision("quantile", q, every, floor, cooldown)
+
+
+@dataclass
+class DriverOut:
+    raw: F64
+    score: F64
+    anomaly: np.ndarray
+    low: F64
+    high: F64
+    threshold: F64
+    event: np.ndarray = field(
+        default_factory=lambda: np.zeros(0, bool)
+    )  # anomalies that raise an event
+
+
+@dataclass
+class Driver:
+    """Runs a detector and a decision on one key's points with one-at-a-time semantics.
+
+    ``adapt_after``: after that many anomalies in a row (a lasting change of level, not a
+    glitch), the detector learns them, so it settles on the new normal."""
+
+    detector: Detector
+    decision: Decision = field(default_factory=Decision)
+    learn_anomalies: bool = False
+    max_pass: int = 4096
+    min_pass: int = 32
+    adapt_after: int | None = 256
+
+    def __post_init__(self) -> None:
+        self.parts = (
+            [
+                Driver(
+                    p,
+                    self.decision,
+                    self.learn_anomalies,
+                    self.max_pass,
+                    self.min_pass,
+                    self.adapt_after,
+                )
+                for p in self.detector.parts
+            ]
+            if isinstance(self.detector, Ensemble)
+            else []
+        )
+
+    def init(self) -> dict[str, Any]:
+        if self.parts:
+            return {"parts": [p.init() for p in self.parts]}
+        return {"det": self.detector.init(), "dec": self.decision.init(), "streak": 0}
+
+    def run(self, st: dict[str, Any], x: F64) -> DriverOut:
+        out = self._combined(st, x)
+        out.event = self._events(st, out.anomaly)
+        return out
+
+    def _events(self, st: dict[str, Any], anomaly: np.ndarray) -> np.ndarray:
+        """An anomaly raises an event unless one was raised within ``cooldown`` points."""
+        event = np.zeros(len(anomaly), bool)
+        since = st.setdefault("since_event", 1 << 30)
+        last = -1
+        for i in np.flatnonzero(anomaly).tolist():
+            gap = i - last if last >= 0 else since + i + 1
+            if gap > self.decision.cooldown:
+                event[i] = True
+                last = i
+        st["since_event"] = (len(anomaly) - 1 - last) if last >= 0 else since + len(anomaly)
+        return event
+
+    def _combined(self, st: dict[str, Any], x: F64) -> DriverOut:
+        if self.parts:
+            outs = [p.run(s, x) for p, s in zip(self.parts, st["parts"], strict=True)]
+            best = np.argmax(np.stack([o.score for o in outs]), axis=0)
+            pick = np.arange(len(x))
+
+            def sel(name: str) -> F64:
+                arr: F64 = np.stack([getattr(o, name) for o in outs])[best, pick]
+                return arr
+
+            return DriverOut(
+                sel("raw"),
+                sel("score"),
+                np.any([o.anomaly for o in outs], axis=0),
+                outs[0].low,
+                outs[0].high,
+                sel("threshold"),
+            )
+        return self._run(st, x)
+
+    def _run(self, st: dict[str, Any], x: F64) -> DriverOut:
+        n = len(x)
+        raw, score, low, high, thr_out = (np.empty(n) for _ in range(5))
+        anomaly = np.zeros(n, bool)
+        dec, det = st["dec"], st["det"]
+        i = 0
+        span = self.max_pass  # shrinks after an anomaly (they cluster), doubles after clean passes
+        while i < n:
+            # never let one pass cross a decision refresh (quantile) boundary
+            stop = (
+                n
+                if self.decision.kind == "threshold"
+                else min(n, i + self.decision.every - dec["since"])
+            )
+            stop = min(stop, i + span)
+            s = self.detector.score(det, x[i:stop])
+            hit = np.flatnonzero(s.score >= dec["thr"])
+            learn_all = self.learn_anomalies or (
+                self.adapt_after is not None and st["streak"] >= self.adapt_after
+            )
+            j = i + (int(hit[0]) if len(hit) and not learn_all else stop - i)
+            seg = slice(i, j + 1 if j < stop else stop)
+            k = seg.stop - i
+            raw[seg], score[seg], low[seg], high[seg] = (
+                s.raw[:k],
+                s.score[:k],
+                s.low[:k],
+                s.high[:k],
+            )
+            thr_out[seg] = dec["thr"]
+            anomaly[seg] = s.score[:k] >= dec["thr"]
+            normal_end = j if j < stop else stop
+            if learn_all:
+                flagged = s.score[: normal_end - i] >= dec["thr"]
+                st["streak"] = 0 if not flagged.any() else (st["streak"] + int(flagged.sum()))
+            elif normal_end > i:
+                st["streak"] = 0
+            self.detector.learn(det, x[i:normal_end])
+            self._decided(dec, s.score[: normal_end - i])
+            if j < stop:  # the anomaly at j: not learnt
+                st["streak"] += 1
+                self.detector.forget(det, float(x[j]))
+                if self.learn_anomalies:
+                    self.detector.learn(det, x[j : j + 1])
+                self._decided(dec, np.empty(0), count=1)
+                i = j + 1
+                span = self.min_pass
+            else:
+                i = stop
+                span = min(self.max_pass, span * 2)
+        return DriverOut(raw, score, anomaly, low, high, thr_out)
+
+    def _decided(self, dec: dict[str, Any], normal_scores: F64, count: int = 0) -> None:
+        if self.decision.kind != "quantile":
+            return
+        dec["scores"] = np.concatenate([dec["scores"], normal_scores])[-8 * self.decision.every :]
+        dec["since"] += len(normal_scores) + count
+        if dec["since"] >= self.decision.every:
+            dec["since"] = 0
+            if len(dec["scores"]):
+                dec["thr"] = max(
+                    self.decision.floor, float(np.quantile(dec["scores"], self.decision.value))
+                )
+
+
+DETECTORS: dict[str, Any] = {
+    "zscore": ZScore, "ewma": EWMA, "mad": MAD, "cusum": CUSUM, "seasonal": Seasonal,
+}  # fmt: skip
+
+
+def make(name: str, **params: Any) -> Detector:
+    if name == "auto":
+        return Auto()
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; use one of {', '.join(DETECTORS)}")
+    try:
+        det: Detector = DETECTORS[name](**params)
+        return det
+    except TypeError as exc:
+        raise ValueError(f"detector {name!r}: {exc}") from None
+
+
+# -- constructors users call: detect.zscore(...), detect.auto() --------------------------------
+def zscore(*, window: int = 256, level: float = 3.0, warmup: int = 16) -> ZScore:
+    """Rolling z-score over the last ``window`` normal points (the 3-sigma rule at the default)."""
+    return ZScore(window, level, warmup)
+
+
+def ewma(*, alpha: float = 0.05, level: float = 3.0, warmup: int = 16) -> EWMA:
+    return EWMA(alpha, level, warmup)
+
+
+def mad(*, window: int = 64, level: float = 3.5, stride: int = 8, warmup: int = 16) -> MAD:
+    return MAD(window, level, stride, warmup)
+
+
+def cusum(*, k: float = 0.5, h: float = 5.0, alpha: float = 0.01, warmup: int = 32) -> CUSUM:
+    return CUSUM(k, h, alpha, warmup)
+
+
+def seasonal(
+    *, window: int = 512, level: float = 4.0, refresh: int = 128, warmup: int = 128
+) -> Seasonal:
+    """Seasonal residual against the dominant period found by FFT (see :class:`Seasonal`)."""
+    return Seasonal(window, level, refresh, warmup)
+
+
+def auto() -> Ensemble:
+    """A sensible default needing no tuning: spikes/dips, level shifts/drifts, variance changes."""
+    return Auto()

@@ -1,0 +1,373 @@
+"""Data reduction kernels: keep the shape of a signal with far fewer points.
+
+Each kernel works per key on readings in arrival order (sensors send in time order) and
+keeps explicit state, so a resumed run continues exactly. Every kernel counts points in
+and out (``ratio``); the error-bounded ones guarantee their bound:
+
+* ``deadband`` - report a value when it moves more than ``band`` (absolute) or ``percent``
+  from the last reported one, or after ``max_interval`` (heartbeat). Holding the last
+  reported value reconstructs every reading within the band.
+* ``swinging_door`` - piecewise-linear compression with ``deviation`` as the maximum error:
+  linear interpolation between reported points is within ``deviation`` of every reading.
+  Reported points lie on the door's line, so a value may differ from the raw reading by up
+  to ``deviation`` (this is what makes the bound hold; classic swinging door does not
+  guarantee it).
+* ``changes`` - report only when the value changes (lossless under hold-last-value).
+* ``decimate`` - anti-aliasing FIR low-pass (scipy.signal.firwin) then every q-th sample;
+  the filter state carries across batches, so the stream equals filtering the whole
+  signal offline (``lfilter``) and taking every q-th output.
+* ``lttb`` / ``m4`` / ``minmax`` - per tumbling time window ``every``, keep ``points`` points
+  chosen by tsdownsample (Rust implementations of LTTB, M4 and min-max).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgeflow.batch import F64, I64, Batch, RecordBatch
+from edgeflow.timeutil import Duration, parse_duration
+
+KINDS = ("deadband", "swinging_door", "changes", "decimate", "lttb", "m4", "minmax")
+
+
+@dataclass(frozen=True)
+class DownsampleSpec:
+    kind: str
+    field: str
+    params: dict[str, Any] = dc_field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        p = self.params
+        out = []
+        if not isinstance(self.field, str) or not self.field:
+            out.append(
+                f"downsample.{self.kind}: give the field to reduce, e.g. downsample.{self.kind}('temp', ...)"
+            )
+        if self.kind == "deadband":
+            band, pct = p.get("band"), p.get("percent")
+            if (band is None) == (pct is None):
+                out.append("downsample.deadband: give exactly one of band= (absolute) or percent=")
+            for name, v in (("band", band), ("percent", pct)):
+                if v is not None and (not isinstance(v, int | float) or v < 0):
+                    out.append(f"downsample.deadband: {name}={v!r} must be a number >= 0")
+        if self.kind == "swinging_door" and (
+            not isinstance(p.get("deviation"), int | float) or p["deviation"] <= 0
+        ):
+            out.append(
+                f"downsample.swinging_door: deviation={p.get('deviation')!r} must be a number > 0"
+            )
+        if self.kind == "decimate" and (not isinstance(p.get("q"), int) or p["q"] < 2):
+            out.append(f"downsample.decimate: q={p.get('q')!r} must be a whole number >= 2")
+        if self.kind in ("lttb", "m4", "minmax"):
+            n = p.get("points")
+            minimum = 4 if self.kind == "m4" else 3 if self.kind == "lttb" else 2
+            if not isinstance(n, int) or n < minimum:
+                out.append(
+                    f"downsample.{self.kind}: points={n!r} must be a whole number >= {minimum}"
+                )
+            if (
+                self.kind in ("m4", "minmax")
+                and isinstance(n, int)
+                and n % (4 if self.kind == "m4" else 2)
+            ):
+                out.append(
+                    f"downsample.{self.kind}: points={n} must be a multiple of {4 if self.kind == 'm4' else 2}"
+                )
+        for name in ("max_interval", "every"):
+            if p.get(name) is not None:
+                try:
+                    parse_duration(p[name], what=name, allow_zero=False)
+                except ValueError as exc:
+                    out.append(f"downsample.{self.kind}: {exc}")
+        if self.kind in ("lttb", "m4", "minmax") and p.get("every") is None:
+            out.append(f"downsample.{self.kind}: give the time window, e.g. every='10s'")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "field": self.field,
+            **{k: v for k, v in self.params.items() if v is not None},
+        }
+
+
+def deadband(
+    field: str,
+    *,
+    band: float | None = None,
+    percent: float | None = None,
+    max_interval: Duration | None = None,
+) -> DownsampleSpec:
+    return DownsampleSpec(
+        "deadband", field, {"band": band, "percent": percent, "max_interval": max_interval}
+    )
+
+
+def swinging_door(
+    field: str, *, deviation: float, max_interval: Duration | None = None
+) -> DownsampleSpec:
+    return DownsampleSpec(
+        "swinging_door", field, {"deviation": deviation, "max_interval": max_interval}
+    )
+
+
+def changes(field: str, *, max_interval: Duration | None = None) -> DownsampleSpec:
+    return DownsampleSpec("changes", field, {"max_interval": max_interval})
+
+
+def decimate(field: str, q: int, *, numtaps: int | None = None) -> DownsampleSpec:
+    return DownsampleSpec("decimate", field, {"q": q, "numtaps": numtaps})
+
+
+def lttb(field: str, *, every: Duration, points: int) -> DownsampleSpec:
+    return DownsampleSpec("lttb", field, {"every": every, "points": points})
+
+
+def m4(field: str, *, every: Duration, points: int) -> DownsampleSpec:
+    return DownsampleSpec("m4", field, {"every": every, "points": points})
+
+
+def minmax(field: str, *, every: Duration, points: int) -> DownsampleSpec:
+    return DownsampleSpec("minmax", field, {"every": every, "points": points})
+
+
+# -- per-key sequential cores (plain loops over one key's points) -------------------------------
+class _Hold:
+    """deadband / changes: report when the value leaves the band around the last report."""
+
+    def __init__(self, band: float, percent: float, max_interval: int | None) -> None:
+        self.band, self.percent, self.max_interval = band, percent, max_interval
+
+    def run(self, st: dict[str, Any], t: I64, x: F64) -> npt.NDArray[np.bool_]:
+        keep = np.zeros(len(x), bool)
+        last_v, last_t = st.get("v"), st.get("t")
+        band, pct, mi = self.band, self.percent, self.max_interval
+        for i, (ti, xi) in enumerate(zip(t.tolist(), x.tolist(), strict=True)):
+            if (
+                last_v is None
+                or abs(xi - last_v) > (band if pct == 0 else pct / 100.0 * abs(last_v))
+                or (mi is not None and ti - last_t >= mi)
+            ):
+                keep[i] = True
+                last_v, last_t = xi, ti
+        st["v"], st["t"] = last_v, last_t
+        return keep
+
+
+class _Door:
+    """Swinging door with a guaranteed bound: emits (t, value on the door line)."""
+
+    def __init__(self, dev: float, max_interval: int | None) -> None:
+        self.dev, self.max_interval = dev, max_interval
+
+    def run(self, st: dict[str, Any], t: I64, x: F64) -> tuple[list[int], list[float]]:
+        out_t: list[int] = []
+        out_v: list[float] = []
+        e, mi = self.dev, self.max_interval
+        a = st.get("a")  # (ta, va): the last reported point
+        lo, hi = st.get("lo", -np.inf), st.get("hi", np.inf)
+        prev = st.get("prev")  # (t, v) of the last reading seen
+        for ti, xi in zip(t.tolist(), x.tolist(), strict=True):
+            if a is None:
+                a = (ti, xi)
+                out_t.append(ti)
+                out_v.append(xi)
+                lo, hi, prev = -np.inf, np.inf, None
+                continue
+            ta, va = a
+            dt = ti - ta
+            if dt <= 0:  # a duplicate time: report the first, fold the rest into it
+                prev = (ti, xi)
+                continue
+            nlo, nhi = max(lo, (xi - e - va) / dt), min(hi, (xi + e - va) / dt)
+            if nlo > nhi or (mi is not None and dt > mi):
+                # the door closes at the previous reading: report the point on the door there
+                assert prev is not None
+                tp, vp = prev
+                s = min(max((vp - va) / (tp - ta), lo), hi)
+                a = (tp, va + s * (tp - ta))
+                out_t.append(a[0])
+                out_v.append(a[1])
+                ta, va = a
+                dt = ti - ta
+                lo, hi = (xi - e - va) / dt, (xi + e - va) / dt
+            else:
+                lo, hi = nlo, nhi
+            prev = (ti, xi)
+        st["a"], st["lo"], st["hi"], st["prev"] = a, lo, hi, prev
+        return out_t, out_v
+
+    def flush(self, st: dict[str, Any]) -> tuple[list[int], list[float]]:
+        """End of input: report the last reading's point on the door, closing the last segment."""
+        a, prev = st.get("a"), st.get("prev")
+        if a is None or prev is None:
+            return [], []
+        ta, va = a
+        tp, vp = prev
+        if tp == ta:
+            return [], []
+        s = min(max((vp - va) / (tp - ta), st["lo"]), st["hi"])
+        st["a"], st["prev"], st["lo"], st["hi"] = (tp, va + s * (tp - ta)), None, -np.inf, np.inf
+        return [tp], [va + s * (tp - ta)]
+
+
+class DownsampleKernel:
+    """Per-key streaming reduction of one field; records of kind ``trend`` (key, t, <field>)."""
+
+    def __init__(self, step: str, spec: DownsampleSpec) -> None:
+        self.step = step
+        self.spec = spec
+        p = spec.params
+        mi = parse_duration(p["max_interval"]) if p.get("max_interval") is not None else None
+        self.hold: _Hold | None = None
+        self.door: _Door | None = None
+        if spec.kind == "deadband":
+            self.hold = _Hold(float(p["band"] or 0.0), float(p["percent"] or 0.0), mi)
+        elif spec.kind == "changes":
+            self.hold = _Hold(0.0, 0.0, mi)
+        elif spec.kind == "swinging_door":
+            self.door = _Door(float(p["deviation"]), mi)
+        elif spec.kind == "decimate":
+            from scipy.signal import firwin
+
+            q = int(p["q"])
+            self.q = q
+            self.taps = firwin(p.get("numtaps") or 8 * q + 1, 1.0 / q)
+        elif spec.kind in ("lttb", "m4", "minmax"):
+            self.every = parse_duration(p["every"])
+            self.points = int(p["points"])
+
+    def init(self) -> dict[str, Any]:
+        return {"keys": {}, "in": 0, "out": 0}
+
+    def step_batch(self, state: dict[str, Any], batch: Batch) -> RecordBatch | None:
+        """Reduce a batch; returns the points to report (or None)."""
+        if not len(batch):
+            return None
+        x_all = batch.values[batch.fields.index(self.spec.field)]
+        state["in"] += len(batch)
+        keys_out: list[str] = []
+        t_out: list[Any] = []
+        v_out: list[Any] = []
+        for code, rows in _by_key(batch.key_idx):
+            key = batch.keys[code]
+            st = state["keys"].setdefault(key, {})
+            t, x = batch.t[rows], x_all[rows]
+            ok = np.isfinite(x)
+            if not ok.all():
+                t, x = t[ok], x[ok]
+            ts, vs = self._one_key(st, t, x)
+            keys_out.extend([key] * len(ts))
+            t_out.append(ts)
+            v_out.append(vs)
+        return self._records(state, keys_out, t_out, v_out)
+
+    def flush(self, state: dict[str, Any]) -> RecordBatch | None:
+        keys_out: list[str] = []
+        t_out: list[Any] = []
+        v_out: list[Any] = []
+        for key, st in state["keys"].items():
+            ts: Any
+            vs: Any
+            if self.door is not None:
+                ts, vs = self.door.flush(st)
+            elif (
+                self.spec.kind in ("lttb", "m4", "minmax")
+                and st.get("t") is not None
+                and len(st["t"])
+            ):
+                ts, vs = self._select(st["t"], st["x"])
+                st["t"], st["x"] = np.empty(0, np.int64), np.empty(0)
+            else:
+                continue
+            keys_out.extend([key] * len(ts))
+            t_out.append(np.asarray(ts, np.int64))
+            v_out.append(np.asarray(vs, np.float64))
+        return self._records(state, keys_out, t_out, v_out)
+
+    def _records(
+        self, state: dict[str, Any], keys: list[str], ts: list[Any], vs: list[Any]
+    ) -> RecordBatch | None:
+        if not keys:
+            return None
+        t = np.concatenate([np.asarray(a, np.int64) for a in ts])
+        v = np.concatenate([np.asarray(a, np.float64) for a in vs])
+        state["out"] += len(t)
+        return RecordBatch(
+            "trend", self.step, {"key": keys, "t": t, self.spec.field: v}, len(t), ("key", "t")
+        )
+
+    def _one_key(self, st: dict[str, Any], t: I64, x: F64) -> tuple[Any, Any]:
+        if self.hold is not None:
+            keep = self.hold.run(st, t, x)
+            return t[keep], x[keep]
+        if self.door is not None:
+            return self.door.run(st, t, x)
+        if self.spec.kind == "decimate":
+            return self._decimate(st, t, x)
+        return self._windowed(st, t, x)
+
+    def _decimate(self, st: dict[str, Any], t: I64, x: F64) -> tuple[I64, F64]:
+        from scipy.signal import lfilter, lfilter_zi
+
+        if "zi" not in st:
+            st["zi"] = lfilter_zi(self.taps, 1.0) * 0.0
+            st["n"] = 0
+        y, st["zi"] = lfilter(self.taps, 1.0, x, zi=st["zi"])
+        # keep samples whose index in the whole stream is q-1, 2q-1, ...
+        first = (self.q - 1 - st["n"]) % self.q
+        st["n"] += len(x)
+        return t[first :: self.q], y[first :: self.q]
+
+    def _windowed(self, st: dict[str, Any], t: I64, x: F64) -> tuple[Any, Any]:
+        """Buffer a key's points per tumbling window; a window is reduced when a later one starts."""
+        buf_t = np.concatenate([st.get("t", np.empty(0, np.int64)), t])
+        buf_x = np.concatenate([st.get("x", np.empty(0)), x])
+        w = buf_t // self.every
+        done = w < w[-1] if len(w) else w
+        out_t: list[Any] = []
+        out_v: list[Any] = []
+        if len(w) and done.any():
+            cut = int(np.flatnonzero(~done)[0])
+            bounds = (
+                np.flatnonzero(np.r_[True, w[1:cut] != w[: cut - 1]]) if cut else np.empty(0, int)
+            )
+            for a, b in zip(bounds, [*bounds[1:].tolist(), cut], strict=True):
+                ts, vs = self._select(buf_t[a:b], buf_x[a:b])
+                out_t.append(ts)
+                out_v.append(vs)
+            buf_t, buf_x = buf_t[cut:], buf_x[cut:]
+        st["t"], st["x"] = buf_t, buf_x
+        if not out_t:
+            return np.empty(0, np.int64), np.empty(0)
+        return np.concatenate(out_t), np.concatenate(out_v)
+
+    def _select(self, t: I64, x: F64) -> tuple[I64, F64]:
+        if len(t) <= self.points:
+            return t, x
+        from tsdownsample import LTTBDownsampler, M4Downsampler, MinMaxDownsampler
+
+        if self.spec.kind == "lttb":
+            idx = LTTBDownsampler().downsample(t, x, n_out=self.points)  # type: ignore[no-untyped-call]
+        elif self.spec.kind == "m4":
+            idx = M4Downsampler().downsample(t, x, n_out=self.points)  # type: ignore[no-untyped-call]
+        else:
+            idx = MinMaxDownsampler().downsample(t, x, n_out=self.points)  # type: ignore[no-untyped-call]
+        return t[idx], x[idx]
+
+    @staticmethod
+    def ratio(state: dict[str, Any]) -> float:
+        return state["in"] / state["out"] if state["out"] else float("inf")
+
+
+def _by_key(key_idx: npt.NDArray[np.int32]) -> list[tuple[int, npt.NDArray[np.intp]]]:
+    """(key code, row indices in arrival order) for each key in a batch."""
+    order = np.argsort(key_idx, kind="stable")
+    k = key_idx[order]
+    bounds = np.flatnonzero(np.r_[True, k[1:] != k[:-1], True])
+    return [(int(k[a]), order[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
