@@ -64,7 +64,8 @@ def _base(rng: np.random.Generator, n: int) -> tuple[F64, F64, float]:
         for i in range(n):  # AR(1) red noise
             acc = 0.8 * acc + e[i]
             noise[i] = acc
-    return base + rng.uniform(-10, 10) + noise, phase, sigma
+    signal: F64 = np.asarray(base + rng.uniform(-10, 10) + noise, dtype=np.float64)
+    return signal, np.asarray(phase, dtype=np.float64), float(sigma)
 
 
 def generate(seed: int = 7, per_kind: int = 12, n: int = 3000) -> list[Stream]:

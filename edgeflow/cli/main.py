@@ -14,6 +14,7 @@ import click
 import orjson
 
 from edgeflow.cli.params import DURATION, FLOW
+from edgeflow.cli.score import score_cmd
 from edgeflow.engine import RunOptions, run, stop
 from edgeflow.errors import FlowValidationError
 from edgeflow.flow.plan import Flow, Plan
@@ -144,6 +145,9 @@ def deploy_cmd(
     click.echo(plan.describe(), err=True)
     click.echo(f"state directory: {state}", err=True)
     _run(plan, run_for=run_for, workers=workers, state_dir=state, snapshot_every=snapshot_every)
+
+
+main.add_command(score_cmd)
 
 
 @main.command("validate")

@@ -386,7 +386,7 @@ def Auto() -> Ensemble:  # noqa: N802 - reads as a class at call sites
     return Ensemble(
         [
             MAD(window=128, level=6.0, stride=16, diff=True, warmup=32),
-            CUSUM(k=1.0, h=12.0, alpha=0.005, warmup=64),
+            CUSUM(k=1.5, h=10.0, alpha=0.005, warmup=64),
             _VarianceChange(level=3.0),
             Seasonal(level=6.0),
         ],
