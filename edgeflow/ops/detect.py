@@ -139,9 +139,16 @@ class EWMA(Detector):
         v_before = np.concatenate([[st["v"]], v_after[:-1]])
         return m_before, v_before
 
+    def unbiased(self, st: dict[str, Any], v: F64) -> F64:
+        """Bias-corrected variance (the recursion starts at 0): v / (1 - (1-a)^points learnt)."""
+        seen = st["n"] + np.arange(len(v))
+        corr = -np.expm1(seen * np.log1p(-self.alpha))
+        out: F64 = np.where(corr > 0, v / np.where(corr > 0, corr, 1.0), v)
+        return out
+
     def score(self, st: dict[str, Any], x: F64) -> Scores:
         m, v = self._prefix(st, x)
-        std = np.sqrt(v)
+        std = np.sqrt(self.unbiased(st, v))
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.abs(x - m) / np.maximum(std, 1e-12 * (1 + np.abs(m)))
         z = np.nan_to_num(z, nan=0.0, posinf=1e6) * _warm(st, len(x), self.warmup)
@@ -262,7 +269,7 @@ class CUSUM(Detector):
 
     def _sums(self, st: dict[str, Any], x: F64) -> tuple[F64, F64, F64, F64]:
         m, v = self.base._prefix(st["ew"], x)
-        std = np.sqrt(v)
+        std = np.sqrt(self.base.unbiased(st["ew"], v))
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.nan_to_num(
                 (x - m) / np.maximum(std, 1e-12 * (1 + np.abs(m))), nan=0.0, posinf=1e6, neginf=-1e6
@@ -580,42 +587,47 @@ class Driver:
         i = 0
         span = self.max_pass  # shrinks after an anomaly (they cluster), doubles after clean passes
         while i < n:
-            # never let one pass cross a decision refresh (quantile) boundary
+            # never let one pass cross a decision (quantile) or model refresh boundary
             stop = (
                 n
                 if self.decision.kind == "threshold"
                 else min(n, i + self.decision.every - dec["since"])
             )
+            every = getattr(
+                self.detector, "refresh", 0
+            )  # a model re-estimated every N learnt points
+            if every:
+                stop = min(stop, i + every - det["n"] % every)
             stop = min(stop, i + span)
             s = self.detector.score(det, x[i:stop])
-            hit = np.flatnonzero(s.score >= dec["thr"])
-            learn_all = self.learn_anomalies or (
-                self.adapt_after is not None and st["streak"] >= self.adapt_after
+            flagged = s.score >= dec["thr"]
+            adapting = self.adapt_after is not None and st["streak"] >= self.adapt_after
+            if self.learn_anomalies or adapting:
+                # everything is learnt; adapting lasts until the first normal point
+                normal = np.flatnonzero(~flagged)
+                end = stop if self.learn_anomalies or not len(normal) else i + int(normal[0]) + 1
+                k = end - i
+                self._emit(
+                    s, k, slice(i, end), (raw, score, low, high, thr_out, anomaly), dec["thr"]
+                )
+                self.detector.learn(det, x[i:end])
+                self._decided(dec, s.score[:k][~flagged[:k]], count=int(flagged[:k].sum()))
+                st["streak"] = 0 if not flagged[k - 1] else st["streak"] + k
+                i = end
+                continue
+            hit = np.flatnonzero(flagged)
+            j = i + int(hit[0]) if len(hit) else stop  # the first anomaly, or none in this pass
+            end = j + 1 if j < stop else stop
+            self._emit(
+                s, end - i, slice(i, end), (raw, score, low, high, thr_out, anomaly), dec["thr"]
             )
-            j = i + (int(hit[0]) if len(hit) and not learn_all else stop - i)
-            seg = slice(i, j + 1 if j < stop else stop)
-            k = seg.stop - i
-            raw[seg], score[seg], low[seg], high[seg] = (
-                s.raw[:k],
-                s.score[:k],
-                s.low[:k],
-                s.high[:k],
-            )
-            thr_out[seg] = dec["thr"]
-            anomaly[seg] = s.score[:k] >= dec["thr"]
-            normal_end = j if j < stop else stop
-            if learn_all:
-                flagged = s.score[: normal_end - i] >= dec["thr"]
-                st["streak"] = 0 if not flagged.any() else (st["streak"] + int(flagged.sum()))
-            elif normal_end > i:
+            if j > i:
                 st["streak"] = 0
-            self.detector.learn(det, x[i:normal_end])
-            self._decided(dec, s.score[: normal_end - i])
+            self.detector.learn(det, x[i:j])
+            self._decided(dec, s.score[: j - i])
             if j < stop:  # the anomaly at j: not learnt
                 st["streak"] += 1
                 self.detector.forget(det, float(x[j]))
-                if self.learn_anomalies:
-                    self.detector.learn(det, x[j : j + 1])
                 self._decided(dec, np.empty(0), count=1)
                 i = j + 1
                 span = self.min_pass
@@ -623,6 +635,15 @@ class Driver:
                 i = stop
                 span = min(self.max_pass, span * 2)
         return DriverOut(raw, score, anomaly, low, high, thr_out)
+
+    @staticmethod
+    def _emit(
+        s: Scores, k: int, seg: slice, outs: tuple[F64, F64, F64, F64, F64, np.ndarray], thr: float
+    ) -> None:
+        raw, score, low, high, thr_out, anomaly = outs
+        raw[seg], score[seg], low[seg], high[seg] = s.raw[:k], s.score[:k], s.low[:k], s.high[:k]
+        thr_out[seg] = thr
+        anomaly[seg] = s.score[:k] >= thr
 
     def _decided(self, dec: dict[str, Any], normal_scores: F64, count: int = 0) -> None:
         if self.decision.kind != "quantile":
@@ -668,7 +689,7 @@ def mad(*, window: int = 64, level: float = 3.5, stride: int = 8, warmup: int = 
     return MAD(window, level, stride, warmup)
 
 
-def cusum(*, k: float = 0.5, h: float = 5.0, alpha: float = 0.01, warmup: int = 32) -> CUSUM:
+def cusum(*, k: float = 0.5, h: float = 5.0, alpha: float = 0.01, warmup: int = 100) -> CUSUM:
     return CUSUM(k, h, alpha, warmup)
 
 

@@ -1,0 +1,212 @@
+"""Detector contract tests (every detector), plain references, decisions, evaluation, CLI."""
+
+from __future__ import annotations
+
+import csv
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgeflow import evaluate
+from edgeflow.ops import detect
+from tests.helpers import edgeflow
+
+ALL = {
+    "zscore": lambda: detect.zscore(window=64),
+    "ewma": lambda: detect.ewma(alpha=0.1),
+    "mad": lambda: detect.mad(window=32, stride=4),
+    "mad_diff": lambda: detect.MAD(window=32, stride=4, diff=True),
+    "cusum": lambda: detect.cusum(),
+    "seasonal": lambda: detect.seasonal(window=128, refresh=32, warmup=32),
+    "auto": lambda: detect.auto(),
+}
+
+
+def signal(seed: int, n: int = 1500) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = np.sin(np.arange(n) / 15) * 2 + rng.normal(0, 0.3, n)
+    x[rng.choice(n, 8, replace=False)] += rng.choice([-8, 8], 8)  # spikes
+    x[n // 2 :] += 3  # a level shift
+    return x
+
+
+def one_at_a_time(make: object, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: feed points one by one."""
+    drv = detect.Driver(make())  # type: ignore[operator]
+    state = drv.init()
+    scores, anomalies = [], []
+    for v in x:
+        out = drv.run(state, np.array([v]))
+        scores.append(out.score[0])
+        anomalies.append(out.anomaly[0])
+    return np.array(scores), np.array(anomalies)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_vectorised_driver_equals_one_point_at_a_time(name: str) -> None:
+    x = signal(1)
+    drv = detect.Driver(ALL[name]())
+    whole = drv.run(drv.init(), x)
+    ref_scores, ref_anomalies = one_at_a_time(ALL[name], x)
+    np.testing.assert_allclose(whole.score, ref_scores, rtol=1e-9, atol=1e-12)
+    assert (whole.anomaly == ref_anomalies).all()
+    assert whole.anomaly.any(), "the spikes and the shift must be found"
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@settings(max_examples=15, deadline=None)
+@given(cuts=st.lists(st.integers(1, 1499), max_size=12))
+def test_batching_and_snapshot_round_trip_do_not_change_results(name: str, cuts: list[int]) -> None:
+    x = signal(2)
+    drv = detect.Driver(ALL[name]())
+    whole = drv.run(drv.init(), x)
+    state = drv.init()
+    parts = []
+    bounds = [0, *sorted(set(cuts)), len(x)]
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        parts.append(drv.run(state, x[a:b]))
+        state = pickle.loads(pickle.dumps(state))  # resume from a snapshot at every cut
+    np.testing.assert_allclose(
+        np.concatenate([p.score for p in parts]), whole.score, rtol=1e-9, atol=1e-12
+    )
+    assert (np.concatenate([p.anomaly for p in parts]) == whole.anomaly).all()
+    assert (np.concatenate([p.event for p in parts]) == whole.event).all()
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_state_stays_bounded_over_a_long_stream(name: str) -> None:
+    drv = detect.Driver(ALL[name]())
+    state = drv.init()
+    sizes = []
+    for i in range(40):
+        drv.run(state, signal(i, 500))
+        sizes.append(len(pickle.dumps(state)))
+    assert max(sizes[10:]) <= 1.2 * sizes[10], sizes
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_scores_are_in_0_1_and_anomalies_are_not_learnt(name: str) -> None:
+    x = signal(3)
+    out = detect.Driver(ALL[name]()).run(detect.Driver(ALL[name]()).init(), x)
+    assert ((out.score >= 0) & (out.score < 1.0 + 1e-12)).all()
+    learner = detect.Driver(ALL[name](), learn_anomalies=True)
+    taught = learner.run(learner.init(), x)
+    assert taught.anomaly.sum() <= out.anomaly.sum() or name in ("cusum", "auto")
+
+
+def test_zscore_matches_a_plain_rolling_reference() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(10, 2, 400)
+    x[300] = 40
+    det = detect.zscore(window=50, warmup=10)
+    out = detect.Driver(det).run(detect.Driver(det).init(), x)
+    learnt: list[float] = []
+    flagged = []
+    for i, v in enumerate(x):
+        w = learnt[-50:]
+        if len(learnt) < 10:
+            z = 0.0
+        else:
+            m = sum(w) / len(w)
+            sd = math.sqrt(sum((a - m) ** 2 for a in w) / len(w))
+            z = abs(v - m) / sd
+        assert math.isclose(out.raw[i], z, rel_tol=1e-7, abs_tol=1e-9), i
+        if 1 - 10 ** (-3 * z / 3) < 0.999:
+            learnt.append(v)
+        else:
+            flagged.append(i)
+    assert out.anomaly[300] and np.flatnonzero(out.anomaly).tolist() == flagged
+
+
+def test_ewma_and_cusum_match_plain_recurrences() -> None:
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.normal(0, 1, 300), rng.normal(1.5, 1, 200)])
+    det = detect.ewma(alpha=0.1, warmup=0)
+    st_ = det.init()
+    s = det.score(st_, x)
+    m, v = x[0], 0.0
+    for i, xi in enumerate(x):  # prefix semantics: each point against the state before it
+        vu = v / (1 - 0.9**i) if i else v  # bias-corrected: the variance starts at 0
+        assert math.isclose(
+            s.raw[i], abs(xi - m) / max(math.sqrt(vu), 1e-12 * (1 + abs(m))), rel_tol=1e-9
+        ) or (v == 0 and s.raw[i] >= 0)
+        d = xi - m
+        m, v = m + 0.1 * d, 0.9 * (v + 0.1 * d * d)
+    cus = detect.cusum()
+    out = detect.Driver(cus).run(detect.Driver(cus).init(), x)
+    hits = np.flatnonzero(out.anomaly)
+    assert ((hits >= 300) & (hits < 340)).any(), (
+        "a 1.5-sigma shift is caught within a few dozen points"
+    )
+    assert (hits < 300).sum() <= 1, (
+        "and at most one false alarm in 300 in-control points (ARL0 ~ 465)"
+    )
+
+
+def test_adaptive_quantile_decision_follows_recent_scores() -> None:
+    x = signal(4, 3000)
+    fixed = detect.Driver(detect.zscore(), detect.threshold(0.999))
+    adaptive = detect.Driver(detect.zscore(), detect.quantile(0.9, every=128, floor=0.5))
+    a = fixed.run(fixed.init(), x)
+    b = adaptive.run(adaptive.init(), x)
+    assert b.anomaly.sum() > a.anomaly.sum(), "a low quantile flags more"
+    assert len(set(b.threshold.tolist())) > 2, "the threshold moves"
+
+
+def test_auto_beats_the_3_sigma_zscore_on_the_generated_corpus() -> None:
+    corpus = evaluate.generate(seed=11, per_kind=3, n=2500)
+    base = evaluate.evaluate("zscore", lambda: detect.Driver(detect.zscore()), corpus)
+    auto = evaluate.evaluate("auto", lambda: detect.Driver(detect.auto()), corpus)
+    assert auto.score > base.score + 5, (auto, base)
+    never = evaluate._score_stream(np.empty(0, int), [(10, 20)])
+    assert never[0] == -1.0, "never alarming scores 0 after normalisation"
+
+
+def test_edgeflow_score_writes_one_scored_row_per_input_row(tmp_path: Path) -> None:
+    data = tmp_path / "rec.csv"
+    rng = np.random.default_rng(8)
+    with data.open("w") as f:
+        f.write("timestamp,value\n")
+        for i in range(1200):
+            v = 5 + rng.normal(0, 0.2) + (6 if i == 900 else 0)
+            f.write(
+                f"2026-03-01T00:{i // 60:02d}:{i % 60:02d}+00:00,{'' if i == 50 else round(v, 4)}\n"
+            )
+    out = tmp_path / "scored.csv"
+    edgeflow(
+        "score",
+        "--detector",
+        "auto",
+        "--input",
+        str(data),
+        "--time-col",
+        "timestamp",
+        "--value-col",
+        "value",
+        "--out",
+        str(out),
+    )
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 1200
+    assert rows[50]["score"] == "" and rows[50]["is_anomaly"] == "false"
+    scores = [float(r["score"]) for r in rows if r["score"]]
+    assert all(0 <= s <= 1 for s in scores)
+    assert rows[900]["is_anomaly"] == "true"
+    bad = edgeflow(
+        "score",
+        "--input",
+        str(data),
+        "--time-col",
+        "when",
+        "--value-col",
+        "value",
+        "--out",
+        str(out),
+        check=False,
+    )
+    assert bad.returncode == 2 and "column 'when' is not in" in bad.stderr
