@@ -1,0 +1,72 @@
+"""Detection and downsampling inside flows: workers, crash and resume, validation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from edgeflow.cli.main import main
+from tests.helpers import edgeflow, lines, popen_edgeflow, records, write_flow
+
+FLOW = """
+from edgeflow import Flow, detect, downsample
+from edgeflow.connectors import files, simulate
+
+flow = Flow("reduce-test")
+r = flow.source(simulate.sensors(devices=12, rate_hz=50, seed=5, speed={speed}, duration="60s",
+                                 start="2026-01-01T00:00:00Z", spike_prob=0.002))
+r.detect(detect.auto(), "accel", name="alerts").to(files.sink({alerts!r}))
+r.downsample(downsample.swinging_door("temp", deviation=0.3), name="temp_trend").to(files.sink({trend!r}))
+r.downsample(downsample.lttb("accel", every="5s", points=25), name="accel_trend").to(files.sink({lttb!r}))
+"""
+
+
+def make(tmp: Path, name: str, speed: str = "None") -> tuple[Path, dict[str, Path]]:
+    outs = {k: tmp / f"{name}-{k}.jsonl" for k in ("alerts", "trend", "lttb")}
+    return write_flow(tmp / f"{name}.py", FLOW.format(speed=speed, **{k: str(v) for k, v in outs.items()})), outs
+
+
+def test_one_and_two_workers_and_a_kill_9_give_the_same_alerts_and_trends(tmp_path: Path) -> None:
+    ref_flow, ref = make(tmp_path, "ref")
+    res = edgeflow("run", str(ref_flow), "--workers", "1")
+    assert "reduction" in res.stderr and "anomalies" in res.stderr
+    two_flow, two = make(tmp_path, "two")
+    edgeflow("run", str(two_flow), "--workers", "2")
+    for k in ref:
+        assert sorted(lines(ref[k])) == sorted(lines(two[k])), k
+    alerts = records(ref["alerts"])
+    assert alerts and {a["detector"] for a in alerts} == {"auto"} and all(0.999 <= a["score"] < 1.0 + 1e-12 for a in alerts)
+    assert len(lines(ref["trend"])) < 12 * 50 * 60 / 50, "swinging door keeps far fewer than the 36,000 readings"
+    assert len(lines(ref["lttb"])) == 12 * 12 * 25
+    crash_flow, crash = make(tmp_path, "crash", speed="15")
+    args = ("run", str(crash_flow), "--state-dir", str(tmp_path / "st"), "--snapshot-every", "200ms")
+    proc = popen_edgeflow(*args)
+    deadline = time.monotonic() + 60
+    while len(lines(crash["lttb"])) < 600 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    edgeflow(*args)
+    for k in ref:
+        assert sorted(lines(ref[k])) == sorted(lines(crash[k])), k
+
+
+def test_detect_and_downsample_arguments_are_validated(tmp_path: Path) -> None:
+    flow = write_flow(tmp_path / "bad.py", """
+from edgeflow import Flow, detect, downsample
+from edgeflow.connectors import simulate, stdio
+flow = Flow("bad")
+r = flow.source(simulate.sensors())
+r.detect(detect.auto(), "acel", name="alerts").to(stdio.sink())
+r.detect("zscore", "accel", name="alerts2").to(stdio.sink())
+r.downsample(downsample.deadband("temp"), name="trend").to(stdio.sink())
+r.detect(detect.zscore(), "accel", decision=detect.threshold(1.5), name="alerts3").to(stdio.sink())
+""")
+    res = CliRunner().invoke(main, ["validate", str(flow)])
+    assert res.exit_code == 2
+    for fragment in ("step 'alerts'", "unknown field 'acel'", "step 'alerts2'", "is not a detector", "step 'trend'", "exactly one of band", "step 'alerts3'", "strictly between 0 and 1"):
+        assert fragment in res.output, fragment
