@@ -133,8 +133,12 @@ class _SimPartition(SourcePartition):
         self.jitter_ns = parse_duration(spec.jitter)
         self.batch_ticks = max(1, ctx.batch_max // max(1, len(self.dev_ids)))
         self.fields = tuple(f for f in FIELDS if ctx.fields is None or f in ctx.fields)
-        self.wall0 = now_ns()
-        self.tick0 = tick
+        # pacing: tick i is due at anchor_wall + (i - anchor_tick) * period / speed. Live
+        # sensors (real time, no fixed start) are due at their own timestamps.
+        if spec.start is None and spec.speed == 1.0:
+            self.wall0, self.tick0 = start_ns, 0
+        else:
+            self.wall0, self.tick0 = now_ns(), tick
         # per-device parameters depend only on (seed, device)
         amp = np.empty(len(self.dev_ids))
         freq = np.empty(len(self.dev_ids))
@@ -215,8 +219,6 @@ class _SimPartition(SourcePartition):
         else:
             elapsed = (now_ns() - self.wall0) * self.spec.speed
             hi = min(self.tick0 + int(elapsed // self.period_ns) + 1, self.tick + self.batch_ticks)
-            if self.spec.start is None and self.spec.speed == 1.0:
-                hi = min(hi, (now_ns() - self.start_ns) // self.period_ns + 1)
         if self.end_tick is not None:
             hi = min(hi, self.end_tick)
         return int(hi)

@@ -210,3 +210,44 @@ def test_edgeflow_score_writes_one_scored_row_per_input_row(tmp_path: Path) -> N
         check=False,
     )
     assert bad.returncode == 2 and "column 'when' is not in" in bad.stderr
+
+
+@pytest.mark.parametrize("make", [detect.zscore, detect.ewma, detect.cusum])
+def test_live_batches_scored_across_keys_equal_the_per_key_driver(make: object) -> None:
+    from edgeflow.batch import Batch
+    from edgeflow.ops.detect_kernel import DetectKernel
+
+    keys = tuple(f"d{i}" for i in range(40))
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(1200, 40))
+    x[rng.random(x.shape) < 0.003] += 8
+    x[600:, :5] += 4  # lasting shifts: exercises adaptation after a streak
+    live = DetectKernel("d", "v", make(), detect.threshold())  # type: ignore[operator]
+    st_live = live.init()
+    got = []
+    for i in range(0, 1200, 3):  # 3 readings per key per batch: the across-keys path
+        rows = x[i : i + 3]
+        b = Batch(
+            ("v",),
+            keys,
+            np.tile(np.arange(40, dtype=np.int32), 3),
+            np.repeat(np.arange(i, i + 3, dtype=np.int64), 40),
+            rows.reshape(1, -1),
+        )
+        out = live.step_batch(st_live, b)
+        if out:
+            got += list(zip(out.columns["key"], out.columns["t"].tolist(), strict=True))
+    bulk = DetectKernel("d", "v", make(), detect.threshold())  # type: ignore[operator]
+    out = bulk.step_batch(
+        bulk.init(),
+        Batch(
+            ("v",),
+            keys,
+            np.tile(np.arange(40, dtype=np.int32), 1200),
+            np.repeat(np.arange(1200, dtype=np.int64), 40),
+            x.reshape(1, -1),
+        ),
+    )
+    assert out is not None
+    assert sorted(got) == sorted(zip(out.columns["key"], out.columns["t"].tolist(), strict=True))
+    assert len(got) > 10

@@ -16,7 +16,9 @@ from edgeflow.ops.downsample import DownsampleKernel
 S = 1_000_000_000
 
 
-def run(spec: downsample.DownsampleSpec, t: np.ndarray, x: np.ndarray, cuts: list[int], key: str = "k") -> tuple[np.ndarray, np.ndarray, DownsampleKernel, dict]:
+def run(
+    spec: downsample.DownsampleSpec, t: np.ndarray, x: np.ndarray, cuts: list[int], key: str = "k"
+) -> tuple[np.ndarray, np.ndarray, DownsampleKernel, dict]:
     k = DownsampleKernel("reduce", spec)
     state = k.init()
     ts, vs = [], []
@@ -39,8 +41,15 @@ signals = st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=2, max_size=4
 
 
 @settings(max_examples=200, deadline=None)
-@given(xs=signals, dev=st.floats(0.01, 50), cuts=st.lists(st.integers(0, 400), max_size=5), steps=st.lists(st.integers(1, 5), min_size=400, max_size=400))
-def test_swinging_door_reconstruction_never_exceeds_its_deviation(xs: list[float], dev: float, cuts: list[int], steps: list[int]) -> None:
+@given(
+    xs=signals,
+    dev=st.floats(0.01, 50),
+    cuts=st.lists(st.integers(0, 400), max_size=5),
+    steps=st.lists(st.integers(1, 5), min_size=400, max_size=400),
+)
+def test_swinging_door_reconstruction_never_exceeds_its_deviation(
+    xs: list[float], dev: float, cuts: list[int], steps: list[int]
+) -> None:
     x = np.asarray(xs)
     t = np.cumsum(steps[: len(x)]).astype(np.int64) * S
     ot, ov, _, _ = run(downsample.swinging_door("v", deviation=dev), t, x, cuts)
@@ -51,7 +60,9 @@ def test_swinging_door_reconstruction_never_exceeds_its_deviation(xs: list[float
 
 @settings(max_examples=200, deadline=None)
 @given(xs=signals, band=st.floats(0, 20), cuts=st.lists(st.integers(0, 400), max_size=5))
-def test_deadband_hold_last_value_stays_within_the_band(xs: list[float], band: float, cuts: list[int]) -> None:
+def test_deadband_hold_last_value_stays_within_the_band(
+    xs: list[float], band: float, cuts: list[int]
+) -> None:
     x = np.asarray(xs)
     t = np.arange(len(x), dtype=np.int64) * S
     ot, ov, _, _ = run(downsample.deadband("v", band=band), t, x, cuts)
@@ -66,7 +77,7 @@ def test_deadband_heartbeat_and_changes_are_lossless() -> None:
     x = np.repeat([1.0, 2.0, 2.0, 5.0], 25)
     ot, _, _, _ = run(downsample.deadband("v", band=10, max_interval="30s"), t, x, [])
     assert np.diff(ot).max() <= 30 * S
-    ct, cv, k, st_ = run(downsample.changes("v"), t, x, [13, 50])
+    _, cv, k, st_ = run(downsample.changes("v"), t, x, [13, 50])
     assert cv.tolist() == [1.0, 2.0, 5.0] and k.ratio(st_) == pytest.approx(100 / 3)
 
 
@@ -87,7 +98,11 @@ def test_lttb_and_m4_equal_tsdownsample_on_each_window(kind: str, n: int) -> Non
     rng = np.random.default_rng(n)
     t = np.sort(rng.choice(np.arange(60 * n), n, replace=False)).astype(np.int64) * (S // 100)
     x = np.cumsum(rng.normal(size=n))
-    spec = downsample.lttb("v", every="10s", points=20) if kind == "lttb" else downsample.m4("v", every="10s", points=20)
+    spec = (
+        downsample.lttb("v", every="10s", points=20)
+        if kind == "lttb"
+        else downsample.m4("v", every="10s", points=20)
+    )
     ot, ov, _, _ = run(spec, t, x, [n // 3, n // 2])
     want_t, want_v = [], []
     w = t // (10 * S)

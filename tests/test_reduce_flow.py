@@ -27,7 +27,9 @@ r.downsample(downsample.lttb("accel", every="5s", points=25), name="accel_trend"
 
 def make(tmp: Path, name: str, speed: str = "None") -> tuple[Path, dict[str, Path]]:
     outs = {k: tmp / f"{name}-{k}.jsonl" for k in ("alerts", "trend", "lttb")}
-    return write_flow(tmp / f"{name}.py", FLOW.format(speed=speed, **{k: str(v) for k, v in outs.items()})), outs
+    return write_flow(
+        tmp / f"{name}.py", FLOW.format(speed=speed, **{k: str(v) for k, v in outs.items()})
+    ), outs
 
 
 def test_one_and_two_workers_and_a_kill_9_give_the_same_alerts_and_trends(tmp_path: Path) -> None:
@@ -39,11 +41,24 @@ def test_one_and_two_workers_and_a_kill_9_give_the_same_alerts_and_trends(tmp_pa
     for k in ref:
         assert sorted(lines(ref[k])) == sorted(lines(two[k])), k
     alerts = records(ref["alerts"])
-    assert alerts and {a["detector"] for a in alerts} == {"auto"} and all(0.999 <= a["score"] < 1.0 + 1e-12 for a in alerts)
-    assert len(lines(ref["trend"])) < 12 * 50 * 60 / 50, "swinging door keeps far fewer than the 36,000 readings"
+    assert (
+        alerts
+        and {a["detector"] for a in alerts} == {"auto"}
+        and all(0.999 <= a["score"] < 1.0 + 1e-12 for a in alerts)
+    )
+    assert len(lines(ref["trend"])) < 12 * 50 * 60 / 50, (
+        "swinging door keeps far fewer than the 36,000 readings"
+    )
     assert len(lines(ref["lttb"])) == 12 * 12 * 25
     crash_flow, crash = make(tmp_path, "crash", speed="15")
-    args = ("run", str(crash_flow), "--state-dir", str(tmp_path / "st"), "--snapshot-every", "200ms")
+    args = (
+        "run",
+        str(crash_flow),
+        "--state-dir",
+        str(tmp_path / "st"),
+        "--snapshot-every",
+        "200ms",
+    )
     proc = popen_edgeflow(*args)
     deadline = time.monotonic() + 60
     while len(lines(crash["lttb"])) < 600 and time.monotonic() < deadline:
@@ -56,7 +71,9 @@ def test_one_and_two_workers_and_a_kill_9_give_the_same_alerts_and_trends(tmp_pa
 
 
 def test_detect_and_downsample_arguments_are_validated(tmp_path: Path) -> None:
-    flow = write_flow(tmp_path / "bad.py", """
+    flow = write_flow(
+        tmp_path / "bad.py",
+        """
 from edgeflow import Flow, detect, downsample
 from edgeflow.connectors import simulate, stdio
 flow = Flow("bad")
@@ -65,8 +82,18 @@ r.detect(detect.auto(), "acel", name="alerts").to(stdio.sink())
 r.detect("zscore", "accel", name="alerts2").to(stdio.sink())
 r.downsample(downsample.deadband("temp"), name="trend").to(stdio.sink())
 r.detect(detect.zscore(), "accel", decision=detect.threshold(1.5), name="alerts3").to(stdio.sink())
-""")
+""",
+    )
     res = CliRunner().invoke(main, ["validate", str(flow)])
     assert res.exit_code == 2
-    for fragment in ("step 'alerts'", "unknown field 'acel'", "step 'alerts2'", "is not a detector", "step 'trend'", "exactly one of band", "step 'alerts3'", "strictly between 0 and 1"):
+    for fragment in (
+        "step 'alerts'",
+        "unknown field 'acel'",
+        "step 'alerts2'",
+        "is not a detector",
+        "step 'trend'",
+        "exactly one of band",
+        "step 'alerts3'",
+        "strictly between 0 and 1",
+    ):
         assert fragment in res.output, fragment

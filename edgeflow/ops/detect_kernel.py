@@ -1,5 +1,10 @@
 """Anomaly detection over multi-key batches: one :class:`~edgeflow.ops.detect.Driver` state per
-key; emits anomaly events (kind ``anomaly``)."""
+key; emits anomaly events (kind ``anomaly``).
+
+A batch where every key has only a few readings (live traffic) is scored across keys at once
+(:mod:`edgeflow.ops.detect_rounds`) for the detectors that support it; larger per-key runs
+(replays, bulk) go through the Driver key by key. Both give one-at-a-time semantics.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,11 @@ import numpy as np
 
 from edgeflow.batch import Batch, RecordBatch
 from edgeflow.ops.detect import Decision, Detector, Driver, DriverOut
+from edgeflow.ops.detect_rounds import run_rounds, supports
 from edgeflow.ops.downsample import _by_key
+
+ROUNDS_MAX = 16  # up to this many readings per key in a batch: score all keys at once
+EVENT_COLUMNS = ("score", "raw", "threshold", "expected_low", "expected_high")
 
 
 class DetectKernel:
@@ -24,65 +33,61 @@ class DetectKernel:
         self.step = step
         self.field = field
         self.driver = Driver(detector, decision, learn_anomalies)
+        self.rounds = supports(detector, decision, learn_anomalies)
 
     def init(self) -> dict[str, Any]:
         return {"keys": {}, "in": 0, "anomalies": 0}
-
-    def run_key(self, state: dict[str, Any], key: str, x: np.ndarray) -> DriverOut:
-        st = state["keys"].get(key)
-        if st is None:
-            st = state["keys"][key] = self.driver.init()
-        return self.driver.run(st, x)
 
     def step_batch(self, state: dict[str, Any], batch: Batch) -> RecordBatch | None:
         if not len(batch):
             return None
         x_all = batch.values[batch.fields.index(self.field)]
         state["in"] += len(batch)
-        cols: dict[str, list[Any]] = {
-            k: []
-            for k in (
-                "key",
-                "t",
-                "value",
-                "score",
-                "raw",
-                "threshold",
-                "expected_low",
-                "expected_high",
-            )
-        }
+        groups: list[tuple[str, np.ndarray, np.ndarray]] = []
         for code, rows in _by_key(batch.key_idx):
-            x = x_all[rows]
+            x, t = x_all[rows], batch.t[rows]
             ok = np.isfinite(x)
-            t = batch.t[rows]
             if not ok.all():
                 x, t = x[ok], t[ok]
-            if not len(x):
-                continue
-            out = self.run_key(state, batch.keys[code], x)
+            if len(x):
+                groups.append((batch.keys[code], t, x))
+        if not groups:
+            return None
+        states = []
+        for key, _, _ in groups:
+            st = state["keys"].get(key)
+            if st is None:
+                st = state["keys"][key] = self.driver.init()
+            states.append(st)
+        outs: list[DriverOut]
+        if self.rounds and max(len(x) for _, _, x in groups) <= ROUNDS_MAX:
+            d = self.driver
+            outs = run_rounds(
+                d.detector, d.decision, d.adapt_after, states, [x for _, _, x in groups]
+            )
+        else:
+            outs = [self.driver.run(st, x) for st, (_, _, x) in zip(states, groups, strict=True)]
+        keys: list[str] = []
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("t", "value", *EVENT_COLUMNS)}
+        for (key, t, x), out in zip(groups, outs, strict=True):
             hit = np.flatnonzero(out.event)
             if not len(hit):
                 continue
-            cols["key"].extend([batch.keys[code]] * len(hit))
+            keys.extend([key] * len(hit))
             cols["t"].append(t[hit])
             cols["value"].append(x[hit])
-            for name, arr in (
-                ("score", out.score),
-                ("raw", out.raw),
-                ("threshold", out.threshold),
-                ("expected_low", out.low),
-                ("expected_high", out.high),
+            for name, arr in zip(
+                EVENT_COLUMNS, (out.score, out.raw, out.threshold, out.low, out.high), strict=True
             ):
                 cols[name].append(arr[hit])
-        n = len(cols["key"])
+        n = len(keys)
         if not n:
             return None
         state["anomalies"] += n
-        data: dict[str, Any] = {"key": cols["key"], "t": np.concatenate(cols["t"])}
+        data: dict[str, Any] = {"key": keys, "t": np.concatenate(cols["t"])}
         data["field"] = [self.field] * n
         data["detector"] = [self.driver.detector.name] * n
-        for name in ("value", "score", "raw", "threshold", "expected_low", "expected_high"):
+        for name in ("value", *EVENT_COLUMNS):
             data[name] = np.concatenate(cols[name])
         return RecordBatch("anomaly", self.step, data, n, ("key", "t", "field"))
 
