@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,18 @@ def lines(path: Path) -> list[str]:
 
 def records(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(x) for x in lines(path)]
+
+
+def service_script(script: str, action: str, env: dict[str, str]) -> None:
+    """Run scripts/<script> <action> (kafka.sh, mosquitto.sh) with extra environment."""
+    full = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
+    full.update(env)
+    res = subprocess.run(
+        [str(ROOT / "scripts" / script), action],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"scripts/{script} {action} failed:\n{res.stdout}\n{res.stderr}")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import ROOT
+from tests.helpers import service_script
 
 
 def free_port() -> int:
@@ -31,21 +29,15 @@ class KafkaBroker:
         return f"127.0.0.1:{self.port}"
 
     def _script(self, action: str) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
-        env.update(
-            KAFKA_PORT=str(self.port),
-            KAFKA_CONTROLLER_PORT=str(self.controller_port),
-            KAFKA_DIR=str(self.dir),
+        service_script(
+            "kafka.sh",
+            action,
+            {
+                "KAFKA_PORT": str(self.port),
+                "KAFKA_CONTROLLER_PORT": str(self.controller_port),
+                "KAFKA_DIR": str(self.dir),
+            },
         )
-        res = subprocess.run(
-            [str(ROOT / "scripts" / "kafka.sh"), action],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if res.returncode != 0:
-            raise RuntimeError(f"scripts/kafka.sh {action} failed:\n{res.stdout}\n{res.stderr}")
 
     def up(self) -> KafkaBroker:
         self._script("up")

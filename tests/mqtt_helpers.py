@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
-from tests.helpers import ROOT
+from tests.helpers import service_script
 from tests.kafka_helpers import free_port
 
 
@@ -16,16 +14,9 @@ class Mosquitto:
         self.dir = workdir / f"mosquitto-{self.port}"
 
     def _script(self, action: str) -> None:
-        env = {**os.environ, "MQTT_PORT": str(self.port), "MQTT_DIR": str(self.dir)}
-        res = subprocess.run(
-            [str(ROOT / "scripts" / "mosquitto.sh"), action],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        service_script(
+            "mosquitto.sh", action, {"MQTT_PORT": str(self.port), "MQTT_DIR": str(self.dir)}
         )
-        if res.returncode != 0:
-            raise RuntimeError(f"scripts/mosquitto.sh {action} failed:\n{res.stdout}\n{res.stderr}")
 
     def up(self) -> Mosquitto:
         self._script("up")
