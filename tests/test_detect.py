@@ -251,3 +251,43 @@ def test_live_batches_scored_across_keys_equal_the_per_key_driver(make: object) 
     assert out is not None
     assert sorted(got) == sorted(zip(out.columns["key"], out.columns["t"].tolist(), strict=True))
     assert len(got) > 10
+
+
+@pytest.mark.parametrize("make", [detect.zscore, detect.ewma, detect.cusum])
+def test_bulk_batches_scored_in_2d_passes_equal_the_per_key_driver(make: object) -> None:
+    from edgeflow.batch import Batch
+    from edgeflow.ops.detect_kernel import DetectKernel
+
+    keys = tuple(f"d{i}" for i in range(30))
+    rng = np.random.default_rng(13)
+    x = np.sin(np.arange(900)[:, None] / 20 + rng.uniform(0, 6, 30)) + rng.normal(0, 0.3, (900, 30))
+    x[rng.random(x.shape) < 0.004] += 9
+    x[400:, :4] += 5  # lasting shifts: streaks hand keys over to the driver mid-batch
+    kern = DetectKernel("d", "v", make(), detect.threshold())  # type: ignore[operator]
+    st_ = kern.init()
+    got = []
+    for a in range(0, 900, 300):  # 300 readings per key per batch: the bulk path
+        b = Batch(
+            ("v",),
+            keys,
+            np.tile(np.arange(30, dtype=np.int32), 300),
+            np.repeat(np.arange(a, a + 300, dtype=np.int64), 30),
+            x[a : a + 300].reshape(1, -1),
+        )
+        out = kern.step_batch(st_, b)
+        if out:
+            got += list(
+                zip(
+                    out.columns["key"],
+                    out.columns["t"].tolist(),
+                    np.round(out.columns["score"], 8).tolist(),
+                    strict=True,
+                )
+            )
+    want = []
+    for i, key in enumerate(keys):
+        drv = detect.Driver(make())  # type: ignore[operator]
+        o = drv.run(drv.init(), x[:, i])
+        want += [(key, int(t), round(float(o.score[t]), 8)) for t in np.flatnonzero(o.event)]
+    assert sorted(got) == sorted(want)
+    assert len(want) > 20

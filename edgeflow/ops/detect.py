@@ -213,13 +213,22 @@ class MAD(Detector):
         refresh = (n0 + np.arange(len(y))) // s * s
         med = np.full(len(y), st["med"])
         mad = np.full(len(y), st["mad"])
-        for r in np.unique(refresh[refresh > n0 // s * s]).tolist():
-            end = len(hist) + (r - n0)
-            win = z[max(0, end - self.window) : end]
-            m = float(np.median(win))
-            sel = refresh == r
-            med[sel] = m
-            mad[sel] = float(np.median(np.abs(win - m))) * 1.4826
+        rs = np.unique(refresh[refresh > n0 // s * s])
+        if len(rs):
+            # every refresh's window at once: rows of z ending where the count reached r
+            ends = len(hist) + (rs - n0)
+            cols = ends[:, None] - self.window + np.arange(self.window)
+            win = np.where(cols >= 0, z[np.maximum(cols, 0)], np.nan)
+            if np.isnan(win).any():
+                m = np.nanmedian(win, axis=1)
+                d = np.nanmedian(np.abs(win - m[:, None]), axis=1) * 1.4826
+            else:
+                m = np.median(win, axis=1)
+                d = np.median(np.abs(win - m[:, None]), axis=1) * 1.4826
+            idx = np.searchsorted(rs, refresh)
+            new = refresh > n0 // s * s
+            med = np.where(new, m[np.minimum(idx, len(rs) - 1)], med)
+            mad = np.where(new, d[np.minimum(idx, len(rs) - 1)], mad)
         return med, mad
 
     def score(self, st: dict[str, Any], x: F64) -> Scores:

@@ -14,6 +14,7 @@ import numpy as np
 
 from edgeflow.batch import Batch, RecordBatch
 from edgeflow.ops.detect import Decision, Detector, Driver, DriverOut
+from edgeflow.ops.detect_bulk import run_bulk
 from edgeflow.ops.detect_rounds import run_rounds, supports
 from edgeflow.ops.downsample import _by_key
 
@@ -60,13 +61,14 @@ class DetectKernel:
                 st = state["keys"][key] = self.driver.init()
             states.append(st)
         outs: list[DriverOut]
-        if self.rounds and max(len(x) for _, _, x in groups) <= ROUNDS_MAX:
+        xs = [x for _, _, x in groups]
+        if self.rounds and max(len(x) for x in xs) <= ROUNDS_MAX:
             d = self.driver
-            outs = run_rounds(
-                d.detector, d.decision, d.adapt_after, states, [x for _, _, x in groups]
-            )
+            outs = run_rounds(d.detector, d.decision, d.adapt_after, states, xs)
+        elif self.rounds:
+            outs = run_bulk(self.driver, states, xs)
         else:
-            outs = [self.driver.run(st, x) for st, (_, _, x) in zip(states, groups, strict=True)]
+            outs = [self.driver.run(st, x) for st, x in zip(states, xs, strict=True)]
         keys: list[str] = []
         cols: dict[str, list[np.ndarray]] = {k: [] for k in ("t", "value", *EVENT_COLUMNS)}
         for (key, t, x), out in zip(groups, outs, strict=True):
