@@ -59,6 +59,7 @@ KIND_PRIORITY = {
     "window": "summary",
     "late": "raw",
     "reading": "raw",
+    "trend": "trend",
     "dead_letter": "summary",
     "anomaly": "alert",
 }
@@ -263,7 +264,7 @@ class KafkaSink(SinkSpec):
             return []
         box = Outbox.at(path)
         n, size = box.depth()
-        stats = box.stats()
+        st = box.stats()
         where = (
             resolve_bootstrap(self.bootstrap) or "no Kafka configured: records stay in the outbox"
         )
@@ -273,9 +274,9 @@ class KafkaSink(SinkSpec):
             if k.startswith("error.")
         ]
         return [
-            f"kafka sink {ctx.step!r} -> {self.topic} ({where}): "
-            f"{stats.get(f'delivered.{ctx.step}', 0)} delivered, {stats.get(f'dropped.{ctx.step}', 0)} dropped (outbox full); "
-            f"outbox {path}: {n} records ({size / 1e6:.1f} MB) waiting",
+            f"kafka sink {ctx.step!r} -> {self.topic}: {st.get(f'appended.{ctx.step}', 0)} queued, "
+            f"{st.get(f'delivered.{ctx.step}', 0)} delivered, {st.get(f'dropped.{ctx.step}', 0)} dropped (outbox full)",
+            f"outbox {path} ({where}): {n} records ({size / 1e6:.1f} MB) waiting",
             *errors,
         ]
 

@@ -1,14 +1,16 @@
-"""Quickstart: 50 simulated vibration sensors, 1-second summaries.
+"""Quickstart: 50 simulated vibration sensors, reduced on the spot.
 
-Prints every summary as a JSON line, and publishes summaries, late readings and dead
-letters to Kafka when a broker is configured (``--kafka-bootstrap host:9092`` or
-``EDGEFLOW_KAFKA_BOOTSTRAP``); otherwise they wait in the local durable outbox
-(``<state dir>/outbox.sqlite``) until one is.
+* 1-second summaries per sensor, printed as JSON lines;
+* a temperature trend (swinging door, at most 0.3 °C off) and anomaly alerts on the
+  vibration (detect.auto());
+* everything published to Kafka when a broker is configured (``--kafka-bootstrap host:9092``
+  or ``EDGEFLOW_KAFKA_BOOTSTRAP``), otherwise kept in the local durable outbox
+  (``<state dir>/outbox.sqlite``) until one is.
 
     edgeflow deploy flows/quickstart.py --for 20s
 """
 
-from edgeflow import Flow, agg, window
+from edgeflow import Flow, agg, detect, downsample, window
 from edgeflow.connectors import kafka, simulate, stdio
 
 flow = Flow("quickstart")
@@ -31,6 +33,13 @@ summaries = readings.window(
 summaries.to(stdio.sink(), name="console")
 summaries.to(kafka.sink("edgeflow.quickstart.summaries"), name="summaries_to_kafka")
 summaries.late.to(kafka.sink("edgeflow.quickstart.late"), name="late_to_kafka")
+
+trend = readings.downsample(downsample.swinging_door("temp", deviation=0.3), name="temp_trend")
+trend.to(kafka.sink("edgeflow.quickstart.temp-trend"), name="trend_to_kafka")
+
+alerts = readings.detect(detect.auto(), "accel", name="accel_alerts")
+alerts.to(kafka.sink("edgeflow.quickstart.alerts", priority="alert"), name="alerts_to_kafka")
+
 readings.dead_letters.to(
     kafka.sink("edgeflow.quickstart.dead-letters"), name="dead_letters_to_kafka"
 )

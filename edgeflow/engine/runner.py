@@ -46,7 +46,7 @@ class RunSummary:
             )
         if self.unrouted:
             out.append(f"not routed to any sink (counted only): {', '.join(self.unrouted)}")
-        return out + self.reports
+        return out + list(dict.fromkeys(self.reports))  # sinks sharing an outbox report it once
 
 
 def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
