@@ -128,3 +128,36 @@ def test_aggregation_kernels_match_numpy_on_many_group_shapes(sizes: list[int]) 
                 assert math.isclose(
                     got, np_reference(a.func, a.q, xs), rel_tol=1e-9, abs_tol=1e-12
                 ), (a, g)
+
+
+@pytest.mark.parametrize("sizes", [[64, 1, 200, 0, 37], [1000]])
+def test_vibration_features_match_references(sizes: list[int]) -> None:
+    from scipy import stats
+
+    rng = np.random.default_rng(len(sizes))
+    gid = np.repeat(np.arange(len(sizes)), sizes).astype(np.int64)
+    t = np.arange(gid.size) / 1000.0
+    x = rng.normal(size=gid.size) + 2 * np.sin(2 * np.pi * 120 * t)  # 120 Hz tone, fs = 1 kHz
+    specs = [
+        agg.kurtosis("x"),
+        agg.crest_factor("x"),
+        agg.band_energy("x", 0, 500, fs=1000),
+        agg.band_energy("x", 100, 140, fs=1000),
+    ]
+    out = agg.compute(specs, ["x"], gid, x[None, :], len(sizes))
+    start = 0
+    for g, n in enumerate(sizes):
+        xs = x[start : start + n]
+        start += n
+        if n < 2:
+            continue
+        assert math.isclose(out["kurtosis_x"][g], stats.kurtosis(xs), rel_tol=1e-9, abs_tol=1e-12)
+        assert math.isclose(
+            out["crest_factor_x"][g], np.abs(xs).max() / np.sqrt(np.mean(xs**2)), rel_tol=1e-12
+        )
+        assert math.isclose(out["band_0_500hz_x"][g], np.mean(xs**2), rel_tol=1e-9), (
+            "all bands sum to mean(x**2)"
+        )
+        if n >= 200:
+            assert out["band_100_140hz_x"][g] > 1.9, "the tone (power A**2/2 = 2) lies in its band"
+    assert "Nyquist" in agg.band_energy("x", 10, 900, fs=1000).problems()[0]

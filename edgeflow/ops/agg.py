@@ -23,7 +23,7 @@ from edgeflow.batch import F64, I64
 
 FUNCS = (
     "count", "sum", "mean", "min", "max", "std", "var", "rms",
-    "first", "last", "median", "percentile", "ptp",
+    "first", "last", "median", "percentile", "ptp", "kurtosis", "crest_factor", "band_energy",
 )  # fmt: skip
 
 
@@ -34,6 +34,7 @@ class Agg:
     func: str
     field: str | None = None
     q: float | None = None
+    band: tuple[float, float, float] | None = None  # band_energy: (low Hz, high Hz, sample rate Hz)
 
     @property
     def output_name(self) -> str:
@@ -43,6 +44,9 @@ class Agg:
             q = self.q if isinstance(self.q, int | float) else 0.0
             label = f"p{q:g}".replace(".", "_")
             return f"{label}_{self.field}"
+        if self.func == "band_energy" and self.band is not None:
+            lo, hi, _ = self.band
+            return f"band_{lo:g}_{hi:g}hz_{self.field}".replace(".", "_")
         return f"{self.func}_{self.field}"
 
     def problems(self) -> list[str]:
@@ -62,6 +66,12 @@ class Agg:
             out.append(
                 f"agg.percentile({self.field!r}, q={self.q!r}): q must be a number in [0, 100]"
             )
+        if self.func == "band_energy":
+            lo, hi, fs = self.band if self.band is not None else (-1.0, -1.0, -1.0)
+            if not (0 <= lo < hi <= fs / 2 and fs > 0):
+                out.append(
+                    f"agg.band_energy({self.field!r}, {lo}, {hi}, fs={fs}): need 0 <= low < high <= fs/2 (Nyquist), fs > 0"
+                )
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +146,22 @@ def p95(field: str) -> Agg:
 
 def p99(field: str) -> Agg:
     return Agg("percentile", field, 99)
+
+
+def kurtosis(field: str) -> Agg:
+    """Excess kurtosis (Fisher, population): 0 for Gaussian noise, large for impacts in vibration."""
+    return Agg("kurtosis", field)
+
+
+def crest_factor(field: str) -> Agg:
+    """Peak over RMS, max|x| / rms: grows with bearing impacts before the RMS does."""
+    return Agg("crest_factor", field)
+
+
+def band_energy(field: str, low_hz: float, high_hz: float, *, fs: float) -> Agg:
+    """Mean-square power of the window's signal in [low_hz, high_hz) (one-sided spectrum,
+    FFT), for readings sampled at ``fs`` Hz; all bands together sum to mean(x**2)."""
+    return Agg("band_energy", field, band=(float(low_hz), float(high_hz), float(fs)))
 
 
 def ptp(field: str) -> Agg:
@@ -242,6 +268,18 @@ class _FieldGroups:
         out[self.nonempty] = a + (h - lo) * (b - a)
         return out
 
+    def band_energy(self, lo: float, hi: float, fs: float) -> F64:
+        out = self._nan()
+        for g in np.flatnonzero(self.nonempty).tolist():  # one FFT per window (of any length)
+            x = self.x[self.starts[g] : self.ends[g]]
+            n = len(x)
+            power = np.abs(np.fft.rfft(x)) ** 2 / (n * n)
+            power[1 : (n + 1) // 2] *= 2  # one-sided: the negative frequencies, except DC/Nyquist
+            freqs = np.fft.rfftfreq(n, 1.0 / fs)
+            top = freqs <= hi if hi >= fs / 2 else freqs < hi  # the top band includes Nyquist
+            out[g] = float(power[(freqs >= lo) & top].sum())
+        return out
+
     def compute(self, a: Agg) -> npt.NDArray[Any]:
         f = a.func
         if f == "count":
@@ -269,6 +307,26 @@ class _FieldGroups:
                 pos = self.starts if f == "first" else self.ends - 1
                 out[self.nonempty] = self.x[pos[self.nonempty]]
             return out
+        if f == "kurtosis":
+            dev = self.x - self.mean()[self.g]
+            m2 = np.bincount(self.g, weights=dev * dev, minlength=self.n_groups)
+            m4 = np.bincount(self.g, weights=dev**4, minlength=self.n_groups)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                k: F64 = (m4 / self.counts) / (m2 / self.counts) ** 2 - 3.0
+            return k
+        if f == "crest_factor":
+            peak = np.full(self.n_groups, np.nan)
+            if self.x.size:
+                peak[self.nonempty] = np.maximum.reduceat(
+                    np.abs(self.x), self.starts[self.nonempty]
+                )
+            ss = np.bincount(self.g, weights=self.x * self.x, minlength=self.n_groups)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                crest: F64 = peak / np.sqrt(ss / self.counts)
+            return crest
+        if f == "band_energy":
+            assert a.band is not None
+            return self.band_energy(*a.band)
         if f == "median":
             return self.percentile(50.0)
         if f == "percentile":
