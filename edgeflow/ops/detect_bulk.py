@@ -22,6 +22,7 @@ from scipy.signal import lfilter
 
 from edgeflow.batch import F64
 from edgeflow.ops.detect import CUSUM, EWMA, Detector, Driver, DriverOut, ZScore, calibrate
+from edgeflow.ops.detect_rounds import Grid
 
 Arr = np.ndarray
 
@@ -194,18 +195,11 @@ def _model(det: Detector, sts: list[dict[str, Any]]) -> _Z | _E | _C:
 def run_bulk(driver: Driver, states: list[dict[str, Any]], xs: list[F64]) -> list[DriverOut]:
     det, dec = driver.detector, driver.decision
     thr, cooldown, adapt = dec.value, dec.cooldown, driver.adapt_after
-    k = len(xs)
-    lens = np.array([len(x) for x in xs])
-    width = int(lens.max())
-    xmat = np.full((k, width), np.nan)
-    for i, x in enumerate(xs):
-        xmat[i, : len(x)] = x
-    out = {name: np.full((k, width), np.nan) for name in ("raw", "score", "low", "high")}
-    anomaly = np.zeros((k, width), bool)
-    event = np.zeros((k, width), bool)
+    grid = Grid(xs, states)
+    lens, xmat, out, anomaly, event = grid.lens, grid.x, grid.out, grid.anomaly, grid.event
+    streak, since = grid.streak, grid.since
+    k, width = xmat.shape
     model = _model(det, [s["det"] for s in states])
-    streak = np.array([s["streak"] for s in states], np.int64)
-    since = np.array([s.get("since_event", 1 << 30) for s in states], np.int64)
     pos = np.zeros(k, np.int64)
     handoff: list[int] = []
     adapting = streak >= adapt if adapt is not None else np.zeros(k, bool)
@@ -254,7 +248,6 @@ def run_bulk(driver: Driver, states: list[dict[str, Any]], xs: list[F64]) -> lis
         else:
             start = np.empty(0, np.int64)
         active = active[(pos[active] < lens[active]) & ~np.isin(active, start)]
-    results: list[DriverOut] = []
     for i, s in enumerate(states):
         model.scatter(i, s["det"])
         s["streak"], s["since_event"] = int(streak[i]), int(since[i])
@@ -265,17 +258,8 @@ def run_bulk(driver: Driver, states: list[dict[str, Any]], xs: list[F64]) -> lis
             out[name][i, p : lens[i]] = getattr(rest, name)
         anomaly[i, p : lens[i]] = rest.anomaly
         event[i, p : lens[i]] = rest.event
-    for i in range(k):
-        n = lens[i]
-        results.append(
-            DriverOut(
-                out["raw"][i, :n],
-                out["score"][i, :n],
-                anomaly[i, :n],
-                out["low"][i, :n],
-                out["high"][i, :n],
-                np.full(n, thr),
-                event[i, :n],
-            )
-        )
-    return results
+        streak[i], since[i] = (
+            states[i]["streak"],
+            states[i]["since_event"],
+        )  # as the Driver left them
+    return grid.results(states, thr)

@@ -32,17 +32,10 @@ def run_rounds(
     xs: list[F64],
 ) -> list[DriverOut]:
     """Score each key's points (``xs[i]`` with Driver state ``states[i]``) round by round."""
-    k = len(states)
-    lens = np.array([len(x) for x in xs])
-    rounds = int(lens.max())
-    pad = np.full((k, rounds), np.nan)
-    for i, x in enumerate(xs):
-        pad[i, : len(x)] = x
-    outs = {name: np.full((k, rounds), np.nan) for name in ("raw", "score", "low", "high")}
-    anomaly = np.zeros((k, rounds), bool)
-    event = np.zeros((k, rounds), bool)
-    streak = np.array([s["streak"] for s in states], np.int64)
-    since = np.array([s.get("since_event", 1 << 30) for s in states], np.int64)
+    grid = Grid(xs, states)
+    lens, pad, outs, anomaly, event = grid.lens, grid.x, grid.out, grid.anomaly, grid.event
+    streak, since = grid.streak, grid.since
+    rounds = pad.shape[1]
     model = _Model.gather(det, [s["det"] for s in states])
     thr = decision.value
     for r in range(rounds):
@@ -65,18 +58,45 @@ def run_rounds(
         anomaly[:, r] = flagged
         event[:, r] = ev
     model.scatter([s["det"] for s in states])
-    result = []
-    for i, s in enumerate(states):
-        s["streak"] = int(streak[i])
-        s["since_event"] = int(since[i])
-        n = lens[i]
-        result.append(
-            DriverOut(
-                outs["raw"][i, :n], outs["score"][i, :n], anomaly[i, :n], outs["low"][i, :n], outs["high"][i, :n],
-                np.full(n, thr), event[i, :n],
+    grid.streak, grid.since = streak, since
+    return grid.results(states, thr)
+
+
+class Grid:
+    """Each key's points in a NaN-padded row, with per-point outputs filled in place and the
+    Driver's streak and cooldown counters stacked; ``results`` writes the counters back."""
+
+    def __init__(self, xs: list[F64], states: list[dict[str, Any]]) -> None:
+        k = len(xs)
+        self.lens = np.array([len(x) for x in xs])
+        width = int(self.lens.max())
+        self.x = np.full((k, width), np.nan)
+        for i, x in enumerate(xs):
+            self.x[i, : len(x)] = x
+        self.out = {name: np.full((k, width), np.nan) for name in ("raw", "score", "low", "high")}
+        self.anomaly = np.zeros((k, width), bool)
+        self.event = np.zeros((k, width), bool)
+        self.streak = np.array([s["streak"] for s in states], np.int64)
+        self.since = np.array([s.get("since_event", 1 << 30) for s in states], np.int64)
+
+    def results(self, states: list[dict[str, Any]], thr: float) -> list[DriverOut]:
+        res = []
+        for i, s in enumerate(states):
+            s["streak"], s["since_event"] = int(self.streak[i]), int(self.since[i])
+            n = self.lens[i]
+            o = self.out
+            res.append(
+                DriverOut(
+                    o["raw"][i, :n],
+                    o["score"][i, :n],
+                    self.anomaly[i, :n],
+                    o["low"][i, :n],
+                    o["high"][i, :n],
+                    np.full(n, thr),
+                    self.event[i, :n],
+                )
             )
-        )  # fmt: skip
-    return result
+        return res
 
 
 class _Model:
