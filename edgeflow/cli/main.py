@@ -35,8 +35,13 @@ def _run(
 ) -> None:
     # SIGTERM (docker stop, systemd, kill) stops gracefully: sources end, state is snapshotted
     signal.signal(signal.SIGTERM, lambda *_: stop())
+    port = os.environ.get("EDGEFLOW_METRICS_PORT")
     opts = RunOptions(
-        workers=workers, state_dir=state_dir, run_for_ns=run_for, snapshot_every_ns=snapshot_every
+        workers=workers,
+        state_dir=state_dir,
+        run_for_ns=run_for,
+        snapshot_every_ns=snapshot_every,
+        metrics_port=int(port) if port else None,
     )
     try:
         summary = run(plan, opts)
@@ -53,7 +58,21 @@ def _kafka_bootstrap(ctx: click.Context, param: click.Parameter, value: str | No
     return value
 
 
+def _metrics_port(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None:
+        os.environ["EDGEFLOW_METRICS_PORT"] = str(value)
+    return value
+
+
 _common = [
+    click.option(
+        "--metrics-port",
+        type=click.IntRange(1, 65535),
+        callback=_metrics_port,
+        expose_value=False,
+        is_eager=True,
+        help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (or set EDGEFLOW_METRICS_PORT).",
+    ),
     click.option(
         "--kafka-bootstrap",
         metavar="HOST:PORT",

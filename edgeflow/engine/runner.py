@@ -18,6 +18,7 @@ class RunOptions:
     state_dir: Path | None = None
     run_for_ns: int | None = None
     snapshot_every_ns: int = 2_000_000_000
+    metrics_port: int | None = None
 
 
 @dataclass
@@ -58,6 +59,10 @@ def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
         opts.state_dir.mkdir(parents=True, exist_ok=True)
         _check_plan_unchanged(plan, opts.state_dir)
     COUNTERS.reset()
+    if opts.metrics_port is not None:
+        from edgeflow.engine.metrics import serve
+
+        serve(plan.name, opts.metrics_port)
     t0 = now_ns()
     bytewax_adapter.execute(plan, opts)
     summary = RunSummary(plan.name, (now_ns() - t0) / 1e9, COUNTERS.snapshot(), plan.unrouted)
