@@ -13,13 +13,20 @@ from typing import Any, TypeVar
 import click
 import orjson
 
+from edgeflow.cli.deployments import (
+    ROOT_OPTION,
+    list_cmd,
+    logs_cmd,
+    start_detached,
+    status_cmd,
+    stop_cmd,
+)
 from edgeflow.cli.params import DURATION, FLOW
 from edgeflow.cli.score import score_cmd
+from edgeflow.cli.supervisor import alive
 from edgeflow.engine import RunOptions, run, stop
 from edgeflow.errors import FlowValidationError
 from edgeflow.flow.plan import Flow, Plan
-
-DEFAULT_ROOT = Path(".edgeflow") / "deployments"
 
 
 def _plan_or_exit(flow: Flow) -> Plan:
@@ -147,26 +154,65 @@ def run_cmd(
 
 
 @main.command("deploy")
-@click.argument("flow", type=FLOW)
+@click.argument("flow_ref", metavar="FLOW")
 @common_options
+@click.option("--name", default=None, help="Deployment name (default: the flow's name).")
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Run under a supervisor in the background (restarts it if it dies).",
+)
+@ROOT_OPTION
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help=f"State directory (default {DEFAULT_ROOT}/<flow name>).",
+    help="State directory for a foreground deploy (default ROOT/NAME/state).",
 )
 def deploy_cmd(
-    flow: Flow, run_for: int | None, workers: int, snapshot_every: int, state_dir: Path | None
+    flow_ref: str,
+    run_for: int | None,
+    workers: int,
+    snapshot_every: int,
+    name: str | None,
+    detach: bool,
+    root: Path,
+    state_dir: Path | None,
 ) -> None:
-    """Validate FLOW, print its plan, then run it with a state directory (resumes after a crash)."""
+    """Validate FLOW, print its plan, and run it with a state directory (resumes after a crash).
+
+    With --detach, a supervisor runs it in the background from a copy of the flow file,
+    restarting it with backoff when it dies; see edgeflow status / logs / stop / list."""
+    flow = FLOW.convert(flow_ref, None, click.get_current_context())
     plan = _plan_or_exit(flow)
-    state = state_dir or DEFAULT_ROOT / re.sub(r"[^A-Za-z0-9_-]", "_", plan.name)
+    dep = name or re.sub(r"[^A-Za-z0-9_-]", "_", plan.name)
     click.echo(plan.describe(), err=True)
+    if detach:
+        path = Path(flow_ref)
+        if path.suffix != ".py" or not path.is_file():
+            raise click.UsageError(
+                f"--detach deploys a flow file (path/to/flow.py); {flow_ref!r} is not one"
+            )
+        extra = ["--snapshot-every", f"{snapshot_every}ns", "--workers", str(workers)]
+        if run_for is not None:
+            extra += ["--for", f"{run_for}ns"]
+        pid = start_detached(path, dep, root, extra)
+        click.echo(
+            f"deployed {dep} (supervisor pid {pid}) in {root / dep}; see: edgeflow status {dep}"
+        )
+        return
+    if alive(root / dep / "supervisor.pid"):
+        raise click.ClickException(
+            f"deployment {dep!r} is already running in the background; stop it first with: edgeflow stop {dep}"
+        )
+    state = state_dir or root / dep / "state"
     click.echo(f"state directory: {state}", err=True)
     _run(plan, run_for=run_for, workers=workers, state_dir=state, snapshot_every=snapshot_every)
 
 
 main.add_command(score_cmd)
+for _cmd in (status_cmd, logs_cmd, stop_cmd, list_cmd):
+    main.add_command(_cmd)
 
 
 @main.command("validate")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,13 +67,32 @@ def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
 
         serve(plan.name, opts.metrics_port)
     t0 = now_ns()
-    bytewax_adapter.execute(plan, opts)
+    stats_file = os.environ.get("EDGEFLOW_STATS_FILE")
+    done = threading.Event()
+    if stats_file:  # a managed deployment: `edgeflow status` reads these figures
+        threading.Thread(target=_write_stats, args=(Path(stats_file), done), daemon=True).start()
+    try:
+        bytewax_adapter.execute(plan, opts)
+    finally:
+        done.set()
     summary = RunSummary(plan.name, (now_ns() - t0) / 1e9, COUNTERS.snapshot(), plan.unrouted)
     for k in plan.sinks:
         summary.reports.extend(
             k.spec.report(SinkContext(plan.name, k.name, plan.version, opts.state_dir))
         )
     return summary
+
+
+def _write_stats(path: Path, done: threading.Event) -> None:
+    """Every second: the run's counters and readings/s over the last second."""
+    last = (time.time(), COUNTERS.snapshot().get("readings_in", 0))
+    while not done.wait(1.0):
+        now, c = time.time(), COUNTERS.snapshot()
+        rate = (c.get("readings_in", 0) - last[1]) / max(1e-9, now - last[0])
+        last = (now, c.get("readings_in", 0))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"at": now, "readings_per_s": rate, "counters": c}))
+        tmp.replace(path)
 
 
 def stop() -> None:

@@ -1,0 +1,136 @@
+"""``edgeflow status | logs | stop | list`` and the managed side of ``edgeflow deploy``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from edgeflow.cli.supervisor import alive, read_json
+
+DEFAULT_ROOT = Path(".edgeflow") / "deployments"
+ROOT_OPTION = click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_ROOT,
+    show_default=True,
+    envvar="EDGEFLOW_DEPLOYMENTS",
+    help="Where deployments live (or EDGEFLOW_DEPLOYMENTS).",
+)
+
+
+def start_detached(flow_file: Path, name: str, root: Path, extra: list[str]) -> int:
+    """Copy the flow into ``root/name`` and start its supervisor in the background."""
+    d = root / name
+    pid = alive(d / "supervisor.pid")
+    if pid:
+        raise click.ClickException(
+            f"deployment {name!r} is already running (supervisor pid {pid}); stop it first with: edgeflow stop {name}"
+        )
+    (d / "state").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(flow_file, d / "flow.py")
+    (d / "flow.sha256").write_text(hashlib.sha256(flow_file.read_bytes()).hexdigest() + "\n")
+    log = (d / "edgeflow.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeflow.cli.supervisor", str(d), *extra],
+        stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    (d / "supervisor.pid").write_text(str(proc.pid))
+    return proc.pid
+
+
+def _deployments(root: Path, name: str | None) -> list[Path]:
+    if name is not None:
+        d = root / name
+        if not d.is_dir():
+            raise click.ClickException(
+                f"no deployment {name!r} under {root}; see: edgeflow list --root {root}"
+            )
+        return [d]
+    return sorted(p for p in root.iterdir() if (p / "flow.py").exists()) if root.is_dir() else []
+
+
+def _describe(d: Path) -> str:
+    pid = alive(d / "supervisor.pid")
+    st = read_json(d / "status.json")
+    stats = read_json(d / "stats.json")
+    c = stats.get("counters", {})
+    state = f"running (pid {pid})" if pid else "stopped"
+    up = f"up {time.time() - st['started_at']:.0f}s" if pid and "started_at" in st else ""
+    written = sum(v for k, v in c.items() if k.startswith("records_to."))
+    ratio = c.get("readings_in", 0) / written if written else 0.0
+    return (
+        f"{d.name}: {state} {up} restarts {st.get('restarts', 0)} last exit {st.get('last_exit')} | "
+        f"{stats.get('readings_per_s', 0):.0f} readings/s, {c.get('readings_in', 0)} in, {written} records out "
+        f"(reduction {ratio:.1f}x), late {c.get('late', 0)}, dead letters {c.get('dead_letters', 0)}, "
+        f"anomalies {c.get('anomalies', 0)}"
+    )
+
+
+@click.command("status")
+@click.argument("name", required=False)
+@ROOT_OPTION
+def status_cmd(name: str | None, root: Path) -> None:
+    """Show deployments: running or not, uptime, restarts and the flow's figures."""
+    found = _deployments(root, name)
+    if not found:
+        click.echo(f"no deployments under {root}")
+    for d in found:
+        click.echo(_describe(d))
+
+
+@click.command("list")
+@ROOT_OPTION
+def list_cmd(root: Path) -> None:
+    """List deployments on this node."""
+    for d in _deployments(root, None):
+        click.echo(f"{d.name}\t{'running' if alive(d / 'supervisor.pid') else 'stopped'}\t{d}")
+
+
+@click.command("logs")
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@ROOT_OPTION
+def logs_cmd(name: str, follow: bool, root: Path) -> None:
+    """Print a deployment's log (supervisor and flow output)."""
+    (d,) = _deployments(root, name)
+    with (d / "edgeflow.log").open("rb") as f:
+        while True:
+            chunk = f.read()
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+            if not follow:
+                return
+            time.sleep(0.5)
+
+
+@click.command("stop")
+@click.argument("name")
+@click.option(
+    "--timeout", type=float, default=60, show_default=True, help="Seconds to wait for a clean stop."
+)
+@ROOT_OPTION
+def stop_cmd(name: str, timeout: float, root: Path) -> None:
+    """Stop a deployment cleanly: the flow snapshots its state and exits."""
+    (d,) = _deployments(root, name)
+    pid = alive(d / "supervisor.pid")
+    if not pid:
+        click.echo(f"{name} is not running")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while alive(d / "supervisor.pid") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(d / "supervisor.pid"):
+        raise click.ClickException(
+            f"{name} did not stop within {timeout:.0f}s (supervisor pid {pid})"
+        )
+    click.echo(f"stopped {name}")
