@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
+from edgeflow.cli.deployments import DEFAULT_ROOT
 from edgeflow.cli.loader import load_flow
-from edgeflow.cli.main import DEFAULT_ROOT
 from tests.helpers import ROOT
 
 
