@@ -91,7 +91,7 @@ def test_the_node_deploys_a_valid_flow_with_its_state_on_a_volume() -> None:
         "a named volume, so state survives a new container"
     )
     workdir = re.search(r"^WORKDIR (\S+)", (ROOT / "Dockerfile").read_text(), re.M)
-    assert workdir and state_dir == Path(workdir.group(1)) / DEFAULT_ROOT / "quickstart", (
-        "the default deploy state dir"
-    )
+    assert (
+        workdir and state_dir == Path(workdir.group(1)) / DEFAULT_ROOT / "quickstart" / "state"
+    ), "the default deploy state dir"
     assert node["depends_on"]["kafka"]["condition"] == "service_healthy"
