@@ -1,6 +1,7 @@
-"""Detection for bulk batches (many readings per key): all keys in repeated 2-D passes.
+"""Detection vectorised across keys: all keys of a batch in repeated 2-D passes.
 
-Each key's remaining readings form one row of a NaN-padded matrix. A pass scores every row
+This serves live batches (a reading or a few per key: usually one pass) and bulk ones (a
+replay: a pass per anomaly). Each key's remaining readings form one row of a NaN-padded matrix. A pass scores every row
 with the prefix semantics of :mod:`edgeflow.ops.detect` (each point against the state after
 the points before it), using cumulative sums and ``lfilter(axis=1)``. For each key, the
 points up to its first anomaly are final and are learnt straight from the pass's arrays.
@@ -21,10 +22,60 @@ import numpy as np
 from scipy.signal import lfilter
 
 from edgeflow.batch import F64
-from edgeflow.ops.detect import CUSUM, EWMA, Detector, Driver, DriverOut, ZScore, calibrate
-from edgeflow.ops.detect_rounds import Grid
+from edgeflow.ops.detect import (
+    CUSUM,
+    EWMA,
+    Decision,
+    Detector,
+    Driver,
+    DriverOut,
+    ZScore,
+    calibrate,
+)
 
 Arr = np.ndarray
+SUPPORTED = (ZScore, EWMA, CUSUM)
+
+
+def supports(det: Detector, decision: Decision, learn_anomalies: bool) -> bool:
+    return type(det) in SUPPORTED and decision.kind == "threshold" and not learn_anomalies
+
+
+class Grid:
+    """Each key's points in a NaN-padded row, with per-point outputs filled in place and the
+    Driver's streak and cooldown counters stacked; ``results`` writes the counters back."""
+
+    def __init__(self, xs: list[F64], states: list[dict[str, Any]]) -> None:
+        k = len(xs)
+        self.lens = np.array([len(x) for x in xs])
+        width = int(self.lens.max())
+        self.x = np.full((k, width), np.nan)
+        for i, x in enumerate(xs):
+            self.x[i, : len(x)] = x
+        self.out = {name: np.full((k, width), np.nan) for name in ("raw", "score", "low", "high")}
+        self.anomaly = np.zeros((k, width), bool)
+        self.event = np.zeros((k, width), bool)
+        self.streak = np.array([s["streak"] for s in states], np.int64)
+        self.since = np.array([s.get("since_event", 1 << 30) for s in states], np.int64)
+
+    def results(self, states: list[dict[str, Any]], thr: float) -> list[DriverOut]:
+        res = []
+        for i, s in enumerate(states):
+            s["streak"], s["since_event"] = int(self.streak[i]), int(self.since[i])
+            n = self.lens[i]
+            o = self.out
+            res.append(
+                DriverOut(
+                    o["raw"][i, :n],
+                    o["score"][i, :n],
+                    self.anomaly[i, :n],
+                    o["low"][i, :n],
+                    o["high"][i, :n],
+                    np.full(n, thr),
+                    self.event[i, :n],
+                )
+            )
+        return res
 
 
 class _Ewma:

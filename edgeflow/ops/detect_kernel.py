@@ -1,9 +1,9 @@
 """Anomaly detection over multi-key batches: one :class:`~edgeflow.ops.detect.Driver` state per
 key; emits anomaly events (kind ``anomaly``).
 
-A batch where every key has only a few readings (live traffic) is scored across keys at once
-(:mod:`edgeflow.ops.detect_rounds`) for the detectors that support it; larger per-key runs
-(replays, bulk) go through the Driver key by key. Both give one-at-a-time semantics.
+Z-score, EWMA and CUSUM with a fixed threshold are scored across keys at once
+(:mod:`edgeflow.ops.detect_bulk`); other detectors go through the Driver key by key. Both
+give one-at-a-time semantics.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ import numpy as np
 
 from edgeflow.batch import Batch, RecordBatch
 from edgeflow.ops.detect import Decision, Detector, Driver, DriverOut
-from edgeflow.ops.detect_bulk import run_bulk
-from edgeflow.ops.detect_rounds import run_rounds, supports
+from edgeflow.ops.detect_bulk import run_bulk, supports
 from edgeflow.ops.downsample import _by_key
 
-ROUNDS_MAX = 16  # up to this many readings per key in a batch: score all keys at once
 EVENT_COLUMNS = ("score", "raw", "threshold", "expected_low", "expected_high")
 
 
@@ -34,7 +32,7 @@ class DetectKernel:
         self.step = step
         self.field = field
         self.driver = Driver(detector, decision, learn_anomalies)
-        self.rounds = supports(detector, decision, learn_anomalies)
+        self.vectorised = supports(detector, decision, learn_anomalies)
 
     def init(self) -> dict[str, Any]:
         return {"keys": {}, "in": 0, "anomalies": 0}
@@ -62,10 +60,7 @@ class DetectKernel:
             states.append(st)
         outs: list[DriverOut]
         xs = [x for _, _, x in groups]
-        if self.rounds and max(len(x) for x in xs) <= ROUNDS_MAX:
-            d = self.driver
-            outs = run_rounds(d.detector, d.decision, d.adapt_after, states, xs)
-        elif self.rounds:
+        if self.vectorised:
             outs = run_bulk(self.driver, states, xs)
         else:
             outs = [self.driver.run(st, x) for st, x in zip(states, xs, strict=True)]
