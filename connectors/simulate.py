@@ -1,5 +1,9 @@
 """Simulated sensors: deterministic, many devices, real time or as fast as possible.
 
+``simulate.sensors`` (below) is the general-purpose profile; the example flows' profiles
+are ``simulate.vibration`` (machines at 1 kHz), ``simulate.traffic`` (loop detectors),
+``simulate.ecg`` (portable ECG) and ``simulate.pos`` (store tills), each in its own module.
+
 Each device samples at ``rate_hz``. ``accel`` is a sine wave (per-device amplitude,
 frequency and phase) plus Gaussian noise, with occasional injected spikes and level
 shifts; ``temp`` drifts slowly around 20-25 °C. The same ``seed`` gives the same
@@ -14,25 +18,28 @@ run regenerates exactly the readings after the snapshot.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from edgeflow.batch import Batch
-from edgeflow.connectors.base import Item, SourceContext, SourcePartition, SourceSpec
-from edgeflow.timeutil import Duration, now_ns, parse_duration, parse_iso_ns
+from edgeflow.connectors.sim_base import TickSimulation, from_env
+from edgeflow.connectors.sim_ecg import ecg
+from edgeflow.connectors.sim_machines import vibration
+from edgeflow.connectors.sim_retail import pos
+from edgeflow.connectors.sim_traffic import traffic
+from edgeflow.timeutil import Duration, parse_duration
 
 COLUMNS = ("device", "ts", "accel", "temp")
 FIELDS = ("accel", "temp")
 BLOCK_TICKS = 256
-DEFAULT_START = "2026-01-01T00:00:00Z"
+
+__all__ = ["ecg", "from_env", "pos", "sensors", "traffic", "vibration"]
 
 
-class SimulatedSensors(SourceSpec):
-    kind = "simulate"
+class SimulatedSensors(TickSimulation):
     default_key = "device"
-    default_time = "ts"
+    fields = FIELDS
 
     def __init__(
         self,
@@ -49,96 +56,46 @@ class SimulatedSensors(SourceSpec):
         shift_prob: float = 0.01,
         prefix: str = "dev-",
     ) -> None:
-        self.devices = devices
-        self.rate_hz = rate_hz
-        self.seed = seed
-        self.speed = speed
-        self.duration = duration
-        self.start = start
-        self.n_parts = partitions if partitions is not None else max(1, min(4, devices))
+        super().__init__(
+            devices, rate_hz, seed, speed=speed, duration=duration, start=start,
+            partitions=partitions,
+        )  # fmt: skip
         self.jitter = jitter
         self.spike_prob = spike_prob
         self.shift_prob = shift_prob
         self.prefix = prefix
 
-    def columns(self) -> Sequence[str]:
-        return COLUMNS
-
     def problems(self) -> list[str]:
-        out = []
-        if not isinstance(self.devices, int) or self.devices < 1:
-            out.append(f"devices={self.devices!r}: give a whole number >= 1")
-        if not isinstance(self.rate_hz, int | float) or not 0 < self.rate_hz <= 1e6:
-            out.append(f"rate_hz={self.rate_hz!r}: give a rate in (0, 1e6] samples per second")
-        if self.speed is not None and (not isinstance(self.speed, int | float) or self.speed <= 0):
-            out.append(
-                f"speed={self.speed!r}: give a positive factor (1.0 = real time) or None for as fast as possible"
-            )
-        if not isinstance(self.n_parts, int) or self.n_parts < 1:
-            out.append(f"partitions={self.n_parts!r}: give a whole number >= 1")
-        for name in ("duration", "jitter"):
-            v = getattr(self, name)
-            if v is not None:
-                try:
-                    parse_duration(v, what=name)
-                except ValueError as exc:
-                    out.append(str(exc))
-        if self.start is not None and not isinstance(self.start, int):
-            try:
-                parse_iso_ns(str(self.start))
-            except ValueError as exc:
-                out.append(f"start: {exc}")
+        out = super().problems()
+        try:
+            parse_duration(self.jitter, what="jitter")
+        except ValueError as exc:
+            out.append(str(exc))
         return out
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind, "devices": self.devices, "rate_hz": self.rate_hz, "seed": self.seed,
-            "speed": self.speed, "duration": self.duration, "partitions": self.n_parts,
-        }  # fmt: skip
-
-    def partitions(self) -> list[str]:
-        return [str(p) for p in range(self.n_parts)]
-
-    def _start_ns(self) -> int:
-        if isinstance(self.start, int):
-            return self.start
-        if self.start is not None:
-            return parse_iso_ns(self.start)
-        if self.speed is None:
-            return parse_iso_ns(DEFAULT_START)
-        return now_ns() // 1_000_000_000 * 1_000_000_000
-
-    def open(self, partition: str, resume: Any, ctx: SourceContext) -> SourcePartition:
-        if resume is None:
-            tick, start = 0, self._start_ns()
-        else:
-            tick, start = int(resume["tick"]), int(resume["start"])
-        return _SimPartition(self, int(partition), tick, start, ctx)
+    def generator(
+        self, part: int, dev_ids: np.ndarray, start_ns: int, fields: tuple[str, ...]
+    ) -> _SensorSignals:
+        return _SensorSignals(self, part, dev_ids, start_ns, fields)
 
 
-class _SimPartition(SourcePartition):
+class _SensorSignals:
     def __init__(
-        self, spec: SimulatedSensors, part: int, tick: int, start_ns: int, ctx: SourceContext
+        self,
+        spec: SimulatedSensors,
+        part: int,
+        dev_ids: np.ndarray,
+        start_ns: int,
+        fields: tuple[str, ...],
     ) -> None:
         self.spec = spec
         self.part = part
-        self.tick = tick
         self.start_ns = start_ns
         self.period_ns = round(1e9 / spec.rate_hz)
-        self.dev_ids = np.arange(part, spec.devices, spec.n_parts)
-        self.names = tuple(f"{spec.prefix}{i}" for i in self.dev_ids.tolist())
-        self.end_tick = (
-            None if spec.duration is None else parse_duration(spec.duration) // self.period_ns
-        )
+        self.dev_ids = dev_ids
+        self.names = tuple(spec.key_name(i) for i in dev_ids.tolist())
         self.jitter_ns = parse_duration(spec.jitter)
-        self.batch_ticks = max(1, ctx.batch_max // max(1, len(self.dev_ids)))
-        self.fields = tuple(f for f in FIELDS if ctx.fields is None or f in ctx.fields)
-        # pacing: tick i is due at anchor_wall + (i - anchor_tick) * period / speed. Live
-        # sensors (real time, no fixed start) are due at their own timestamps.
-        if spec.start is None and spec.speed == 1.0:
-            self.wall0, self.tick0 = start_ns, 0
-        else:
-            self.wall0, self.tick0 = now_ns(), tick
+        self.fields = fields
         # per-device parameters depend only on (seed, device)
         amp = np.empty(len(self.dev_ids))
         freq = np.empty(len(self.dev_ids))
@@ -211,36 +168,6 @@ class _SimPartition(SourcePartition):
             t.reshape(-1),
             values.reshape(len(self.fields), n),
         )
-
-    def _ready_tick(self) -> int:
-        """The first tick not yet due (real time) or the batch limit (as fast as possible)."""
-        if self.spec.speed is None:
-            hi = self.tick + self.batch_ticks
-        else:
-            elapsed = (now_ns() - self.wall0) * self.spec.speed
-            hi = min(self.tick0 + int(elapsed // self.period_ns) + 1, self.tick + self.batch_ticks)
-        if self.end_tick is not None:
-            hi = min(hi, self.end_tick)
-        return int(hi)
-
-    def next_batch(self) -> list[Item]:
-        if self.end_tick is not None and self.tick >= self.end_tick:
-            raise StopIteration
-        hi = self._ready_tick()
-        if hi <= self.tick:
-            return []
-        batch = self.generate(self.tick, hi)
-        self.tick = hi
-        return [batch]
-
-    def next_awake(self) -> int | None:
-        if self.spec.speed is None:
-            return None
-        due = self.wall0 + int((self.tick - self.tick0) * self.period_ns / self.spec.speed)
-        return max(due, now_ns())
-
-    def snapshot(self) -> Any:
-        return {"tick": self.tick, "start": self.start_ns}
 
 
 def sensors(

@@ -142,6 +142,28 @@ class RecordBatch:
         return ["/".join([flow, self.step, *(str(c[i]) for c in lists)]) for i in range(self.n)]
 
 
+def window_readings(rb: RecordBatch, time: str, fields: Sequence[str]) -> Batch:
+    """Window summaries as readings: one per record, keyed like the record, at its ``time``
+    column, with the given aggregation columns as fields (missing values are NaN)."""
+    if rb.n == 0:
+        return Batch.empty(fields)
+    names, codes = np.unique(np.asarray(rb.columns["key"], dtype=str), return_inverse=True)
+    values = np.empty((len(fields), rb.n), np.float64)
+    for j, f in enumerate(fields):
+        col = rb.columns[f]
+        values[j] = np.asarray(
+            [np.nan if v is None else v for v in col] if isinstance(col, list) else col,
+            dtype=np.float64,
+        )
+    return Batch(
+        tuple(fields),
+        tuple(str(x) for x in names),
+        codes.astype(np.int32).reshape(-1),
+        np.asarray(rb.columns[time], dtype=np.int64),
+        values,
+    )
+
+
 def stable_argsort(values: npt.NDArray[np.integer[Any]], upper: int) -> npt.NDArray[np.intp]:
     """Stable argsort of non-negative ints below ``upper``; O(n) radix sort when they fit 16 bits."""
     if upper <= 1 << 16:

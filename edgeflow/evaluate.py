@@ -210,3 +210,46 @@ def standard_suite() -> list[tuple[str, Callable[[], Driver]]]:
         ("seasonal", drv(lambda: detect.seasonal())),
         ("auto", drv(lambda: detect.auto())),
     ]
+
+
+@dataclass
+class Delivery:
+    """How a flow's alerts cover a simulator's injected anomalies."""
+
+    injected: int
+    delivered: int  # injected anomalies with at least one alert for their key inside them
+    false_alerts: int  # alerts inside no injected anomaly (nor its grace period)
+    missed: list[tuple[str, int, int, str]] = field(default_factory=list)
+
+    @property
+    def share(self) -> float:
+        return self.delivered / self.injected if self.injected else 1.0
+
+
+def delivery(
+    injected: list[tuple[str, int, int, str]],
+    alerts: list[tuple[str, int]],
+    grace_ns: int,
+    min_ns: int = 0,
+) -> Delivery:
+    """Match alerts (key, event time ns) to injected anomalies (key, start ns, end ns, kind):
+    an anomaly is delivered when an alert of its key falls in [start, end + grace].
+    Anomalies lasting less than ``min_ns`` (cut short by the end of the stream: shorter
+    than one window, so no window summary can show them) are not counted."""
+    injected = [a for a in injected if a[2] - a[1] >= min_ns]
+    by_key: dict[str, list[int]] = {}
+    for key, t in alerts:
+        by_key.setdefault(key, []).append(t)
+    times = {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in by_key.items()}
+    used: dict[str, np.ndarray] = {k: np.zeros(len(v), bool) for k, v in times.items()}
+    delivered, missed = 0, []
+    for key, start, end, kind in injected:
+        at = times.get(key, np.empty(0, np.int64))
+        inside = (at >= start) & (at <= end + grace_ns)
+        if inside.any():
+            delivered += 1
+            used[key] |= inside
+        else:
+            missed.append((key, start, end, kind))
+    false = sum(int((~u).sum()) for u in used.values())
+    return Delivery(len(injected), delivered, false, missed)

@@ -36,13 +36,14 @@ def edgeflow(
     return res
 
 
-def popen_edgeflow(*args: str) -> subprocess.Popen[str]:
+def popen_edgeflow(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "edgeflow", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        env=env,
     )
 
 

@@ -161,3 +161,32 @@ def test_vibration_features_match_references(sizes: list[int]) -> None:
         if n >= 200:
             assert out["band_100_140hz_x"][g] > 1.9, "the tone (power A**2/2 = 2) lies in its band"
     assert "Nyquist" in agg.band_energy("x", 10, 900, fs=1000).problems()[0]
+
+
+def test_heart_rate_and_rr_irregularity_from_r_peaks_match_the_beats() -> None:
+    fs = 250.0
+    rng = np.random.default_rng(4)
+    for rr_mean, jitter in ((0.8, 0.01), (0.4, 0.01), (1.5, 0.01), (0.65, 0.25)):
+        rr = rr_mean * (1 + jitter * rng.standard_normal(40))
+        beats = 0.5 + np.cumsum(rr)
+        beats = beats[beats < 29.5]
+        t = np.arange(int(30 * fs)) / fs
+        # R (tall, narrow), T (a third as tall, wide, 0.25 s later), baseline wander, noise
+        x = np.zeros_like(t)
+        for b in beats:
+            x += np.exp(-0.5 * ((t - b) / 0.01) ** 2) + 0.3 * np.exp(
+                -0.5 * ((t - b - 0.25) / 0.04) ** 2
+            )
+        x += 0.1 * np.sin(2 * np.pi * 0.25 * t) + 0.02 * rng.standard_normal(len(t))
+        gid = np.zeros(len(t), np.int64)
+        out = agg.compute(
+            [agg.heart_rate("ecg", fs=fs), agg.rr_irregularity("ecg", fs=fs)], ["ecg"], gid,
+            x[None, :], 1,
+        )  # fmt: skip
+        intervals = np.diff(beats)
+        assert abs(out["heart_rate_ecg"][0] - 60 / intervals.mean()) < 0.5, rr_mean
+        assert abs(out["rr_irregularity_ecg"][0] - intervals.std() / intervals.mean()) < 0.01
+    flat = agg.compute([agg.heart_rate("ecg", fs=fs)], ["ecg"], np.zeros(100, np.int64),
+                       np.zeros((1, 100)), 1)  # fmt: skip
+    assert np.isnan(flat["heart_rate_ecg"][0]), "no peaks: no heart rate, not a made-up one"
+    assert "fs=250" in agg.Agg("heart_rate", "ecg").problems()[0]

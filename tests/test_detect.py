@@ -24,6 +24,7 @@ ALL = {
     "cusum": lambda: detect.cusum(),
     "seasonal": lambda: detect.seasonal(window=128, refresh=32, warmup=32),
     "auto": lambda: detect.auto(),
+    "limits": lambda: detect.limits(low=-6.0, high=6.0),
 }
 
 
@@ -97,6 +98,20 @@ def test_scores_are_in_0_1_and_anomalies_are_not_learnt(name: str) -> None:
     learner = detect.Driver(ALL[name](), learn_anomalies=True)
     taught = learner.run(learner.init(), x)
     assert taught.anomaly.sum() <= out.anomaly.sum() or name in ("cusum", "auto")
+
+
+def test_limits_flag_exactly_the_values_outside_the_range() -> None:
+    x = np.array([0.0, 44.9, 45.0, 120.0, 120.1, 300.0, -1.0, 80.0])
+    det = detect.limits(low=45.0, high=120.0)
+    out = detect.Driver(det, detect.threshold(cooldown=0)).run(detect.Driver(det).init(), x)
+    assert out.anomaly.tolist() == [True, True, False, False, True, True, True, False]
+    assert (out.score[out.anomaly] >= 0.999).all() and (out.score[~out.anomaly] == 0).all()
+    assert out.score[5] > out.score[4], "further outside scores higher"
+    assert (out.low == 45.0).all() and (out.high == 120.0).all()
+    with pytest.raises(ValueError, match="low=, high="):
+        detect.limits()
+    with pytest.raises(ValueError, match="must be below"):
+        detect.limits(low=5, high=1)
 
 
 def test_zscore_matches_a_plain_rolling_reference() -> None:

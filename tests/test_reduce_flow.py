@@ -105,3 +105,47 @@ r.detect(detect.zscore(), "accel", decision=detect.threshold(1.5), name="alerts3
         "strictly between 0 and 1",
     ):
         assert fragment in res.output, fragment
+
+
+FEATURES_FLOW = """
+from edgeflow import Flow, agg, detect, window
+from edgeflow.connectors import files, simulate
+
+flow = Flow("features-test")
+r = flow.source(simulate.sensors(devices=6, rate_hz=50, seed=9, speed=None, duration="10m",
+                                 start="2026-01-01T00:00:00Z", spike_prob=0.0005))
+w = r.window(window.tumbling("2s"), agg.rms("accel"), agg.max("accel"), name="summary")
+w.to(files.sink({windows!r}))
+per_window = w.as_readings(name="per_window")
+per_window.detect(detect.zscore(window=60, warmup=10), "max_accel", name="alerts").to(files.sink({alerts!r}))
+per_window.to(files.sink({readings!r}), name="feature_readings")
+"""
+
+
+def test_window_summaries_as_readings_feed_detection_like_a_reference(tmp_path: Path) -> None:
+    import numpy as np
+
+    from edgeflow.ops import detect
+
+    outs = {k: tmp_path / f"{k}.jsonl" for k in ("windows", "alerts", "readings")}
+    flow = write_flow(
+        tmp_path / "features.py", FEATURES_FLOW.format(**{k: str(v) for k, v in outs.items()})
+    )
+    edgeflow("run", str(flow))
+    windows = records(outs["windows"])
+    readings = records(outs["readings"])
+    assert len(readings) == len(windows) == 6 * 300
+    # one reading per window: its key, at the window's end, with the aggregates as fields
+    as_read = {(r["key"], r["t"]): (r["rms_accel"], r["max_accel"]) for r in readings}
+    assert as_read == {
+        (w["key"], w["window_end"]): (w["rms_accel"], w["max_accel"]) for w in windows
+    }
+    # the alerts are what the detector gives on each key's window maxima, in time order
+    want = set()
+    for key in sorted({w["key"] for w in windows}):
+        mine = sorted((w["window_end"], w["max_accel"]) for w in windows if w["key"] == key)
+        drv = detect.Driver(detect.zscore(window=60, warmup=10))
+        out = drv.run(drv.init(), np.array([v for _, v in mine]))
+        want |= {(key, mine[i][0]) for i in np.flatnonzero(out.event).tolist()}
+    got = {(a["key"], a["t"]) for a in records(outs["alerts"])}
+    assert want and got == want

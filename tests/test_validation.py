@@ -26,6 +26,14 @@ CASES = {
     "not_an_agg.py": ["step 'summary'", "is not an aggregation"],
     "bad_sink_option.py": ["step 'archive'", "time_format='unix'"],
     "raises_on_import.py": ["raises_on_import.py:4", "NameError"],
+    "readings_from_late.py": ["step 'late_readings'", "only window summaries", ".as_readings()"],
+    "feature_unknown.py": [
+        "step 'alerts'",
+        "unknown field 'mean_accel'",
+        "rms_accel",
+        "step 'summary'",
+        "fs=250",
+    ],
 }
 
 

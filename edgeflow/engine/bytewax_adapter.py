@@ -35,7 +35,7 @@ from bytewax.outputs import (
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from edgeflow.batch import Batch, RecordBatch
+from edgeflow.batch import Batch, RecordBatch, window_readings
 from edgeflow.connectors.base import (
     SinkContext,
     SinkPartition,
@@ -46,7 +46,7 @@ from edgeflow.connectors.base import (
 from edgeflow.engine.counters import COUNTERS
 from edgeflow.engine.runner import RunOptions
 from edgeflow.engine.shard import Sharder
-from edgeflow.flow.plan import Plan, SourcePlan, WindowPlan
+from edgeflow.flow.plan import FeaturesPlan, Plan, SourcePlan, WindowPlan
 from edgeflow.ops.detect_kernel import DetectKernel
 from edgeflow.ops.downsample import DownsampleKernel
 from edgeflow.ops.window import StepOutput, WindowKernel
@@ -287,6 +287,13 @@ def _as_records(step: str) -> Callable[[Batch], RecordBatch]:
     return convert
 
 
+def _features(f: FeaturesPlan) -> Callable[[RecordBatch], Batch]:
+    def convert(rb: RecordBatch) -> Batch:
+        return window_readings(rb, f.time, f.fields)
+
+    return convert
+
+
 def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None) -> Dataflow:
     flow = Dataflow(plan.name)
     streams: dict[tuple[str, str], Stream[Any]] = {}
@@ -300,8 +307,16 @@ def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None)
         streams[(src.name, "dead_letters")] = op.key_on(
             f"{src.name}__dl_key", parts.falses, lambda _: "dead_letters"
         )
-    for w in plan.windows:
-        streams.update(_window(w, streams[w.input], control))
+    # steps in declaration order: a window may read the readings a features step makes
+    by_name = {w.name: w for w in plan.windows} | {f.name: f for f in plan.features}
+    for name in plan.order:
+        w = by_name.get(name)
+        if isinstance(w, WindowPlan):
+            streams.update(_window(w, streams[w.input], control))
+        elif isinstance(w, FeaturesPlan):
+            streams[(w.name, "readings")] = op.map_value(
+                f"{w.name}__as_readings", streams[w.input], _features(w)
+            )
     for d in plan.downsamples:
         ds_kernel = DownsampleKernel(d.name, d.spec)
         streams[(d.name, "trend")] = op.stateful_batch(

@@ -30,6 +30,7 @@ PORTS = {
     "window": ("windows", "late"),
     "downsample": ("trend",),
     "detect": ("anomalies",),
+    "features": ("readings",),
     "sink": (),
 }
 OPTIONAL_PORTS = {"dead_letters", "late"}
@@ -128,6 +129,15 @@ class RecordStream(_StreamBase):
     """Result records: window summaries, late readings or dead letters."""
 
     late: RecordStream
+
+    def as_readings(self, *, time: str = "window_end", name: str | None = None) -> ReadingStream:
+        """Window summaries as readings, one per window and key, so that they can be
+        detected on, downsampled or windowed again: the fields are the aggregation columns
+        (``rms_accel``, ``count``, ...), the time is the window's ``time`` column
+        (``window_end`` or ``window_start``). Only a window step's summaries can be turned
+        into readings."""
+        step = self.flow._add("features", name, [(self.step.name, self.port)], {"time": time})
+        return ReadingStream(self.flow, step, "readings")
 
 
 class SinkStep:
@@ -246,6 +256,14 @@ class DetectPlan:
 
 
 @dataclass
+class FeaturesPlan:
+    name: str
+    input: tuple[str, str]
+    time: str
+    fields: tuple[str, ...]
+
+
+@dataclass
 class SinkPlan:
     name: str
     spec: SinkSpec
@@ -265,6 +283,9 @@ class Plan:
     unrouted: list[str]
     downsamples: list[DownsamplePlan] = field(default_factory=list)
     detects: list[DetectPlan] = field(default_factory=list)
+    features: list[FeaturesPlan] = field(default_factory=list)
+    #: step names in declaration order (a step comes after the steps it reads)
+    order: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         steps: list[dict[str, Any]] = []
@@ -281,6 +302,11 @@ class Plan:
                 "aggs": [a.to_dict() for a in w.aggs], "lateness": format_duration(w.lateness_ns),
                 "idle": format_duration(w.idle_ns) if w.idle_ns is not None else None,
                 "outputs": [f"{w.name}.windows", f"{w.name}.late"],
+            })  # fmt: skip
+        for f in self.features:
+            steps.append({
+                "name": f.name, "kind": "features", "input": ".".join(f.input), "time": f.time,
+                "fields": list(f.fields), "outputs": [f"{f.name}.readings"],
             })  # fmt: skip
         for d in self.downsamples:
             steps.append(
@@ -328,6 +354,10 @@ class Plan:
             lines.append(
                 f"  window {w.name}: {w.spec.kind} {w.spec.to_dict()} <- {'.'.join(w.input)} -> [{aggs}]"
             )
+        for f in self.features:
+            lines.append(
+                f"  readings {f.name}: {', '.join(f.fields)} at {f.time} <- {'.'.join(f.input)}"
+            )
         for d in self.downsamples:
             lines.append(f"  reduce {d.name}: {d.spec.to_dict()} <- {'.'.join(d.input)}")
         for a in self.detects:
@@ -369,6 +399,7 @@ def _validate(flow: Flow) -> Plan:
     sinks: list[SinkPlan] = []
     downsamples: list[DownsamplePlan] = []
     detects: list[DetectPlan] = []
+    features: list[FeaturesPlan] = []
     for s in flow.steps:
         where = f"step {s.name!r} ({s.kind})"
         p = s.params
@@ -378,6 +409,11 @@ def _validate(flow: Flow) -> Plan:
             w = _check_window(s, where, problems, fields_of, sources)
             if w is not None:
                 windows.append(w)
+        elif s.kind == "features":
+            f = _check_features(s, where, problems, windows)
+            fields_of[s.name] = f.fields if f is not None else None
+            if f is not None:
+                features.append(f)
         elif s.kind == "downsample":
             ((up, port),) = s.inputs
             spec = p["spec"]
@@ -428,7 +464,7 @@ def _validate(flow: Flow) -> Plan:
                 continue
             if port in OPTIONAL_PORTS:
                 unrouted.append(f"{s.name}.{port}")
-            elif s.kind in ("window", "downsample", "detect"):
+            elif s.kind in ("window", "downsample", "detect", "features"):
                 problems.append(
                     f"step {s.name!r} ({s.kind}): its records go nowhere; add .to(stdio.sink()) or another sink"
                 )
@@ -457,7 +493,27 @@ def _validate(flow: Flow) -> Plan:
         unrouted,
         downsamples,
         detects,
+        features,
+        [s.name for s in flow.steps],
     )
+
+
+def _check_features(
+    s: Step, where: str, problems: list[str], windows: list[WindowPlan]
+) -> FeaturesPlan | None:
+    ((up, port),) = s.inputs
+    w = next((x for x in windows if x.name == up), None)
+    if w is None or port != "windows":
+        problems.append(
+            f"{where}: only window summaries can be turned into readings; call .as_readings() "
+            f"on the stream a .window(...) step returns, not on {up}.{port}"
+        )
+        return None
+    time = s.params["time"]
+    if time not in ("window_end", "window_start"):
+        problems.append(f"{where}: time={time!r}; use 'window_end' or 'window_start'")
+        return None
+    return FeaturesPlan(s.name, (up, port), time, tuple(a.output_name for a in w.aggs))
 
 
 def _check_field(

@@ -372,6 +372,43 @@ class Seasonal(Detector):
         return {"window": self.window, "level": self.level, "refresh": self.refresh}
 
 
+class Limits(Detector):
+    """Fixed alarm limits (clinical or engineering ranges): anomalous outside [low, high].
+
+    ``raw`` is 0 inside the range and 1 + the distance outside it relative to the limit's
+    size, so any value outside scores at least 0.999 (the default threshold). It learns
+    nothing, so it needs no warm-up; use it for rules the physics or the standard gives."""
+
+    name = "limits"
+    level = 1.0
+    warmup = 0
+
+    def __init__(self, low: float | None = None, high: float | None = None) -> None:
+        if low is None and high is None:
+            raise ValueError("detect.limits: give low=, high= or both")
+        if low is not None and high is not None and not low < high:
+            raise ValueError(f"detect.limits: low={low} must be below high={high}")
+        self.low, self.high = low, high
+
+    def init(self) -> dict[str, Any]:
+        return {"n": 0}
+
+    def score(self, st: dict[str, Any], x: F64) -> Scores:
+        lo = -np.inf if self.low is None else self.low
+        hi = np.inf if self.high is None else self.high
+        below = np.maximum(lo - x, 0.0) / (abs(lo) + 1e-12) if self.low is not None else 0.0
+        above = np.maximum(x - hi, 0.0) / (abs(hi) + 1e-12) if self.high is not None else 0.0
+        outside = (x < lo) | (x > hi)
+        raw = np.where(outside, 1.0 + np.maximum(below, above), 0.0)
+        return Scores(raw, calibrate(raw, self.level), np.full(len(x), lo), np.full(len(x), hi))
+
+    def learn(self, st: dict[str, Any], x: F64) -> None:
+        st["n"] += len(x)
+
+    def params(self) -> dict[str, Any]:
+        return {"low": self.low, "high": self.high}
+
+
 class Ensemble(Detector):
     """Several detectors on the same field, each deciding and learning on its own; the score
     is the highest of theirs and a point is anomalous when any of them says so."""
@@ -669,6 +706,7 @@ class Driver:
 
 DETECTORS: dict[str, Any] = {
     "zscore": ZScore, "ewma": EWMA, "mad": MAD, "cusum": CUSUM, "seasonal": Seasonal,
+    "limits": Limits,
 }  # fmt: skip
 
 
@@ -707,6 +745,11 @@ def seasonal(
 ) -> Seasonal:
     """Seasonal residual against the dominant period found by FFT (see :class:`Seasonal`)."""
     return Seasonal(window, level, refresh, warmup)
+
+
+def limits(*, low: float | None = None, high: float | None = None) -> Limits:
+    """Fixed limits: anomalous below ``low`` or above ``high`` (see :class:`Limits`)."""
+    return Limits(low, high)
 
 
 def auto() -> Ensemble:
