@@ -5,6 +5,6 @@ COPY pyproject.toml README.md ./
 COPY edgeflow ./edgeflow
 COPY connectors ./connectors
 COPY flows ./flows
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir ".[mqtt]"
 ENTRYPOINT ["edgeflow"]
 CMD ["deploy", "flows/quickstart.py"]

@@ -53,6 +53,10 @@ class SinkContext:
 
 
 class SourcePartition(ABC):
+    #: raw bytes read so far (payloads, lines, messages); the engine reports the growth
+    #: as ``bytes_in``. Simulators estimate the JSON their readings would be sent as.
+    bytes_read: int = 0
+
     @abstractmethod
     def next_batch(self) -> list[Item]: ...
 
@@ -105,6 +109,9 @@ class SourceSpec(ABC):
 
 
 class SinkPartition(ABC):
+    #: bytes written so far (lines, or Kafka message keys + values); reported as ``bytes_out``
+    bytes_written: int = 0
+
     @abstractmethod
     def write(self, batches: list[RecordBatch]) -> None: ...
 

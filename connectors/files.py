@@ -157,6 +157,7 @@ class _FilePartition(SourcePartition):
         lines: list[tuple[int, bytes]] = []
         for _ in range(self.spec.batch_lines):
             line = self.f.readline()
+            self.bytes_read += len(line)
             if not line:
                 break
             self.line_no += 1
@@ -229,6 +230,7 @@ class _FileSinkPartition(SinkPartition):
         if data:
             self.f.write(data)
             self.f.flush()
+            self.bytes_written += len(data)
 
     def snapshot(self) -> Any:
         self.f.flush()

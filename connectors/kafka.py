@@ -149,7 +149,9 @@ class _KafkaSinkPartition(SinkPartition):
             times = _event_times(b)
             for row, rid, key, t in zip(b.rows(), ids, keys, times, strict=True):
                 headers = orjson.dumps([["edgeflow-id", rid], *meta])
-                out.append((t, OutRecord(self.spec.topic, key, orjson.dumps(row), headers)))
+                value = orjson.dumps(row)
+                self.bytes_written += len(value) + len(key or b"")
+                out.append((t, OutRecord(self.spec.topic, key, value, headers)))
         for prio, timed in sorted(by_priority.items(), reverse=True):
             # oldest first (stable, so each key keeps its order): the outbox drops from the front
             timed.sort(key=lambda tr: tr[0])
@@ -344,6 +346,7 @@ class _KafkaPartition(SourcePartition):
         out = BatchBuilder(self.fields, self.ctx.step)
         for m in msgs:
             where = f"{self.tp.topic}/{self.tp.partition}@{m.offset}"
+            self.bytes_read += len(m.value or b"")
             try:
                 obj = orjson.loads(m.value)
             except orjson.JSONDecodeError as exc:

@@ -290,6 +290,7 @@ class _MqttPartition(SourcePartition):
         decode = self.decoder.decode
         add = out.add
         for topic, payload, mid, qos, dup, received in msgs:
+            self.bytes_read += len(payload)
             if qos == 1 and self.manual_ack:
                 self.current.append(mid)
                 if dup and mid in self.replayed:

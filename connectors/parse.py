@@ -30,9 +30,17 @@ def number_to_ns(v: float | int, unit: str) -> int:
     else:
         scale = TIME_UNITS[unit]
     if isinstance(v, int):
-        return v * scale
-    whole = math.floor(v)  # split so that large epoch floats keep their fraction exactly
-    return int(whole) * scale + round((v - whole) * scale)
+        ns = v * scale
+    else:
+        whole = math.floor(v)  # split so that large epoch floats keep their fraction exactly
+        ns = int(whole) * scale + round((v - whole) * scale)
+    if not -(1 << 63) <= ns < 1 << 63:
+        read_as = {1: "ns", 1_000: "us", 1_000_000: "ms", 1_000_000_000: "s"}.get(scale, unit)
+        raise ValueError(
+            f"time value {v!r} read as {read_as} since 1970 is beyond the year 2262; "
+            "give the source time_unit= ('s', 'ms', 'us' or 'ns') that the data uses"
+        )
+    return ns
 
 
 def parse_time(v: Any, unit: str) -> int:

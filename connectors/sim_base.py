@@ -225,7 +225,18 @@ class TickPartition(SourcePartition):
             return []
         batch = self.gen.generate(self.tick, hi)
         self.tick = hi
+        self.bytes_read += self._json_size(batch)
         return [batch]
+
+    def _json_size(self, b: Batch) -> int:
+        """About the bytes of the readings as JSON objects, as a device would send them:
+        ``{"<key>":"<name>","ts":<19 digits>,"<field>":<~18 chars>,...}``."""
+        if not len(b):
+            return 0
+        names = np.fromiter((len(k) for k in b.keys), np.int64, len(b.keys))
+        per = 2 + (len(self.spec.default_key) + 5) + 6 + 19
+        per += sum(len(f) + 4 + 18 for f in b.fields)
+        return int(per * len(b) + names[b.key_idx].sum())
 
     def next_awake(self) -> int | None:
         if self.spec.speed is None:

@@ -23,6 +23,7 @@ class _StdoutPartition(SinkPartition):
         if data:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
+            self.bytes_written += len(data)
 
 
 class StdoutSink(SinkSpec):

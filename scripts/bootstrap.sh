@@ -26,6 +26,6 @@ stamp=.venv/.edgeflow-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev,mqtt]'
+  .venv/bin/python -m pip install -q -e '.[dev,mqtt,plot]'
   echo "$want" > "$stamp"
 fi

@@ -97,7 +97,8 @@ def test_csv_and_bare_number() -> None:
         (b'{"ts": 1790000000}', "'temp' is missing and has no default"),
         (b'{"temp": 1}', "missing time field 'ts'"),
         (b'{"ts": 1790000000, "temp": 1, "temp": 2}', "duplicate key 'temp'"),
-        (b'{"ts": 99999999999999, "temp": 1}', "in the future"),
+        (b'{"ts": 99999999999999, "temp": 1}', "beyond the year 2262"),
+        (b'{"ts": 4102444800000, "temp": 1}', "in the future"),
         (b'{"ts": 1, "temp": 1}', "in the past"),
         (b'{"ts": "2026-01-01T00:00:00", "temp": 1}', "no UTC offset"),
         (b'{"ts": 1e400, "temp": 1}', "infinity"),
@@ -144,3 +145,11 @@ def test_schema_problems_are_reported_for_validation() -> None:
     assert "csv_columns" in check_schema("csv", "dev", "ts", ["t"], {}, [])[0]
     assert "exactly one field" in check_schema("number", "dev", "received", ["a", "b"], {}, [])[0]
     assert "type 'str'" in check_schema("json", "topic[1]", "ts", ["t"], {"t": "str"}, [])[0]
+
+
+def test_a_timestamp_beyond_int64_ns_is_a_clear_error_not_an_overflow() -> None:
+    from edgeflow.connectors.parse import parse_time
+
+    with pytest.raises(ValueError, match=r"beyond the year 2262.*time_unit="):
+        parse_time(60_000_000_000, "auto")  # 6e10 s: year 3870
+    assert parse_time(60_000_000_000, "ns") == 60_000_000_000

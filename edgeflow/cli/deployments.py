@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from edgeflow.cli.supervisor import alive, read_json
+from edgeflow.engine.figures import outbox_figures, summary_line
 
 DEFAULT_ROOT = Path(".edgeflow") / "deployments"
 ROOT_OPTION = click.option(
@@ -61,16 +62,15 @@ def _describe(d: Path) -> str:
     pid = alive(d / "supervisor.pid")
     st = read_json(d / "status.json")
     stats = read_json(d / "stats.json")
-    c = stats.get("counters", {})
     state = f"running (pid {pid})" if pid else "stopped"
     up = f"up {time.time() - st['started_at']:.0f}s" if pid and "started_at" in st else ""
-    written = sum(v for k, v in c.items() if k.startswith("records_to."))
-    ratio = c.get("readings_in", 0) / written if written else 0.0
+    figs = stats.get("figures", {})
+    if not pid:  # rates of a stopped deployment are 0; its outbox may still hold records
+        figs = {**figs, "readings_per_s": 0, "records_per_s": 0}
+        figs.update(outbox_figures(d / "state" / "outbox.sqlite"))
     return (
         f"{d.name}: {state} {up} restarts {st.get('restarts', 0)} last exit {st.get('last_exit')} | "
-        f"{stats.get('readings_per_s', 0):.0f} readings/s, {c.get('readings_in', 0)} in, {written} records out "
-        f"(reduction {ratio:.1f}x), late {c.get('late', 0)}, dead letters {c.get('dead_letters', 0)}, "
-        f"anomalies {c.get('anomalies', 0)}"
+        f"{summary_line(figs)}"
     )
 
 

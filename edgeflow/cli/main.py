@@ -21,7 +21,9 @@ from edgeflow.cli.deployments import (
     status_cmd,
     stop_cmd,
 )
+from edgeflow.cli.live import LiveView, wanted
 from edgeflow.cli.params import DURATION, FLOW
+from edgeflow.cli.plot import plot_cmd
 from edgeflow.cli.score import score_cmd
 from edgeflow.cli.supervisor import alive
 from edgeflow.engine import RunOptions, run, stop
@@ -38,7 +40,13 @@ def _plan_or_exit(flow: Flow) -> Plan:
 
 
 def _run(
-    plan: Plan, *, run_for: int | None, workers: int, state_dir: Path | None, snapshot_every: int
+    plan: Plan,
+    *,
+    run_for: int | None,
+    workers: int,
+    state_dir: Path | None,
+    snapshot_every: int,
+    live: bool | None = None,
 ) -> None:
     # SIGTERM (docker stop, systemd, kill) stops gracefully: sources end, state is snapshotted
     signal.signal(signal.SIGTERM, lambda *_: stop())
@@ -50,11 +58,17 @@ def _run(
         snapshot_every_ns=snapshot_every,
         metrics_port=int(port) if port else None,
     )
+    view = LiveView(plan, state_dir) if wanted(plan, live, sys.stderr.isatty()) else None
+    if view is not None:
+        view.start()
     try:
         summary = run(plan, opts)
     except RuntimeError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    finally:
+        if view is not None:
+            view.stop()
     for line in summary.lines():
         click.echo(line, err=True)
 
@@ -103,6 +117,12 @@ _common = [
         help="Worker threads.",
     ),
     click.option(
+        "--live/--no-live",
+        default=None,
+        help="Show the live console view of the flow's figures on stderr (default: when "
+        "stderr is a terminal and no sink prints to the console).",
+    ),
+    click.option(
         "--snapshot-every",
         type=DURATION,
         default="2s",
@@ -141,7 +161,12 @@ def main() -> None:
     help="Keep snapshots here and resume from them.",
 )
 def run_cmd(
-    flow: Flow, run_for: int | None, workers: int, snapshot_every: int, state_dir: Path | None
+    flow: Flow,
+    run_for: int | None,
+    workers: int,
+    snapshot_every: int,
+    live: bool | None,
+    state_dir: Path | None,
 ) -> None:
     """Run FLOW in the foreground."""
     _run(
@@ -150,6 +175,7 @@ def run_cmd(
         workers=workers,
         state_dir=state_dir,
         snapshot_every=snapshot_every,
+        live=live,
     )
 
 
@@ -174,6 +200,7 @@ def deploy_cmd(
     run_for: int | None,
     workers: int,
     snapshot_every: int,
+    live: bool | None,
     name: str | None,
     detach: bool,
     root: Path,
@@ -207,10 +234,18 @@ def deploy_cmd(
         )
     state = state_dir or root / dep / "state"
     click.echo(f"state directory: {state}", err=True)
-    _run(plan, run_for=run_for, workers=workers, state_dir=state, snapshot_every=snapshot_every)
+    _run(
+        plan,
+        run_for=run_for,
+        workers=workers,
+        state_dir=state,
+        snapshot_every=snapshot_every,
+        live=live,
+    )
 
 
 main.add_command(score_cmd)
+main.add_command(plot_cmd)
 for _cmd in (status_cmd, logs_cmd, stop_cmd, list_cmd):
     main.add_command(_cmd)
 

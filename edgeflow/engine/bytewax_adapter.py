@@ -91,7 +91,9 @@ class _SourcePart(StatefulSourcePartition[Any, Any]):
         if dl is not None and now_ns() >= dl:
             self.control.stopped_by_deadline.set()
             raise StopIteration
+        before = self.part.bytes_read
         items = self.part.next_batch()
+        COUNTERS.add("bytes_in", self.part.bytes_read - before)
         for it in items:
             if isinstance(it, Batch):
                 COUNTERS.add("readings_in", len(it))
@@ -156,6 +158,9 @@ class _WindowLogic(StatefulBatchLogic[Batch, tuple[str, RecordBatch], bytes]):
         now = now_ns()
         for b in values:
             self._emit(self.kernel.step_batch(self.state, b, now), out)
+        wm = self.kernel.newest_watermark(self.state, now)
+        if wm is not None:
+            COUNTERS.raise_to(f"watermark.{self.kernel.step}", wm)
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[tuple[str, RecordBatch]], bool]:
@@ -225,8 +230,10 @@ class _StatefulSinkPart(StatefulSinkPartition[RecordBatch, Any]):
         self.name = name
 
     def write_batch(self, values: list[RecordBatch]) -> None:
+        before = self.part.bytes_written
         self.part.write(values)
         COUNTERS.add(f"records_to.{self.name}", sum(v.n for v in values))
+        COUNTERS.add(f"bytes_to.{self.name}", self.part.bytes_written - before)
 
     def snapshot(self) -> Any:
         return self.part.snapshot()
@@ -257,8 +264,10 @@ class _StatelessSinkPart(StatelessSinkPartition[tuple[str, RecordBatch]]):
 
     def write_batch(self, items: list[tuple[str, RecordBatch]]) -> None:
         values = [v for _, v in items]
+        before = self.part.bytes_written
         self.part.write(values)
         COUNTERS.add(f"records_to.{self.name}", sum(v.n for v in values))
+        COUNTERS.add(f"bytes_to.{self.name}", self.part.bytes_written - before)
 
     def close(self) -> None:
         self.part.close()

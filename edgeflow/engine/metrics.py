@@ -13,13 +13,20 @@ path nothing. Labels are bounded: ``flow``, and ``sink`` for per-sink figures (n
 | ``edgeflow_trend_points_in_total`` / ``..._out_total`` | counter | flow |
 | ``edgeflow_records_written_total`` | counter | flow, sink |
 | ``edgeflow_reduction_ratio`` | gauge | flow (readings in / records written) |
+| ``edgeflow_bytes_in_total`` | counter | flow (raw bytes read by the sources) |
+| ``edgeflow_bytes_written_total`` | counter | flow, sink |
+| ``edgeflow_watermark_lag_seconds`` | gauge | flow, step (wall clock - newest watermark) |
+| ``edgeflow_outbox_depth`` / ``edgeflow_outbox_dropped_total`` | gauge / counter | flow |
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from edgeflow.engine.counters import COUNTERS
+from edgeflow.engine.figures import outbox_figures
 
 SIMPLE = {
     "readings_in": ("edgeflow_readings_in", "Readings read from sources"),
@@ -29,12 +36,14 @@ SIMPLE = {
     "anomalies": ("edgeflow_anomalies", "Anomaly events emitted"),
     "trend_points_in": ("edgeflow_trend_points_in", "Readings entering downsampling steps"),
     "trend_points": ("edgeflow_trend_points_out", "Points kept by downsampling steps"),
+    "bytes_in": ("edgeflow_bytes_in", "Raw bytes read by the sources"),
 }
 
 
 class _Collector:
-    def __init__(self, flow: str) -> None:
+    def __init__(self, flow: str, outbox: Path | None) -> None:
         self.flow = flow
+        self.outbox = outbox
 
     def collect(self) -> Iterator[object]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -60,12 +69,39 @@ class _Collector:
         )
         ratio.add_metric([self.flow], c.get("readings_in", 0) / total if total else 0.0)
         yield ratio
+        nbytes = CounterMetricFamily(
+            "edgeflow_bytes_written", "Bytes written by each sink", labels=["flow", "sink"]
+        )
+        lag = GaugeMetricFamily(
+            "edgeflow_watermark_lag_seconds",
+            "Wall clock minus the newest watermark of each window step",
+            labels=["flow", "step"],
+        )
+        now = time.time()
+        for key, value in sorted(c.items()):
+            if key.startswith("bytes_to."):
+                nbytes.add_metric([self.flow, key.split(".", 1)[1]], value)
+            elif key.startswith("watermark."):
+                lag.add_metric([self.flow, key.split(".", 1)[1]], now - value / 1e9)
+        yield nbytes
+        yield lag
+        box = outbox_figures(self.outbox)
+        depth = GaugeMetricFamily(
+            "edgeflow_outbox_depth", "Records waiting in the outbox for Kafka", labels=["flow"]
+        )
+        depth.add_metric([self.flow], box["outbox_depth"])
+        yield depth
+        dropped = CounterMetricFamily(
+            "edgeflow_outbox_dropped", "Records dropped from a full outbox", labels=["flow"]
+        )
+        dropped.add_metric([self.flow], box["outbox_dropped"])
+        yield dropped
 
 
-def serve(flow: str, port: int) -> None:
+def serve(flow: str, port: int, outbox: Path | None = None) -> None:
     """Expose the metrics of ``flow`` on http://0.0.0.0:<port>/metrics (a daemon thread)."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
-    registry.register(_Collector(flow))  # type: ignore[arg-type]
+    registry.register(_Collector(flow, outbox))  # type: ignore[arg-type]
     start_http_server(port, registry=registry)

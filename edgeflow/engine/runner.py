@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edgeflow.connectors.base import SinkContext
 from edgeflow.engine.counters import COUNTERS
+from edgeflow.engine.figures import figures
 from edgeflow.flow.plan import Plan
 from edgeflow.timeutil import now_ns
 
@@ -65,12 +66,19 @@ def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
     if opts.metrics_port is not None:
         from edgeflow.engine.metrics import serve
 
-        serve(plan.name, opts.metrics_port)
+        serve(
+            plan.name,
+            opts.metrics_port,
+            opts.state_dir / "outbox.sqlite" if opts.state_dir is not None else None,
+        )
     t0 = now_ns()
     stats_file = os.environ.get("EDGEFLOW_STATS_FILE")
     done = threading.Event()
     if stats_file:  # a managed deployment: `edgeflow status` reads these figures
-        threading.Thread(target=_write_stats, args=(Path(stats_file), done), daemon=True).start()
+        outbox = opts.state_dir / "outbox.sqlite" if opts.state_dir is not None else None
+        threading.Thread(
+            target=_write_stats, args=(Path(stats_file), outbox, done), daemon=True
+        ).start()
     try:
         bytewax_adapter.execute(plan, opts)
     finally:
@@ -83,15 +91,15 @@ def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
     return summary
 
 
-def _write_stats(path: Path, done: threading.Event) -> None:
-    """Every second: the run's counters and readings/s over the last second."""
-    last = (time.time(), COUNTERS.snapshot().get("readings_in", 0))
+def _write_stats(path: Path, outbox: Path | None, done: threading.Event) -> None:
+    """Every second: the run's figures (see :mod:`edgeflow.engine.figures`) and counters."""
+    last_t, last_c = time.time(), COUNTERS.snapshot()
     while not done.wait(1.0):
         now, c = time.time(), COUNTERS.snapshot()
-        rate = (c.get("readings_in", 0) - last[1]) / max(1e-9, now - last[0])
-        last = (now, c.get("readings_in", 0))
+        figs = figures(c, last_c, now - last_t, outbox=outbox, now=now)
+        last_t, last_c = now, c
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"at": now, "readings_per_s": rate, "counters": c}))
+        tmp.write_text(json.dumps({"at": now, "figures": figs, "counters": c}))
         tmp.replace(path)
 
 

@@ -362,6 +362,14 @@ class WindowKernel:
         base = np.where(wm == I64_MIN, I64_MIN // 2, wm)
         return _floor_div(base - s.offset - s.size, s.slide) + 1
 
+    def newest_watermark(self, state: WindowState, now_ns: int) -> int | None:
+        """The most advanced key's watermark (event time ns), or None before any reading."""
+        if not len(state.names):
+            return None
+        wm = self._watermarks(state, now_ns)
+        top = int(wm.max())
+        return None if top <= I64_MIN // 2 else top
+
     def _watermarks(self, state: WindowState, now_ns: int) -> I64:
         if self.processing:
             return np.full(len(state.names), now_ns, np.int64)

@@ -1,0 +1,1 @@
+"""``edgeflow plot``: a PNG of one key's raw readings, trend, window summaries and anomalies."""
