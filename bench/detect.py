@@ -8,10 +8,10 @@ is per reading either way).
 
 Latency: a real flow (simulated sensors in real time, 100 devices x 100 Hz = 10,000
 readings/s with injected spikes -> detect.zscore -> a sink) runs for 15 s (``--quick``: 8 s);
-for every anomaly event the sink records now - the reading's timestamp. A live simulated
-sensor hands a reading to the flow when its timestamp comes due, so this is the time from the
-reading entering the flow to its event reaching the sink. The first 2 s (a start-up backlog)
-are left out. Prints p50/p99/max.
+for every anomaly event the sink records the time since its reading entered the flow (its
+source partition handed it over) and, separately, since the reading's timestamp (which adds
+the wait for bytewax to poll the source). The first 2 s (a start-up backlog) are left out.
+Prints p50/p99/max.
 
 The last line is JSON: bench, per_s (zscore), baseline_per_s (River), ratio, p99_ms, and
 per-detector rates.
@@ -27,7 +27,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgeflow.batch import Batch, RecordBatch
-from edgeflow.connectors.base import SinkContext, SinkPartition, SinkSpec
+from edgeflow.connectors.base import (
+    SinkContext,
+    SinkPartition,
+    SinkSpec,
+    SourceContext,
+    SourcePartition,
+)
+from edgeflow.connectors.simulate import SimulatedSensors
 from edgeflow.ops import detect
 from edgeflow.ops.detect_kernel import DetectKernel
 
@@ -75,9 +82,37 @@ def river_rate(n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+ENTERED: dict[int, int] = {}  # reading time -> when the flow got it (ns); one partition
+
+
+class _StampedSensors(SimulatedSensors):
+    """simulate.sensors, noting when each reading enters the flow: the moment its source
+    partition hands it over (so the flow's own latency is measured, not the poll wait)."""
+
+    def open(self, partition: str, resume: Any, ctx: SourceContext) -> SourcePartition:
+        inner = super().open(partition, resume, ctx)
+
+        class Stamped(SourcePartition):
+            def next_batch(self) -> list[Any]:
+                items = inner.next_batch()
+                now = time.time_ns()
+                for b in items:
+                    if isinstance(b, Batch) and len(b):
+                        ENTERED.update(dict.fromkeys(set(b.t.tolist()), now))
+                return items
+
+            def next_awake(self) -> int | None:
+                return inner.next_awake()
+
+            def snapshot(self) -> Any:
+                return inner.snapshot()
+
+        return Stamped()
+
+
 class _LatencySink(SinkSpec):
     kind = "latency"
-    seen: ClassVar[list[tuple[int, float]]] = []  # (reading time ns, latency ms)
+    seen: ClassVar[list[tuple[int, float, float]]] = []  # (reading time, ms since due, ms in flow)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind}
@@ -89,20 +124,21 @@ class _LatencySink(SinkSpec):
             def write(self, batches: list[RecordBatch]) -> None:
                 now = time.time_ns()
                 for b in batches:
-                    t = np.asarray(b.columns["t"])
-                    seen.extend(zip(t.tolist(), ((now - t) / 1e6).tolist(), strict=True))
+                    for t in np.asarray(b.columns["t"]).tolist():
+                        seen.append((t, (now - t) / 1e6, (now - ENTERED[t]) / 1e6))
 
         return Part()
 
 
-def latency(seconds: int) -> tuple[float, float, float, int]:
+def latency(seconds: int) -> dict[str, float]:
     from edgeflow import Flow
-    from edgeflow.connectors import simulate
     from edgeflow.engine import RunOptions, run
 
     flow = Flow("bench-latency", shards=4)
     r = flow.source(
-        simulate.sensors(devices=DEVICES, rate_hz=100, seed=3, speed=1.0, spike_prob=0.002),
+        _StampedSensors(
+            devices=DEVICES, rate_hz=100, seed=3, speed=1.0, spike_prob=0.002, partitions=1
+        ),
         lateness="0s",
     )
     r.detect(detect.zscore(window=128), "accel", name="alerts").to(_LatencySink())
@@ -110,8 +146,17 @@ def latency(seconds: int) -> tuple[float, float, float, int]:
     run(flow.plan(), RunOptions(workers=1, run_for_ns=seconds * 10**9))
     # a live simulator starts at the last whole second, so its first batch replays the ticks
     # already due: leave the first 2 s out, they are a backlog, not live traffic
-    lat = np.asarray([ms for t, ms in _LatencySink.seen if t >= started + 2 * 10**9])
-    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), float(lat.max()), len(lat)
+    rows = [(due, flow_ms) for t, due, flow_ms in _LatencySink.seen if t >= started + 2 * 10**9]
+    due = np.asarray([d for d, _ in rows])
+    inflow = np.asarray([f for _, f in rows])
+    return {
+        "p50_ms": float(np.percentile(inflow, 50)),
+        "p99_ms": float(np.percentile(inflow, 99)),
+        "max_ms": float(inflow.max()),
+        "p50_from_timestamp_ms": float(np.percentile(due, 50)),
+        "p99_from_timestamp_ms": float(np.percentile(due, 99)),
+        "events": len(rows),
+    }
 
 
 def main() -> None:
@@ -142,13 +187,19 @@ def main() -> None:
         f"{'River HST':>9}: {base:>12,.0f} readings/s (HalfSpaceTrees, score_one + learn_one per reading)"
     )
     print(f"ratio zscore / River: {rates['zscore'] / base:,.0f}x")
-    p50, p99, worst, events = latency(8 if args.quick else 15)
+    lat = latency(8 if args.quick else 15)
     print(
-        f"latency reading -> anomaly event at the sink, 10,000 readings/s: p50 {p50:.3f} ms, p99 {p99:.3f} ms, max {worst:.3f} ms ({events} events)"
+        "latency reading enters the flow -> anomaly event at the sink, 10,000 readings/s: "
+        f"p50 {lat['p50_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms, max {lat['max_ms']:.3f} ms "
+        f"({lat['events']} events); from the reading's timestamp (includes waiting for the "
+        f"source to be polled): p50 {lat['p50_from_timestamp_ms']:.3f} ms, "
+        f"p99 {lat['p99_from_timestamp_ms']:.3f} ms"
     )
     print(json.dumps({
         "bench": "detect", "per_s": round(rates["zscore"]), "baseline_per_s": round(base),
-        "ratio": round(rates["zscore"] / base, 1), "p99_ms": round(p99, 3), "p50_ms": round(p50, 3),
+        "ratio": round(rates["zscore"] / base, 1), "p99_ms": round(lat["p99_ms"], 3),
+        "p50_ms": round(lat["p50_ms"], 3),
+        "p99_from_timestamp_ms": round(lat["p99_from_timestamp_ms"], 3),
         "readings": n, **{f"{k}_per_s": round(v) for k, v in rates.items()},
     }), flush=True)  # fmt: skip
 

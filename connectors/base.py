@@ -104,6 +104,12 @@ class SourceSpec(ABC):
     @abstractmethod
     def partitions(self) -> list[str]: ...
 
+    def keys_partitioned(self) -> bool:
+        """True when each key's readings all come through one partition, in order (so
+        per-key work such as detection can run inside the partition). Default: a single
+        partition."""
+        return len(self.partitions()) == 1
+
     @abstractmethod
     def open(self, partition: str, resume: Any, ctx: SourceContext) -> SourcePartition: ...
 

@@ -164,6 +164,9 @@ class TickSimulation(SourceSpec):
     def partitions(self) -> list[str]:
         return [str(p) for p in range(self.n_parts)]
 
+    def keys_partitioned(self) -> bool:
+        return True  # device d is always in partition d % partitions
+
     def start_ns(self, start: str | int | None = None) -> int:
         start = self.start if start is None else start
         if isinstance(start, int):

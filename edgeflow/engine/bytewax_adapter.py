@@ -46,7 +46,7 @@ from edgeflow.connectors.base import (
 from edgeflow.engine.counters import COUNTERS
 from edgeflow.engine.runner import RunOptions
 from edgeflow.engine.shard import Sharder
-from edgeflow.flow.plan import FeaturesPlan, Plan, SourcePlan, WindowPlan
+from edgeflow.flow.plan import DetectPlan, FeaturesPlan, Plan, SourcePlan, WindowPlan
 from edgeflow.ops.detect_kernel import DetectKernel
 from edgeflow.ops.downsample import DownsampleKernel
 from edgeflow.ops.window import StepOutput, WindowKernel
@@ -81,10 +81,20 @@ class _Control:
 
 
 class _SourcePart(StatefulSourcePartition[Any, Any]):
-    def __init__(self, part: SourcePartition, control: _Control, step: str) -> None:
+    """A connector partition. Detect steps fused into the source (see :func:`fusable`) run
+    here, on each batch as it is read, and their state is part of the source's snapshot."""
+
+    def __init__(
+        self,
+        part: SourcePartition,
+        control: _Control,
+        step: str,
+        fused: list[tuple[DetectKernel, dict[str, Any]]],
+    ) -> None:
         self.part = part
         self.control = control
         self.step = step
+        self.fused = fused
 
     def next_batch(self) -> list[Any]:
         dl = self.control.deadline_ns
@@ -94,12 +104,19 @@ class _SourcePart(StatefulSourcePartition[Any, Any]):
         before = self.part.bytes_read
         items = self.part.next_batch()
         COUNTERS.add("bytes_in", self.part.bytes_read - before)
+        alerts: list[Any] = []
         for it in items:
             if isinstance(it, Batch):
                 COUNTERS.add("readings_in", len(it))
+                for kernel, state in self.fused:
+                    COUNTERS.add("anomalies_in", len(it))
+                    rb = kernel.step_batch(state, it)
+                    if rb is not None:
+                        COUNTERS.add("anomalies", rb.n)
+                        alerts.append(rb)
             else:
                 COUNTERS.add("dead_letters", it.n)
-        return items
+        return items + alerts if alerts else items
 
     def next_awake(self) -> datetime | None:
         ns = self.part.next_awake()
@@ -109,16 +126,34 @@ class _SourcePart(StatefulSourcePartition[Any, Any]):
         return _dt(ns if dl is None else min(ns, dl))
 
     def snapshot(self) -> Any:
-        return self.part.snapshot()
+        if not self.fused:
+            return self.part.snapshot()
+        states = [pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL) for _, st in self.fused]
+        return {"source": self.part.snapshot(), "detect": states}
 
     def close(self) -> None:
         self.part.close()
 
 
+def fusable(plan: Plan) -> dict[str, list[DetectPlan]]:
+    """Detect steps that read a source's readings directly, when the source keeps each key in
+    one partition: they run inside the source step (per partition), so an alert leaves the
+    source with the reading that raised it instead of crossing to a separate stateful step
+    (bytewax activates each stateful step at most once a millisecond)."""
+    out: dict[str, list[DetectPlan]] = {}
+    for src in plan.sources:
+        if src.spec.keys_partitioned():
+            out[src.name] = [a for a in plan.detects if a.input == (src.name, "readings")]
+    return out
+
+
 class _Source(FixedPartitionedSource[Any, Any]):
-    def __init__(self, plan: Plan, src: SourcePlan, control: _Control) -> None:
+    def __init__(
+        self, plan: Plan, src: SourcePlan, control: _Control, fused: list[DetectPlan]
+    ) -> None:
         self.src = src
         self.control = control
+        self.fused = fused
         self.ctx = SourceContext(
             plan.name,
             src.name,
@@ -133,9 +168,26 @@ class _Source(FixedPartitionedSource[Any, Any]):
         return self.src.spec.partitions()
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _SourcePart:
+        kernels = [_detect_kernel(a) for a in self.fused]
+        if self.fused:
+            resume = None if resume_state is None else resume_state["source"]
+            states = (
+                [k.init() for k in kernels]
+                if resume_state is None
+                else [pickle.loads(b) for b in resume_state["detect"]]
+            )
+        else:
+            resume, states = resume_state, []
         return _SourcePart(
-            self.src.spec.open(for_part, resume_state, self.ctx), self.control, self.src.name
+            self.src.spec.open(for_part, resume, self.ctx),
+            self.control,
+            self.src.name,
+            list(zip(kernels, states, strict=True)),
         )
+
+
+def _detect_kernel(a: DetectPlan) -> DetectKernel:
+    return DetectKernel(a.name, a.field, a.detector, a.decision, a.learn_anomalies)
 
 
 class _WindowLogic(StatefulBatchLogic[Batch, tuple[str, RecordBatch], bytes]):
@@ -303,16 +355,48 @@ def _features(f: FeaturesPlan) -> Callable[[RecordBatch], Batch]:
     return convert
 
 
+def _of_step(step: str) -> Callable[[RecordBatch], bool]:
+    def test(rb: RecordBatch) -> bool:
+        return rb.step == step
+
+    return test
+
+
+def _constant(key: str) -> Callable[[Any], str]:
+    def const(_: Any) -> str:
+        return key
+
+    return const
+
+
 def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None) -> Dataflow:
     flow = Dataflow(plan.name)
     streams: dict[tuple[str, str], Stream[Any]] = {}
+    fused = fusable(plan)
     for src in plan.sources:
-        raw = op.input(src.name, flow, _Source(plan, src, control))
+        mine = fused.get(src.name, [])
+        raw = op.input(src.name, flow, _Source(plan, src, control, mine))
+        if mine:  # alerts of the detect steps fused into this source leave here
+            kinds = op.branch(
+                f"{src.name}__split_alerts",
+                raw,
+                lambda x: not (isinstance(x, RecordBatch) and x.kind == "anomaly"),
+            )
+            raw = kinds.trues
+            for a in mine:
+                mine_only = op.filter(f"{a.name}__fused", kinds.falses, _of_step(a.name))
+                streams[(a.name, "anomalies")] = op.key_on(
+                    f"{a.name}__key", mine_only, _constant(a.name)
+                )
         parts = op.branch(f"{src.name}__split_kinds", raw, lambda x: isinstance(x, Batch))
-        sharder = Sharder(plan.shards)
-        streams[(src.name, "readings")] = op.flat_map(
-            f"{src.name}__shard", parts.trues, sharder.split
-        )
+        readers = [w.input for w in plan.windows] + [d.input for d in plan.downsamples]
+        readers += [a.input for a in plan.detects if a not in mine]
+        readers += [i for k in plan.sinks for i in k.inputs]
+        if (src.name, "readings") in readers:  # (all detection fused: nothing to shard)
+            sharder = Sharder(plan.shards)
+            streams[(src.name, "readings")] = op.flat_map(
+                f"{src.name}__shard", parts.trues, sharder.split
+            )
         streams[(src.name, "dead_letters")] = op.key_on(
             f"{src.name}__dl_key", parts.falses, lambda _: "dead_letters"
         )
@@ -332,9 +416,10 @@ def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None)
             d.name, streams[d.input], _reduce_builder(ds_kernel, control)
         )
     for a in plan.detects:
-        det_kernel = DetectKernel(a.name, a.field, a.detector, a.decision, a.learn_anomalies)
+        if (a.name, "anomalies") in streams:
+            continue  # fused into its source
         streams[(a.name, "anomalies")] = op.stateful_batch(
-            a.name, streams[a.input], _reduce_builder(det_kernel, control)
+            a.name, streams[a.input], _reduce_builder(_detect_kernel(a), control)
         )
     for k in plan.sinks:
         ups = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import threading
@@ -79,6 +80,10 @@ def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
         threading.Thread(
             target=_write_stats, args=(Path(stats_file), outbox, done), daemon=True
         ).start()
+    # everything made so far (modules, the plan) lives for the whole run: keep it out of
+    # the cyclic collector's full passes, which would otherwise pause the flow for ms
+    gc.collect()
+    gc.freeze()
     try:
         bytewax_adapter.execute(plan, opts)
     finally:

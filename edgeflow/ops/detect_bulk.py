@@ -1,13 +1,15 @@
 """Detection vectorised across keys: all keys of a batch in repeated 2-D passes.
 
-This serves live batches (a reading or a few per key: usually one pass) and bulk ones (a
-replay: a pass per anomaly). Each key's remaining readings form one row of a NaN-padded matrix. A pass scores every row
-with the prefix semantics of :mod:`edgeflow.ops.detect` (each point against the state after
-the points before it), using cumulative sums and ``lfilter(axis=1)``. For each key, the
-points up to its first anomaly are final and are learnt straight from the pass's arrays.
-The anomaly is decided (streak, cooldown, forget), and the key's rest goes into the next
-pass. Passes repeat until every key is done, so a batch costs about (anomalies per key + 1)
-vectorised passes instead of per-key Python work.
+Each key's state is a row of arrays kept between batches (:class:`Stacked`), so a batch
+costs no per-key Python work. This serves live batches (a reading or a few per key:
+usually one pass) and bulk ones (a replay: a pass per anomaly). Each key's readings of the
+batch form one row of a NaN-padded matrix. A pass scores every row with the prefix
+semantics of :mod:`edgeflow.ops.detect` (each point against the state after the points
+before it), using cumulative sums and ``lfilter(axis=1)``. For each key, the points up to
+its first anomaly are final and are learnt straight from the pass's arrays. The anomaly is
+decided (streak, cooldown, forget), and the key's rest goes into the next pass. Passes
+repeat until every key is done, so a batch costs about (anomalies per key + 1) vectorised
+passes.
 
 The semantics are the Driver's (one point at a time), for z-score, EWMA and CUSUM with a
 fixed threshold. A key that starts adapting (a long streak of anomalies) finishes its batch
@@ -28,7 +30,6 @@ from edgeflow.ops.detect import (
     Decision,
     Detector,
     Driver,
-    DriverOut,
     ZScore,
     calibrate,
 )
@@ -39,43 +40,6 @@ SUPPORTED = (ZScore, EWMA, CUSUM)
 
 def supports(det: Detector, decision: Decision, learn_anomalies: bool) -> bool:
     return type(det) in SUPPORTED and decision.kind == "threshold" and not learn_anomalies
-
-
-class Grid:
-    """Each key's points in a NaN-padded row, with per-point outputs filled in place and the
-    Driver's streak and cooldown counters stacked; ``results`` writes the counters back."""
-
-    def __init__(self, xs: list[F64], states: list[dict[str, Any]]) -> None:
-        k = len(xs)
-        self.lens = np.array([len(x) for x in xs])
-        width = int(self.lens.max())
-        self.x = np.full((k, width), np.nan)
-        for i, x in enumerate(xs):
-            self.x[i, : len(x)] = x
-        self.out = {name: np.full((k, width), np.nan) for name in ("raw", "score", "low", "high")}
-        self.anomaly = np.zeros((k, width), bool)
-        self.event = np.zeros((k, width), bool)
-        self.streak = np.array([s["streak"] for s in states], np.int64)
-        self.since = np.array([s.get("since_event", 1 << 30) for s in states], np.int64)
-
-    def results(self, states: list[dict[str, Any]], thr: float) -> list[DriverOut]:
-        res = []
-        for i, s in enumerate(states):
-            s["streak"], s["since_event"] = int(self.streak[i]), int(self.since[i])
-            n = self.lens[i]
-            o = self.out
-            res.append(
-                DriverOut(
-                    o["raw"][i, :n],
-                    o["score"][i, :n],
-                    self.anomaly[i, :n],
-                    o["low"][i, :n],
-                    o["high"][i, :n],
-                    np.full(n, thr),
-                    self.event[i, :n],
-                )
-            )
-        return res
 
 
 class _Ewma:
@@ -115,6 +79,15 @@ class _Ewma:
         s["m"] = None if np.isnan(self.m[i]) else float(self.m[i])
         s["v"], s["n"] = float(self.v[i]), int(self.n[i])
 
+    def load(self, i: int, s: dict[str, Any]) -> None:
+        self.m[i] = np.nan if s["m"] is None else s["m"]
+        self.v[i], self.n[i] = s["v"], s["n"]
+
+    def extend(self, other: _Ewma) -> None:
+        self.m = np.concatenate([self.m, other.m])
+        self.v = np.concatenate([self.v, other.v])
+        self.n = np.concatenate([self.n, other.n])
+
 
 class _Z:
     def __init__(self, det: ZScore, sts: list[dict[str, Any]]) -> None:
@@ -127,12 +100,61 @@ class _Z:
         self.n = np.array([s["n"] for s in sts], np.int64)
 
     def score(self, rows: Arr, x: F64) -> tuple[F64, F64, F64]:
+        """Each point against the mean and std of the ``window`` points before it: the
+        history's sums, minus the history points that have left each point's window, plus
+        the batch points that entered it (prefix sums over the batch's columns only)."""
         w = self.det.window
         k, n = x.shape
-        h = self.h[rows]
-        has = ~np.isnan(h).all(axis=1)
+        self.hx = h = self.h[rows]
+        self.x = x
+        if n > w:  # a long segment: windows reach past the history; sums over [h | x]
+            return self._score_long(rows, h, x)
+        hv = ~np.isnan(h)
+        if hv.all():  # full histories (after warm-up): no masking needed
+            cnt_h = np.full(k, w)
+            base = h.mean(axis=1)
+            dh = h - base[:, None]
+        else:
+            cnt_h = np.count_nonzero(hv, axis=1)
+            has = cnt_h > 0
+            base = np.where(has, np.where(hv, h, 0.0).sum(axis=1) / np.maximum(cnt_h, 1), x[:, 0])
+            dh = np.where(hv, h - base[:, None], 0.0)
+        xv = ~np.isnan(x)
+        dx = np.where(xv, x - base[:, None], 0.0)
+        s1 = dh.sum(axis=1)[:, None]
+        s2 = np.einsum("ij,ij->i", dh, dh)[:, None]
+        if n == 1:
+            sum1, sum2, cnt = s1, s2, cnt_h[:, None]
+        else:  # exclusive prefix sums: points 0..j-1 of the batch, history columns 0..j-1
+            left, left2, leftc = dh[:, : n - 1], dh[:, : n - 1] ** 2, hv[:, : n - 1]
+            ent, ent2, entc = dx[:, : n - 1], dx[:, : n - 1] ** 2, xv[:, : n - 1]
+            zero = np.zeros((k, 1))
+            sum1 = s1 + np.concatenate([zero, np.cumsum(ent - left, axis=1)], axis=1)
+            sum2 = s2 + np.concatenate([zero, np.cumsum(ent2 - left2, axis=1)], axis=1)
+            moved = entc.astype(np.int64) - leftc
+            cnt = cnt_h[:, None] + np.concatenate([zero, np.cumsum(moved, axis=1)], axis=1)
+        return self._finish(rows, x, base, sum1, sum2, cnt)
+
+    def _finish(
+        self, rows: Arr, x: F64, base: F64, sum1: F64, sum2: F64, cnt: Arr
+    ) -> tuple[F64, F64, F64]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = sum1 / cnt
+            std = np.sqrt(np.maximum(sum2 / cnt - mean**2, 0.0))
+            raw = np.abs(x - base[:, None] - mean) / np.maximum(
+                std, 1e-12 * (1 + np.abs(base[:, None]))
+            )
+        raw = np.where(cnt > 0, np.nan_to_num(raw, nan=0.0, posinf=1e6), 0.0)
+        raw = raw * ((self.n[rows][:, None] + np.arange(x.shape[1])) >= self.det.warmup)
+        m = base[:, None] + np.nan_to_num(mean, nan=0.0)
+        return raw, m - self.det.level * std, m + self.det.level * std
+
+    def _score_long(self, rows: Arr, h: F64, x: F64) -> tuple[F64, F64, F64]:
+        w = self.det.window
+        k, n = x.shape
+        has = np.asarray(~np.isnan(h).all(axis=1))
         base = np.where(has, np.nanmean(np.where(has[:, None], h, 0.0), axis=1), x[:, 0])
-        self.z = z = np.concatenate([h, x], axis=1)
+        z = np.concatenate([h, x], axis=1)
         valid = ~np.isnan(z)
         d = np.where(valid, z - base[:, None], 0.0)
         zero = np.zeros((k, 1))
@@ -141,21 +163,25 @@ class _Z:
         cn = np.concatenate([zero, np.cumsum(valid, axis=1)], axis=1)
         end = w + np.arange(n)
         cnt = cn[:, end] - cn[:, end - w]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = (c1[:, end] - c1[:, end - w]) / cnt
-            std = np.sqrt(np.maximum((c2[:, end] - c2[:, end - w]) / cnt - mean**2, 0.0))
-            raw = np.abs(x - base[:, None] - mean) / np.maximum(
-                std, 1e-12 * (1 + np.abs(base[:, None]))
-            )
-        raw = np.where(cnt > 0, np.nan_to_num(raw, nan=0.0, posinf=1e6), 0.0)
-        raw = raw * ((self.n[rows][:, None] + np.arange(n)) >= self.det.warmup)
-        m = base[:, None] + np.nan_to_num(mean, nan=0.0)
-        return raw, m - self.det.level * std, m + self.det.level * std
+        return self._finish(
+            rows, x, base, c1[:, end] - c1[:, end - w], c2[:, end] - c2[:, end - w], cnt
+        )
 
     def learn(self, rows: Arr, f: Arr) -> None:
         w = self.det.window
-        cols = f[:, None] + np.arange(w)  # the w columns of z ending before column w + f
-        self.h[rows] = np.take_along_axis(self.z, cols, axis=1)
+        moved = f > 0
+        if not moved.any():
+            return
+        if moved.all() and (f == f[0]).all():  # the common case: every row learnt f points
+            step = int(f[0])
+            if step >= w:
+                self.h[rows] = self.x[:, step - w : step]
+            else:
+                self.h[rows] = np.concatenate([self.hx[:, step:], self.x[:, :step]], axis=1)
+        else:
+            z = np.concatenate([self.hx[moved], self.x[moved]], axis=1)
+            cols = f[moved][:, None] + np.arange(w)  # the w columns of z ending before w + f
+            self.h[rows[moved]] = np.take_along_axis(z, cols, axis=1)
         self.n[rows] += f
 
     def forget(self, rows: Arr) -> None:
@@ -164,6 +190,17 @@ class _Z:
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         row = self.h[i]
         s["hist"], s["n"] = row[~np.isnan(row)].copy(), int(self.n[i])
+
+    def load(self, i: int, s: dict[str, Any]) -> None:
+        w = self.det.window
+        self.h[i] = np.nan
+        if len(s["hist"]):
+            self.h[i, w - len(s["hist"]) :] = s["hist"]
+        self.n[i] = s["n"]
+
+    def extend(self, other: _Z) -> None:
+        self.h = np.concatenate([self.h, other.h])
+        self.n = np.concatenate([self.n, other.n])
 
 
 class _E:
@@ -189,6 +226,12 @@ class _E:
 
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         self.ew.scatter(i, s)
+
+    def load(self, i: int, s: dict[str, Any]) -> None:
+        self.ew.load(i, s)
+
+    def extend(self, other: _E) -> None:
+        self.ew.extend(other.ew)
 
 
 class _C:
@@ -232,6 +275,16 @@ class _C:
         self.ew.scatter(i, s["ew"])
         s["sp"], s["sn"], s["n"] = float(self.sp[i]), float(self.sn[i]), int(self.n[i])
 
+    def load(self, i: int, s: dict[str, Any]) -> None:
+        self.ew.load(i, s["ew"])
+        self.sp[i], self.sn[i], self.n[i] = s["sp"], s["sn"], s["n"]
+
+    def extend(self, other: _C) -> None:
+        self.ew.extend(other.ew)
+        self.sp = np.concatenate([self.sp, other.sp])
+        self.sn = np.concatenate([self.sn, other.sn])
+        self.n = np.concatenate([self.n, other.n])
+
 
 def _model(det: Detector, sts: list[dict[str, Any]]) -> _Z | _E | _C:
     if isinstance(det, ZScore):
@@ -243,74 +296,142 @@ def _model(det: Detector, sts: list[dict[str, Any]]) -> _Z | _E | _C:
     raise TypeError(type(det))
 
 
-def run_bulk(driver: Driver, states: list[dict[str, Any]], xs: list[F64]) -> list[DriverOut]:
+class Stacked:
+    """The detection state of every key of a shard, as rows of arrays: the model's
+    (:class:`_Z`, :class:`_E`, :class:`_C`), and the Driver's streak and cooldown counters.
+    Keys get a row the first time they are seen; rows are never reused."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        self.rows: dict[str, int] = {}
+        self.names: list[str] = []
+        self.model = _model(driver.detector, [])
+        self.streak = np.zeros(0, np.int64)
+        self.since = np.zeros(0, np.int64)
+        self._last_names: object = None
+        self._last_rows = np.empty(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def rows_of(self, names: tuple[str, ...] | list[str]) -> Arr:
+        """The row of each name, adding rows for names not seen before."""
+        if names is self._last_names:  # a source reuses its key tuple batch after batch
+            return self._last_rows
+        out = np.empty(len(names), np.int64)
+        new: list[str] = []
+        for i, name in enumerate(names):
+            r = self.rows.get(name)
+            if r is None:
+                r = self.rows[name] = len(self.names)
+                self.names.append(name)
+                new.append(name)
+            out[i] = r
+        if new:
+            det = self.driver.detector
+            self.model.extend(_model(det, [det.init() for _ in new]))  # type: ignore[arg-type]
+            self.streak = np.concatenate([self.streak, np.zeros(len(new), np.int64)])
+            self.since = np.concatenate([self.since, np.full(len(new), 1 << 30, np.int64)])
+        self._last_names, self._last_rows = names, out
+        return out
+
+    def driver_state(self, r: int) -> dict[str, Any]:
+        """Row r as the Driver's per-key state (for a key that adapts, finishing in the Driver)."""
+        st = self.driver.init()
+        self.model.scatter(r, st["det"])
+        st["streak"], st["since_event"] = int(self.streak[r]), int(self.since[r])
+        return st
+
+    def load(self, r: int, st: dict[str, Any]) -> None:
+        self.model.load(r, st["det"])
+        self.streak[r], self.since[r] = st["streak"], st["since_event"]
+
+
+class Events:
+    """What :func:`run_stacked` found: the anomalies that raise an event, as grid row and
+    column with their score, raw statistic and expected range."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[Arr, ...]] = []
+
+    def add(self, *cols: Arr) -> None:
+        if len(cols[0]):
+            self.parts.append(cols)
+
+    def arrays(self) -> tuple[Arr, ...]:
+        """(grid row, column, score, raw, low, high), in no particular order."""
+        if not self.parts:
+            return tuple(np.empty(0, t) for t in (np.int64, np.int64, *[np.float64] * 4))
+        return tuple(np.concatenate(c) for c in zip(*self.parts, strict=True))
+
+
+def run_stacked(stacked: Stacked, rows: Arr, xmat: F64, lens: Arr) -> Events:
+    """Score and learn ``xmat`` (row i: the points of the key at state row ``rows[i]``, the
+    first ``lens[i]`` of them valid) with one-at-a-time semantics; the state moves on."""
+    driver = stacked.driver
     det, dec = driver.detector, driver.decision
     thr, cooldown, adapt = dec.value, dec.cooldown, driver.adapt_after
-    grid = Grid(xs, states)
-    lens, xmat, out, anomaly, event = grid.lens, grid.x, grid.out, grid.anomaly, grid.event
-    streak, since = grid.streak, grid.since
     k, width = xmat.shape
-    model = _model(det, [s["det"] for s in states])
+    events = Events()
+    model, streak, since = stacked.model, stacked.streak, stacked.since
     pos = np.zeros(k, np.int64)
     handoff: list[int] = []
-    adapting = streak >= adapt if adapt is not None else np.zeros(k, bool)
+    adapting = streak[rows] >= adapt if adapt is not None else np.zeros(k, bool)
     handoff.extend(np.flatnonzero(adapting).tolist())
     active = np.flatnonzero(~adapting & (lens > 0))
     first = True
+    reach = 96  # points per later pass: about twice the recent gap between anomalies
     while len(active):
+        g = rows[active]  # state rows of the active grid rows
         rem = lens[active] - pos[active]
         # after the first pass only keys that hit an anomaly remain: short passes suffice
-        span = int(rem.max()) if first else min(int(rem.max()), 96)
-        first = False
-        cols = pos[active][:, None] + np.arange(span)
+        span = int(rem.max()) if first else min(int(rem.max()), reach)
         inside = np.arange(span) < rem[:, None]
-        x = np.where(
-            inside, np.take_along_axis(xmat[active], np.minimum(cols, width - 1), axis=1), np.nan
-        )
-        raw, low, high = model.score(active, x)
+        if first and span == width and len(active) == k:
+            x = xmat  # the whole grid: no gather
+        else:
+            cols = pos[active][:, None] + np.arange(span)
+            x = np.where(
+                inside,
+                np.take_along_axis(xmat[active], np.minimum(cols, width - 1), axis=1),
+                np.nan,
+            )
+        first = False
+        raw, low, high = model.score(g, x)
         score = calibrate(raw, det.level)
         flagged = (score >= thr) & inside
         has = flagged.any(axis=1)
-        f = np.where(
-            has, np.argmax(flagged, axis=1), np.minimum(rem, span)
-        )  # points before the first anomaly
-        upto = np.where(has, f + 1, f)  # points decided in this pass
-        keep = np.arange(span) < upto[:, None]
-        r_idx, c_idx = np.nonzero(keep)
-        rows, cc = active[r_idx], cols[r_idx, c_idx]
-        for name, arr in (("raw", raw), ("score", score), ("low", low), ("high", high)):
-            out[name][rows, cc] = arr[r_idx, c_idx]
-        anomaly[rows, cc] = flagged[r_idx, c_idx]
-        model.learn(active, f)
-        since[active] += f
-        streak[active] = np.where(f > 0, 0, streak[active])
-        hit = active[has]
-        if len(hit):
-            at = pos[hit] + f[has]
-            model.forget(hit)
-            ev = since[hit] + 1 > cooldown
-            event[hit, at] = ev
-            since[hit] = np.where(ev, 0, since[hit] + 1)
-            streak[hit] += 1
-        pos[active] += upto
+        # points before the first anomaly, and points decided in this pass
+        f = np.where(has, np.argmax(flagged, axis=1), np.minimum(rem, span))
+        model.learn(g, f)
+        since[g] += f
+        streak[g] = np.where(f > 0, 0, streak[g])
+        if has.any():
+            hit, gh, fh = active[has], g[has], f[has]
+            # scoring past a key's next anomaly is wasted: size the next pass to the gaps
+            reach = int(min(96, max(8, 2 * np.median(fh + 1))))
+            model.forget(gh)
+            ev = since[gh] + 1 > cooldown
+            if ev.any():
+                r = np.flatnonzero(has)[ev]
+                c = fh[ev]
+                events.add(hit[ev], pos[hit][ev] + c, score[r, c], raw[r, c], low[r, c], high[r, c])
+            since[gh] = np.where(ev, 0, since[gh] + 1)
+            streak[gh] += 1
+        pos[active] += np.where(has, f + 1, f)
+        done = pos[active] >= lens[active]
         if adapt is not None:
-            start = active[(streak[active] >= adapt) & (pos[active] < lens[active])]
-            handoff.extend(start.tolist())
-        else:
-            start = np.empty(0, np.int64)
-        active = active[(pos[active] < lens[active]) & ~np.isin(active, start)]
-    for i, s in enumerate(states):
-        model.scatter(i, s["det"])
-        s["streak"], s["since_event"] = int(streak[i]), int(since[i])
-    for i in handoff:  # adapting keys finish their points in the Driver, one at a time semantics
-        rest = driver.run(states[i], xs[i][pos[i] :])
-        p = int(pos[i])
-        for name in ("raw", "score", "low", "high"):
-            out[name][i, p : lens[i]] = getattr(rest, name)
-        anomaly[i, p : lens[i]] = rest.anomaly
-        event[i, p : lens[i]] = rest.event
-        streak[i], since[i] = (
-            states[i]["streak"],
-            states[i]["since_event"],
-        )  # as the Driver left them
-    return grid.results(states, thr)
+            start = (streak[g] >= adapt) & ~done
+            handoff.extend(active[start].tolist())
+            done |= start
+        active = active[~done]
+    for i in handoff:  # adapting keys finish their points in the Driver (one at a time)
+        r, p, n = int(rows[i]), int(pos[i]), int(lens[i])
+        st = stacked.driver_state(r)
+        rest = driver.run(st, xmat[i, p:n])
+        stacked.load(r, st)
+        at = np.flatnonzero(rest.event)
+        events.add(
+            np.full(len(at), i), p + at, rest.score[at], rest.raw[at], rest.low[at], rest.high[at]
+        )
+    return events

@@ -1,9 +1,10 @@
 """Anomaly detection over multi-key batches: one :class:`~edgeflow.ops.detect.Driver` state per
 key; emits anomaly events (kind ``anomaly``).
 
-Z-score, EWMA and CUSUM with a fixed threshold are scored across keys at once
-(:mod:`edgeflow.ops.detect_bulk`); other detectors go through the Driver key by key. Both
-give one-at-a-time semantics.
+Z-score, EWMA and CUSUM with a fixed threshold keep every key's state as rows of arrays
+and score all keys of a batch at once (:mod:`edgeflow.ops.detect_bulk`), with no per-key
+Python work; other detectors go through the Driver key by key. Both give one-at-a-time
+semantics.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from edgeflow.batch import Batch, RecordBatch
 from edgeflow.ops.detect import Decision, Detector, Driver, DriverOut
-from edgeflow.ops.detect_bulk import run_bulk, supports
+from edgeflow.ops.detect_bulk import Stacked, run_stacked, supports
 from edgeflow.ops.downsample import _by_key
 
 EVENT_COLUMNS = ("score", "raw", "threshold", "expected_low", "expected_high")
@@ -35,13 +36,65 @@ class DetectKernel:
         self.vectorised = supports(detector, decision, learn_anomalies)
 
     def init(self) -> dict[str, Any]:
-        return {"keys": {}, "in": 0, "anomalies": 0}
+        st: dict[str, Any] = {"keys": {}, "in": 0, "anomalies": 0}
+        if self.vectorised:
+            st["stacked"] = Stacked(self.driver)
+        return st
 
     def step_batch(self, state: dict[str, Any], batch: Batch) -> RecordBatch | None:
         if not len(batch):
             return None
-        x_all = batch.values[batch.fields.index(self.field)]
         state["in"] += len(batch)
+        if self.vectorised:
+            return self._stacked(state, batch)
+        return self._per_key(state, batch)
+
+    def _stacked(self, state: dict[str, Any], batch: Batch) -> RecordBatch | None:
+        stacked: Stacked = state["stacked"]
+        x = batch.values[batch.fields.index(self.field)]
+        t, codes = batch.t, batch.key_idx
+        ok = np.isfinite(x)
+        if not ok.all():
+            x, t, codes = x[ok], t[ok], codes[ok]
+            if not len(x):
+                return None
+        lut = stacked.rows_of(batch.keys)
+        n = len(codes)
+        if n == len(batch.keys) and (codes == np.arange(n)).all():
+            # a reading per key, keys in order (a live tick): the grid is the column itself
+            order = heads = np.arange(n)
+            c, lens = codes, np.ones(n, np.int64)
+            xmat = x[:, None]
+        else:  # one grid row per key present, its points in arrival order
+            order = np.argsort(codes, kind="stable")
+            c = codes[order]
+            heads = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+            lens = np.diff(np.r_[heads, len(c)])
+            grid_of = np.repeat(np.arange(len(heads)), lens)
+            col = np.arange(len(c)) - np.repeat(heads, lens)
+            xmat = np.full((len(heads), int(lens.max())), np.nan)
+            xmat[grid_of, col] = x[order]
+        gi, ci, score, raw, low, high = run_stacked(stacked, lut[c[heads]], xmat, lens).arrays()
+        if not len(gi):
+            return None
+        src = order[heads[gi] + ci]  # batch positions of the events
+        n = len(gi)
+        state["anomalies"] += n
+        names = stacked.names
+        key_rows = lut[c[heads[gi]]]
+        data: dict[str, Any] = {"key": [names[r] for r in key_rows.tolist()], "t": t[src]}
+        data["field"] = [self.field] * n
+        data["detector"] = [self.driver.detector.name] * n
+        data["value"] = x[src]
+        data["score"] = score
+        data["raw"] = raw
+        data["threshold"] = np.full(n, self.driver.decision.value)
+        data["expected_low"] = low
+        data["expected_high"] = high
+        return RecordBatch("anomaly", self.step, data, n, ("key", "t", "field"))
+
+    def _per_key(self, state: dict[str, Any], batch: Batch) -> RecordBatch | None:
+        x_all = batch.values[batch.fields.index(self.field)]
         groups: list[tuple[str, np.ndarray, np.ndarray]] = []
         for code, rows in _by_key(batch.key_idx):
             x, t = x_all[rows], batch.t[rows]
@@ -52,18 +105,12 @@ class DetectKernel:
                 groups.append((batch.keys[code], t, x))
         if not groups:
             return None
-        states = []
-        for key, _, _ in groups:
+        outs: list[DriverOut] = []
+        for key, _, x in groups:
             st = state["keys"].get(key)
             if st is None:
                 st = state["keys"][key] = self.driver.init()
-            states.append(st)
-        outs: list[DriverOut]
-        xs = [x for _, _, x in groups]
-        if self.vectorised:
-            outs = run_bulk(self.driver, states, xs)
-        else:
-            outs = [self.driver.run(st, x) for st, x in zip(states, xs, strict=True)]
+            outs.append(self.driver.run(st, x))
         keys: list[str] = []
         cols: dict[str, list[np.ndarray]] = {k: [] for k in ("t", "value", *EVENT_COLUMNS)}
         for (key, t, x), out in zip(groups, outs, strict=True):
