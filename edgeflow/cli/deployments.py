@@ -17,13 +17,26 @@ from edgeflow.cli.supervisor import alive, read_json
 from edgeflow.engine.figures import outbox_figures, summary_line
 
 DEFAULT_ROOT = Path(".edgeflow") / "deployments"
-ROOT_OPTION = click.option(
+_ROOT_HELP = "Where deployments live (or EDGEFLOW_DEPLOYMENTS)."
+#: deploy: ``--root`` (its ``--state-dir`` is the state of a foreground run)
+DEPLOY_ROOT_OPTION = click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),
     default=DEFAULT_ROOT,
     show_default=True,
     envvar="EDGEFLOW_DEPLOYMENTS",
-    help="Where deployments live (or EDGEFLOW_DEPLOYMENTS).",
+    help=_ROOT_HELP,
+)
+#: status, logs, stop, list: ``--root`` or its alias ``--state-dir``
+ROOT_OPTION = click.option(
+    "--root",
+    "--state-dir",
+    "root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_ROOT,
+    show_default=True,
+    envvar="EDGEFLOW_DEPLOYMENTS",
+    help=_ROOT_HELP,
 )
 
 

@@ -14,7 +14,7 @@ import click
 import orjson
 
 from edgeflow.cli.deployments import (
-    ROOT_OPTION,
+    DEPLOY_ROOT_OPTION,
     list_cmd,
     logs_cmd,
     start_detached,
@@ -188,7 +188,7 @@ def run_cmd(
     is_flag=True,
     help="Run under a supervisor in the background (restarts it if it dies).",
 )
-@ROOT_OPTION
+@DEPLOY_ROOT_OPTION
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),

@@ -7,6 +7,10 @@ This module is the only one in edgeflow that imports bytewax. Mapping:
   dead letters; readings are split by key shard into ``(shard, Batch)`` items;
 * each window step -> ``op.stateful_batch`` keyed by shard, running the numpy
   :class:`~edgeflow.ops.window.WindowKernel` (snapshots are the kernel's state);
+* each downsample or detect step -> ``op.stateful_batch`` keyed by shard; except a detect
+  step that reads a source whose partitions each own their keys (simulators, one-partition
+  sources): it runs inside that source's partitions, its state part of the source's
+  snapshot, so an alert leaves the source step with the reading that raised it;
 * each sink step -> ``op.output`` over a ``FixedPartitionedSink`` (stateful sinks, resumed
   from their position) or a ``DynamicSink`` (stateless ones).
 

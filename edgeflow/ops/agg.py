@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy import fft as scipy_fft
 
 from edgeflow.batch import F64, I64
 
@@ -314,9 +315,9 @@ class _FieldGroups:
         for g in np.flatnonzero(self.nonempty).tolist():  # one FFT per window (of any length)
             x = self.x[self.starts[g] : self.ends[g]]
             n = len(x)
-            power = np.abs(np.fft.rfft(x)) ** 2 / (n * n)
+            power = np.abs(scipy_fft.rfft(x)) ** 2 / (n * n)
             power[1 : (n + 1) // 2] *= 2  # one-sided: the negative frequencies, except DC/Nyquist
-            freqs = np.fft.rfftfreq(n, 1.0 / fs)
+            freqs = scipy_fft.rfftfreq(n, 1.0 / fs)
             top = freqs <= hi if hi >= fs / 2 else freqs < hi  # the top band includes Nyquist
             out[g] = float(power[(freqs >= lo) & top].sum())
         return out
