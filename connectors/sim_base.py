@@ -94,6 +94,8 @@ class TickSimulation(SourceSpec):
     default_key = "device"
     fields: tuple[str, ...] = ()
     prefix = "dev-"
+    #: the schedule of injected anomalies, if the simulator injects any
+    episodes: Episodes | None = None
 
     def __init__(
         self,
@@ -121,8 +123,17 @@ class TickSimulation(SourceSpec):
         raise NotImplementedError
 
     def injected(self, duration: Duration, start: str | int | None = None) -> list[Injected]:
-        """The anomalies this simulator injects in the first ``duration`` of its stream."""
-        return []
+        """The anomalies this simulator injects in the first ``duration`` of its stream
+        (an anomaly still going on at the end is cut there)."""
+        if self.episodes is None:
+            return []
+        t0 = self.start_ns(start)
+        horizon = parse_duration(duration) / 1e9
+        return [
+            Injected(self.key_name(d), t0 + int(a * 1e9), t0 + int(min(b, horizon) * 1e9), kind)
+            for d in range(self.devices)
+            for a, b, kind in self.episodes.upto(d, horizon)
+        ]
 
     # -- the source contract -----------------------------------------------------------------
     def columns(self) -> Sequence[str]:
@@ -249,6 +260,21 @@ class TickPartition(SourcePartition):
 
     def snapshot(self) -> Any:
         return {"tick": self.tick, "start": self.start_ns}
+
+
+def poisson_quantile(u: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """Poisson(lam) draws by inversion of uniforms ``u`` (a pure function of u and lam)."""
+    k = np.zeros(len(u))
+    p = np.exp(-lam)
+    cdf = p.copy()
+    for i in range(1, 30):
+        more = u > cdf
+        if not more.any():
+            break
+        k += more
+        p = p * lam / i
+        cdf += p
+    return k
 
 
 def from_env() -> dict[str, Any]:

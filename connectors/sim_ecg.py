@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from edgeflow.batch import Batch
-from edgeflow.connectors.sim_base import Episodes, Injected, TickSimulation
-from edgeflow.timeutil import Duration, parse_duration
+from edgeflow.connectors.sim_base import Episodes, TickSimulation
+from edgeflow.timeutil import Duration
 
 RHYTHMS = ("tachycardia", "bradycardia", "afib")
 # (offset s from the R peak, amplitude mV, width s) of the P, Q, R, S, T waves
@@ -39,6 +39,7 @@ class ECGMonitor(TickSimulation):
     default_key = "patient"
     fields = ("ecg",)
     prefix = "patient-"
+    episodes: Episodes
 
     def __init__(
         self,
@@ -67,15 +68,6 @@ class ECGMonitor(TickSimulation):
         self, part: int, dev_ids: np.ndarray, start_ns: int, fields: tuple[str, ...]
     ) -> _ECG:
         return _ECG(self, dev_ids, start_ns)
-
-    def injected(self, duration: Duration, start: str | int | None = None) -> list[Injected]:
-        t0 = self.start_ns(start)
-        horizon = parse_duration(duration) / 1e9
-        return [
-            Injected(self.key_name(d), t0 + int(a * 1e9), t0 + int(min(b, horizon) * 1e9), kind)
-            for d in range(self.devices)
-            for a, b, kind in self.episodes.upto(d, horizon)
-        ]
 
     def beats(self, dev: int, until_s: float) -> np.ndarray:
         """R-peak times (s from the start) of a patient up to ``until_s`` (and a little

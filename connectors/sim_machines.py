@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from edgeflow.batch import Batch
-from edgeflow.connectors.sim_base import Episodes, Injected, TickSimulation
-from edgeflow.timeutil import Duration, parse_duration
+from edgeflow.connectors.sim_base import Episodes, TickSimulation
+from edgeflow.timeutil import Duration
 
 BPFO_RATIO = 3.57  # impacts per shaft turn of a typical outer-race defect
 RESONANCE_HZ = 380.0
@@ -31,6 +31,7 @@ class MachineVibration(TickSimulation):
     default_key = "machine"
     fields = ("accel",)
     prefix = "m-"
+    episodes: Episodes
 
     def __init__(
         self,
@@ -68,19 +69,6 @@ class MachineVibration(TickSimulation):
             float(r.uniform(0, 2 * np.pi)),
             float(r.uniform(0, 2 * np.pi)),
         )
-
-    def injected(self, duration: Duration, start: str | int | None = None) -> list[Injected]:
-        t0 = self.start_ns(start)
-        horizon = parse_duration(duration) / 1e9
-        out = []
-        for dev in range(self.devices):
-            for a, b, kind in self.episodes.upto(dev, horizon):
-                out.append(
-                    Injected(
-                        self.key_name(dev), t0 + int(a * 1e9), t0 + int(min(b, horizon) * 1e9), kind
-                    )
-                )
-        return out
 
 
 class _Vibration:

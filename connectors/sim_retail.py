@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeflow.batch import Batch
-from edgeflow.connectors.sim_base import TickSimulation
-from edgeflow.connectors.sim_traffic import _poisson_quantile
+from edgeflow.connectors.sim_base import TickSimulation, poisson_quantile
 from edgeflow.timeutil import Duration
 
 BLOCK = 600
@@ -73,7 +72,7 @@ class _Sales:
         ticks = np.arange(blk * BLOCK, (blk + 1) * BLOCK)
         t = self.start_ns + ticks * 1_000_000_000
         hour = (t // 1_000_000_000 % 86_400) / 3600.0
-        n = _poisson_quantile(r.random(BLOCK), self.peak[j] * store_hours(hour)).astype(np.int64)
+        n = poisson_quantile(r.random(BLOCK), self.peak[j] * store_hours(hour)).astype(np.int64)
         total = int(n.sum())
         at = np.repeat(ticks, n) * 1_000_000_000 + r.integers(0, 1_000_000_000, total)
         amount = np.round(np.exp(r.normal(3.0, 0.6, total)), 2)

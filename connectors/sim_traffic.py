@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from edgeflow.batch import Batch
-from edgeflow.connectors.sim_base import Episodes, Injected, TickSimulation
-from edgeflow.timeutil import Duration, parse_duration
+from edgeflow.connectors.sim_base import Episodes, TickSimulation, poisson_quantile
+from edgeflow.timeutil import Duration
 
 BLOCK = 600  # ticks (seconds) per block of random draws
 
@@ -27,6 +27,7 @@ class TrafficSensors(TickSimulation):
     default_key = "intersection"
     fields = ("vehicles", "speed_kmh", "occupancy")
     prefix = "x-"
+    episodes: Episodes
 
     def __init__(
         self,
@@ -53,15 +54,6 @@ class TrafficSensors(TickSimulation):
         self, part: int, dev_ids: np.ndarray, start_ns: int, fields: tuple[str, ...]
     ) -> _Traffic:
         return _Traffic(self, dev_ids, start_ns, fields)
-
-    def injected(self, duration: Duration, start: str | int | None = None) -> list[Injected]:
-        t0 = self.start_ns(start)
-        horizon = parse_duration(duration) / 1e9
-        return [
-            Injected(self.key_name(d), t0 + int(a * 1e9), t0 + int(min(b, horizon) * 1e9), kind)
-            for d in range(self.devices)
-            for a, b, kind in self.episodes.upto(d, horizon)
-        ]
 
 
 def day_profile(hour: np.ndarray) -> np.ndarray:
@@ -115,7 +107,7 @@ class _Traffic:
                 lo = hi
             jam = self.spec.episodes.kind_at(dev, ticks.astype(np.float64)) == "congestion"
             rate = self.peak_rate[j] * profile * np.where(jam, 0.5, 1.0)
-            vehicles = _poisson_quantile(u, rate)
+            vehicles = poisson_quantile(u, rate)
             mean_speed = np.where(jam, 12.0, self.free_speed[j])
             spread = np.where(jam, 3.0, 6.0) / np.sqrt(np.maximum(vehicles, 1))
             speed = np.where(vehicles > 0, np.maximum(mean_speed + spread * zs, 3.0), np.nan)
@@ -131,21 +123,6 @@ class _Traffic:
             np.repeat(t, nd).astype(np.int64),
             np.stack([out[f].reshape(-1) for f in self.fields]),
         )
-
-
-def _poisson_quantile(u: np.ndarray, lam: np.ndarray) -> np.ndarray:
-    """Poisson(lam) draws by inversion of uniforms ``u`` (a pure function of u and lam)."""
-    k = np.zeros(len(u))
-    p = np.exp(-lam)
-    cdf = p.copy()
-    for i in range(1, 30):
-        more = u > cdf
-        if not more.any():
-            break
-        k += more
-        p = p * lam / i
-        cdf += p
-    return k
 
 
 def traffic(
