@@ -61,7 +61,10 @@ class _Ewma:
         d = a * (1 - a) * (x - m_before) ** 2
         v_after = lfilter([1.0], [1.0, -(1 - a)], d, axis=1, zi=((1 - a) * v0)[:, None])[0]
         v_before = np.concatenate([v0[:, None], v_after[:, :-1]], axis=1)
-        seen = self.n[rows][:, None] + np.arange(x.shape[1])
+        n0 = self.n[rows]
+        if len(n0) and n0.min() * -np.log1p(-a) > 40:  # (1-a)^n < 1e-17: no bias left
+            return m_before, v_before, m_after, v_after
+        seen = n0[:, None] + np.arange(x.shape[1])
         corr = -np.expm1(seen * np.log1p(-a))
         v = np.where(corr > 0, v_before / np.where(corr > 0, corr, 1.0), v_before)
         return m_before, v, m_after, v_after
@@ -245,19 +248,18 @@ class _C:
     def score(self, rows: Arr, x: F64) -> tuple[F64, F64, F64]:
         m, v, self.m_after, self.v_after = self.ew.prefix(rows, x)
         std = np.sqrt(v)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.nan_to_num(
-                (x - m) / np.maximum(std, 1e-12 * (1 + np.abs(m))), nan=0.0, posinf=1e6, neginf=-1e6
-            )
-        z = z * ((self.n[rows][:, None] + np.arange(x.shape[1])) >= self.det.warmup)
-
-        def lindley(y: F64, s0: F64) -> F64:
-            c = np.cumsum(y, axis=1)
-            out: F64 = c - np.minimum(np.minimum.accumulate(c, axis=1), -s0[:, None])
-            return out
-
-        self.sps = lindley(z - self.det.k, self.sp[rows])
-        self.sns = lindley(-z - self.det.k, self.sn[rows])
+        # (x is finite where it counts and std is kept above 0: z is finite there; NaN only
+        # in the padding past each row's points, which no decision reads)
+        z = (x - m) / np.maximum(std, 1e-12 * (1 + np.abs(m)))
+        n0 = self.n[rows]
+        if len(n0) and n0.min() < self.det.warmup:
+            z = z * ((n0[:, None] + np.arange(x.shape[1])) >= self.det.warmup)
+        # both one-sided sums at once: S_t = max(0, S_{t-1} + y_t), vectorised (Lindley)
+        y = np.stack([z - self.det.k, -z - self.det.k])
+        c = np.cumsum(y, axis=2)
+        s0 = np.stack([self.sp[rows], self.sn[rows]])[:, :, None]
+        sums = c - np.minimum(np.minimum.accumulate(c, axis=2), -s0)
+        self.sps, self.sns = sums[0], sums[1]
         return np.maximum(self.sps, self.sns), m - 3 * std, m + 3 * std
 
     def learn(self, rows: Arr, f: Arr) -> None:
