@@ -262,6 +262,21 @@ class TickPartition(SourcePartition):
         return {"tick": self.tick, "start": self.start_ns}
 
 
+def tick_major(
+    fields: tuple[str, ...], names: tuple[str, ...], t: np.ndarray, values: np.ndarray
+) -> Batch:
+    """The readings of every device at each tick, tick by tick: ``t`` has one time per tick,
+    ``values`` is (fields, ticks, devices)."""
+    nd = len(names)
+    return Batch(
+        fields,
+        names,
+        np.tile(np.arange(nd, dtype=np.int32), len(t)),
+        np.repeat(np.asarray(t, np.int64), nd),
+        values.reshape(len(fields), len(t) * nd),
+    )
+
+
 def poisson_quantile(u: np.ndarray, lam: np.ndarray) -> np.ndarray:
     """Poisson(lam) draws by inversion of uniforms ``u`` (a pure function of u and lam)."""
     k = np.zeros(len(u))

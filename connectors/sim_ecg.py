@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeflow.batch import Batch
-from edgeflow.connectors.sim_base import Episodes, TickSimulation
+from edgeflow.connectors.sim_base import Episodes, TickSimulation, tick_major
 from edgeflow.timeutil import Duration
 
 RHYTHMS = ("tachycardia", "bradycardia", "afib")
@@ -36,6 +36,10 @@ HALF_BEAT_S = 0.6  # the waves of a beat lie within this of its R peak
 
 
 class ECGMonitor(TickSimulation):
+    """ECG of ``patients`` patients sampled at ``rate_hz``, with injected tachycardia,
+    bradycardia and atrial-fibrillation episodes. Pacing as for
+    :func:`~edgeflow.connectors.simulate.sensors`."""
+
     default_key = "patient"
     fields = ("ecg",)
     prefix = "patient-"
@@ -132,34 +136,7 @@ class _ECG:
             # noise: a pure function of (seed, patient, tick)
             x += 0.02 * np.sin(ticks * 12.9898 + dev * 78.233) * np.cos(ticks * 4.1414 + dev)
             vals[:, j] = x
-        t = (self.start_ns + ticks * self.period_ns)[:, None] + np.zeros((1, nd), np.int64)
-        return Batch(
-            ("ecg",),
-            self.names,
-            np.tile(np.arange(nd, dtype=np.int32), b - a),
-            t.reshape(-1).astype(np.int64),
-            vals.reshape(1, -1),
-        )
+        return tick_major(("ecg",), self.names, self.start_ns + ticks * self.period_ns, vals)
 
 
-def ecg(
-    patients: int = 4,
-    rate_hz: float = 250.0,
-    seed: int = 0,
-    *,
-    speed: float | None = 1.0,
-    duration: Duration | None = None,
-    start: str | int | None = None,
-    partitions: int | None = None,
-    first_episode: float = 60.0,
-    episode_gap: tuple[float, float] = (120.0, 240.0),
-    episode_length: tuple[float, float] = (40.0, 90.0),
-) -> ECGMonitor:
-    """ECG of ``patients`` patients sampled at ``rate_hz``, with injected tachycardia,
-    bradycardia and atrial-fibrillation episodes. Pacing as for
-    :func:`~edgeflow.connectors.simulate.sensors`."""
-    return ECGMonitor(
-        patients, rate_hz, seed, speed=speed, duration=duration, start=start,
-        partitions=partitions, first_episode=first_episode, episode_gap=episode_gap,
-        episode_length=episode_length,
-    )  # fmt: skip
+ecg = ECGMonitor  # simulate.ecg(...): the flow-facing name

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeflow.batch import Batch
-from edgeflow.connectors.sim_base import Episodes, TickSimulation
+from edgeflow.connectors.sim_base import Episodes, TickSimulation, tick_major
 from edgeflow.timeutil import Duration
 
 BPFO_RATIO = 3.57  # impacts per shaft turn of a typical outer-race defect
@@ -28,6 +28,10 @@ FAULTS = ("bearing", "imbalance")
 
 
 class MachineVibration(TickSimulation):
+    """Vibration of ``machines`` rotating machines sampled at ``rate_hz``, with injected
+    bearing and imbalance faults (first after ``first_fault`` s, then every ``fault_gap``
+    s, each lasting ``fault_length`` s). Pacing as for :func:`~edgeflow.connectors.simulate.sensors`."""
+
     default_key = "machine"
     fields = ("accel",)
     prefix = "m-"
@@ -120,37 +124,10 @@ class _Vibration:
                 ring = np.exp(-tau / RING_S) * np.sin(2 * np.pi * RESONANCE_HZ * tau)
                 x += np.where(bearing, 1.5 * ring, 0.0)
             vals[:, j] = x
-        t = (self.start_ns + ticks * self.period_ns)[:, None] + np.zeros((1, nd), np.int64)
-        return Batch(
-            ("accel",),
-            self.names,
-            np.tile(np.arange(nd, dtype=np.int32), b - a),
-            t.reshape(-1).astype(np.int64),
-            vals.reshape(1, -1),
-        )
+        return tick_major(("accel",), self.names, self.start_ns + ticks * self.period_ns, vals)
 
 
 NOISE_BLOCK = 4096
 
 
-def vibration(
-    machines: int = 8,
-    rate_hz: float = 1000.0,
-    seed: int = 0,
-    *,
-    speed: float | None = 1.0,
-    duration: Duration | None = None,
-    start: str | int | None = None,
-    partitions: int | None = None,
-    first_fault: float = 60.0,
-    fault_gap: tuple[float, float] = (60.0, 150.0),
-    fault_length: tuple[float, float] = (8.0, 15.0),
-) -> MachineVibration:
-    """Vibration of ``machines`` rotating machines sampled at ``rate_hz``, with injected
-    bearing and imbalance faults (first after ``first_fault`` s, then every ``fault_gap``
-    s, each lasting ``fault_length`` s). Pacing as for :func:`~edgeflow.connectors.simulate.sensors`."""
-    return MachineVibration(
-        machines, rate_hz, seed, speed=speed, duration=duration, start=start,
-        partitions=partitions, first_fault=first_fault, fault_gap=fault_gap,
-        fault_length=fault_length,
-    )  # fmt: skip
+vibration = MachineVibration  # simulate.vibration(...): the flow-facing name

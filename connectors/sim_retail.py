@@ -29,6 +29,9 @@ def store_hours(hour: np.ndarray) -> np.ndarray:
 
 
 class PointOfSale(TickSimulation):
+    """Sales at ``stores`` stores, one reading per sale. Pacing as for
+    :func:`~edgeflow.connectors.simulate.sensors` (one tick = one second)."""
+
     default_key = "store"
     fields = ("amount", "items")
     prefix = "store-"
@@ -108,17 +111,4 @@ class _Sales:
         )
 
 
-def pos(
-    stores: int = 20,
-    seed: int = 0,
-    *,
-    speed: float | None = 1.0,
-    duration: Duration | None = None,
-    start: str | int | None = None,
-    partitions: int | None = None,
-) -> PointOfSale:
-    """Sales at ``stores`` stores, one reading per sale. Pacing as for
-    :func:`~edgeflow.connectors.simulate.sensors` (one tick = one second)."""
-    return PointOfSale(
-        stores, seed, speed=speed, duration=duration, start=start, partitions=partitions
-    )
+pos = PointOfSale  # simulate.pos(...): the flow-facing name

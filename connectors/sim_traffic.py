@@ -17,13 +17,17 @@ from __future__ import annotations
 import numpy as np
 
 from edgeflow.batch import Batch
-from edgeflow.connectors.sim_base import Episodes, TickSimulation, poisson_quantile
+from edgeflow.connectors.sim_base import Episodes, TickSimulation, poisson_quantile, tick_major
 from edgeflow.timeutil import Duration
 
 BLOCK = 600  # ticks (seconds) per block of random draws
 
 
 class TrafficSensors(TickSimulation):
+    """Loop detectors at ``intersections`` intersections, one reading a second, with injected
+    congestion (first after ``first_jam`` s, then every ``jam_gap`` s, each lasting
+    ``jam_length`` s). Pacing as for :func:`~edgeflow.connectors.simulate.sensors`."""
+
     default_key = "intersection"
     fields = ("vehicles", "speed_kmh", "occupancy")
     prefix = "x-"
@@ -116,31 +120,7 @@ class _Traffic:
             out["vehicles"][:, j] = vehicles
             out["speed_kmh"][:, j] = speed
             out["occupancy"][:, j] = occupancy
-        return Batch(
-            self.fields,
-            self.names,
-            np.tile(np.arange(nd, dtype=np.int32), b - a),
-            np.repeat(t, nd).astype(np.int64),
-            np.stack([out[f].reshape(-1) for f in self.fields]),
-        )
+        return tick_major(self.fields, self.names, t, np.stack([out[f] for f in self.fields]))
 
 
-def traffic(
-    intersections: int = 12,
-    seed: int = 0,
-    *,
-    speed: float | None = 1.0,
-    duration: Duration | None = None,
-    start: str | int | None = None,
-    partitions: int | None = None,
-    first_jam: float = 1800.0,
-    jam_gap: tuple[float, float] = (3600.0, 7200.0),
-    jam_length: tuple[float, float] = (600.0, 1200.0),
-) -> TrafficSensors:
-    """Loop detectors at ``intersections`` intersections, one reading a second, with injected
-    congestion (first after ``first_jam`` s, then every ``jam_gap`` s, each lasting
-    ``jam_length`` s). Pacing as for :func:`~edgeflow.connectors.simulate.sensors`."""
-    return TrafficSensors(
-        intersections, seed, speed=speed, duration=duration, start=start, partitions=partitions,
-        first_jam=first_jam, jam_gap=jam_gap, jam_length=jam_length,
-    )  # fmt: skip
+traffic = TrafficSensors  # simulate.traffic(...): the flow-facing name
