@@ -28,6 +28,16 @@ ALL = {
 }
 
 
+#: detectors scored across keys in stacked 2-D passes (edgeflow/ops/detect_bulk.py)
+STACKED = [
+    detect.zscore,
+    detect.ewma,
+    detect.cusum,
+    detect.mad,
+    lambda: detect.MAD(window=32, stride=4, diff=True),
+]
+
+
 def signal(seed: int, n: int = 1500) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = np.sin(np.arange(n) / 15) * 2 + rng.normal(0, 0.3, n)
@@ -227,7 +237,7 @@ def test_edgeflow_score_writes_one_scored_row_per_input_row(tmp_path: Path) -> N
     assert bad.returncode == 2 and "column 'when' is not in" in bad.stderr
 
 
-@pytest.mark.parametrize("make", [detect.zscore, detect.ewma, detect.cusum])
+@pytest.mark.parametrize("make", STACKED)
 def test_live_batches_scored_across_keys_equal_the_per_key_driver(make: object) -> None:
     from edgeflow.batch import Batch
     from edgeflow.ops.detect_kernel import DetectKernel
@@ -268,7 +278,7 @@ def test_live_batches_scored_across_keys_equal_the_per_key_driver(make: object) 
     assert len(got) > 10
 
 
-@pytest.mark.parametrize("make", [detect.zscore, detect.ewma, detect.cusum])
+@pytest.mark.parametrize("make", STACKED)
 def test_bulk_batches_scored_in_2d_passes_equal_the_per_key_driver(make: object) -> None:
     from edgeflow.batch import Batch
     from edgeflow.ops.detect_kernel import DetectKernel
@@ -308,7 +318,7 @@ def test_bulk_batches_scored_in_2d_passes_equal_the_per_key_driver(make: object)
     assert len(want) > 20
 
 
-@pytest.mark.parametrize("make", [detect.zscore, detect.ewma, detect.cusum])
+@pytest.mark.parametrize("make", STACKED)
 def test_stacked_state_follows_keys_that_come_go_and_reorder(make: object) -> None:
     """Keys get state rows as they appear; batches name them in any order, some skip
     batches, some readings are NaN; results equal each key's own Driver, and a pickled

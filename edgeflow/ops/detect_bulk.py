@@ -18,6 +18,7 @@ in the Driver. Scores equal the Driver's up to floating-point rounding.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from edgeflow.batch import F64
 from edgeflow.ops.detect import (
     CUSUM,
     EWMA,
+    MAD,
     Decision,
     Detector,
     Driver,
@@ -35,7 +37,7 @@ from edgeflow.ops.detect import (
 )
 
 Arr = np.ndarray
-SUPPORTED = (ZScore, EWMA, CUSUM)
+SUPPORTED = (ZScore, EWMA, CUSUM, MAD)
 
 
 def supports(det: Detector, decision: Decision, learn_anomalies: bool) -> bool:
@@ -288,7 +290,135 @@ class _C:
         self.n = np.concatenate([self.n, other.n])
 
 
-def _model(det: Detector, sts: list[dict[str, Any]]) -> _Z | _E | _C:
+class _M:
+    """Stacked robust z (MAD): history of learnt values (or differences), the median and
+    scaled MAD in force, the last learnt reading. The estimates are re-made each time a
+    key's learnt count reaches a multiple of ``stride``: all such refreshes of a pass at once,
+    as medians over a (keys, refreshes, window) block."""
+
+    def __init__(self, det: MAD, sts: list[dict[str, Any]]) -> None:
+        self.det = det
+        w = det.window
+        self.h = np.full((len(sts), w), np.nan)  # right-aligned history
+        for i, s in enumerate(sts):
+            if len(s["hist"]):
+                self.h[i, w - len(s["hist"]) :] = s["hist"]
+        self.n = np.array([s["n"] for s in sts], np.int64)
+        self.med = np.array([s["med"] for s in sts], np.float64)
+        self.mad = np.array([s["mad"] for s in sts], np.float64)
+        self.prev = np.array([np.nan if s["prev"] is None else s["prev"] for s in sts])
+
+    def score(self, rows: Arr, x: F64) -> tuple[F64, F64, F64]:
+        det = self.det
+        w, s = det.window, det.stride
+        k, span = x.shape
+        n0 = self.n[rows]
+        if det.diff:
+            p0 = self.prev[rows]
+            p0 = np.where(np.isnan(p0), x[:, 0], p0)
+            y = np.diff(np.concatenate([p0[:, None], x], axis=1), axis=1)
+        else:
+            y = x
+        self.hx, self.y, self.x = self.h[rows], y, x
+        z = np.concatenate([self.hx, y], axis=1)
+        # refreshes: after j points of this pass, where n0 + j is a multiple of the stride
+        self.first = first = s - n0 % s  # 1..s
+        n_ref = int(max(0, (span - int(first.min())) // s + 1))
+        if n_ref:
+            jr = first[:, None] + s * np.arange(n_ref)  # (k, R)
+            # refreshes past a row's last point are never used: point them at a window
+            # without padding, so the medians need no NaN handling
+            rem = np.count_nonzero(~np.isnan(x), axis=1)
+            jr = np.where(jr <= rem[:, None], jr, 0)
+            win = z[np.arange(k)[:, None, None], jr[:, :, None] + np.arange(w)]  # (k, R, w)
+            if np.isnan(win).any():  # histories still filling up (a window may be empty)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    m = np.nanmedian(win, axis=2)
+                    d = np.nanmedian(np.abs(win - m[:, :, None]), axis=2) * 1.4826
+            else:
+                m = _median_last(win)
+                d = _median_last(np.abs(win - m[:, :, None])) * 1.4826
+            self.ests = (m, d)
+        else:
+            self.ests = (np.empty((k, 0)), np.empty((k, 0)))
+        med, mad = self._in_force(rows, np.arange(span)[None, :])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            zz = np.abs(y - med) / np.maximum(mad, 1e-12 * (1 + np.abs(med)))
+        zz = np.nan_to_num(zz, nan=0.0, posinf=1e6)
+        if len(n0) and n0.min() < det.warmup:
+            zz = zz * ((n0[:, None] + np.arange(span)) >= det.warmup)
+        centre = x - y + med if det.diff else med
+        return zz, centre - det.level * mad, centre + det.level * mad
+
+    def _in_force(self, rows: Arr, j: Arr) -> tuple[F64, F64]:
+        """Median and MAD in force before point j of the pass (j: (k, m) or (k, 1))."""
+        m, d = self.ests
+        cnt = np.where(
+            j >= self.first[:, None], (j - self.first[:, None]) // self.det.stride + 1, 0
+        )
+        if not m.shape[1]:
+            return (
+                np.broadcast_to(self.med[rows][:, None], cnt.shape),
+                np.broadcast_to(self.mad[rows][:, None], cnt.shape),
+            )
+        at = np.clip(cnt - 1, 0, m.shape[1] - 1)
+        ri = np.arange(len(rows))[:, None]
+        med = np.where(cnt > 0, m[ri, at], self.med[rows][:, None])
+        mad = np.where(cnt > 0, d[ri, at], self.mad[rows][:, None])
+        return med, mad
+
+    def learn(self, rows: Arr, f: Arr) -> None:
+        moved = f > 0
+        if not moved.any():
+            return
+        w = self.det.window
+        med, mad = self._in_force(rows, f[:, None])  # the estimates in force next
+        self.med[rows] = med[:, 0]
+        self.mad[rows] = mad[:, 0]
+        z = np.concatenate([self.hx[moved], self.y[moved]], axis=1)
+        cols = f[moved][:, None] + np.arange(w)
+        self.h[rows[moved]] = np.take_along_axis(z, cols, axis=1)
+        self.prev[rows[moved]] = self.x[np.flatnonzero(moved), f[moved] - 1]
+        self.n[rows] += f
+
+    def forget(self, rows: Arr) -> None:
+        return None  # an anomaly is not learnt: differences skip it
+
+    def scatter(self, i: int, s: dict[str, Any]) -> None:
+        row = self.h[i]
+        s["hist"], s["n"] = row[~np.isnan(row)].copy(), int(self.n[i])
+        s["med"], s["mad"] = float(self.med[i]), float(self.mad[i])
+        s["prev"] = None if np.isnan(self.prev[i]) else float(self.prev[i])
+
+    def load(self, i: int, s: dict[str, Any]) -> None:
+        w = self.det.window
+        self.h[i] = np.nan
+        if len(s["hist"]):
+            self.h[i, w - len(s["hist"]) :] = s["hist"]
+        self.n[i], self.med[i], self.mad[i] = s["n"], s["med"], s["mad"]
+        self.prev[i] = np.nan if s["prev"] is None else s["prev"]
+
+    def extend(self, other: _M) -> None:
+        for name in ("h", "n", "med", "mad", "prev"):
+            setattr(self, name, np.concatenate([getattr(self, name), getattr(other, name)]))
+
+
+def _median_last(a: F64) -> F64:
+    """np.median(a, axis=-1) for arrays without NaN (the same values: the middle element, or
+    the mean of the two middle ones), without np.median's per-call overhead."""
+    w = a.shape[-1]
+    h = w // 2
+    if w % 2:
+        out: F64 = np.partition(a, h, axis=-1)[..., h]
+        return out
+    part = np.partition(a, [h - 1, h], axis=-1)
+    return (part[..., h - 1] + part[..., h]) / 2.0
+
+
+def _model(det: Detector, sts: list[dict[str, Any]]) -> _Z | _E | _C | _M:
+    if isinstance(det, MAD):
+        return _M(det, sts)
     if isinstance(det, ZScore):
         return _Z(det, sts)
     if isinstance(det, CUSUM):
@@ -393,11 +523,7 @@ def run_stacked(stacked: Stacked, rows: Arr, xmat: F64, lens: Arr) -> Events:
             x = xmat  # the whole grid: no gather
         else:
             cols = pos[active][:, None] + np.arange(span)
-            x = np.where(
-                inside,
-                np.take_along_axis(xmat[active], np.minimum(cols, width - 1), axis=1),
-                np.nan,
-            )
+            x = np.where(inside, xmat[active[:, None], np.minimum(cols, width - 1)], np.nan)
         first = False
         raw, low, high = model.score(g, x)
         score = calibrate(raw, det.level)
