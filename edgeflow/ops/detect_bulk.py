@@ -152,7 +152,7 @@ class _Z:
         raw = np.where(cnt > 0, np.nan_to_num(raw, nan=0.0, posinf=1e6), 0.0)
         raw = raw * ((self.n[rows][:, None] + np.arange(x.shape[1])) >= self.det.warmup)
         m = base[:, None] + np.nan_to_num(mean, nan=0.0)
-        return raw, m - self.det.level * std, m + self.det.level * std
+        return raw, m, self.det.level * std
 
     def _score_long(self, rows: Arr, h: F64, x: F64) -> tuple[F64, F64, F64]:
         w = self.det.window
@@ -221,7 +221,7 @@ class _E:
         raw = np.nan_to_num(raw, nan=0.0, posinf=1e6) * (
             (self.ew.n[rows][:, None] + np.arange(x.shape[1])) >= self.det.warmup
         )
-        return raw, m - self.det.level * std, m + self.det.level * std
+        return raw, m, self.det.level * std
 
     def learn(self, rows: Arr, f: Arr) -> None:
         self.ew.learn(rows, f, self.m_after, self.v_after)
@@ -257,12 +257,15 @@ class _C:
         if len(n0) and n0.min() < self.det.warmup:
             z = z * ((n0[:, None] + np.arange(x.shape[1])) >= self.det.warmup)
         # both one-sided sums at once: S_t = max(0, S_{t-1} + y_t), vectorised (Lindley)
-        y = np.stack([z - self.det.k, -z - self.det.k])
+        y = np.empty((2, *z.shape))
+        np.subtract(z, self.det.k, out=y[0])
+        np.subtract(-self.det.k, z, out=y[1])
         c = np.cumsum(y, axis=2)
-        s0 = np.stack([self.sp[rows], self.sn[rows]])[:, :, None]
+        s0 = np.empty((2, len(rows), 1))
+        s0[0, :, 0], s0[1, :, 0] = self.sp[rows], self.sn[rows]
         sums = c - np.minimum(np.minimum.accumulate(c, axis=2), -s0)
         self.sps, self.sns = sums[0], sums[1]
-        return np.maximum(self.sps, self.sns), m - 3 * std, m + 3 * std
+        return np.maximum(self.sps, self.sns), m, 3 * std
 
     def learn(self, rows: Arr, f: Arr) -> None:
         moved = np.flatnonzero(f > 0)
@@ -349,7 +352,7 @@ class _M:
         if len(n0) and n0.min() < det.warmup:
             zz = zz * ((n0[:, None] + np.arange(span)) >= det.warmup)
         centre = x - y + med if det.diff else med
-        return zz, centre - det.level * mad, centre + det.level * mad
+        return zz, centre, det.level * mad
 
     def _in_force(self, rows: Arr, j: Arr) -> tuple[F64, F64]:
         """Median and MAD in force before point j of the pass (j: (k, m) or (k, 1))."""
@@ -525,7 +528,7 @@ def run_stacked(stacked: Stacked, rows: Arr, xmat: F64, lens: Arr) -> Events:
             cols = pos[active][:, None] + np.arange(span)
             x = np.where(inside, xmat[active[:, None], np.minimum(cols, width - 1)], np.nan)
         first = False
-        raw, low, high = model.score(g, x)
+        raw, centre, half = model.score(g, x)  # expected range: centre -/+ half
         score = calibrate(raw, det.level)
         flagged = (score >= thr) & inside
         has = flagged.any(axis=1)
@@ -537,13 +540,14 @@ def run_stacked(stacked: Stacked, rows: Arr, xmat: F64, lens: Arr) -> Events:
         if has.any():
             hit, gh, fh = active[has], g[has], f[has]
             # scoring past a key's next anomaly is wasted: size the next pass to the gaps
-            reach = int(min(96, max(8, 2 * np.median(fh + 1))))
+            reach = int(min(96, max(8, 2 * (int(fh.sum()) / len(fh) + 1))))
             model.forget(gh)
             ev = since[gh] + 1 > cooldown
             if ev.any():
                 r = np.flatnonzero(has)[ev]
                 c = fh[ev]
-                events.add(hit[ev], pos[hit][ev] + c, score[r, c], raw[r, c], low[r, c], high[r, c])
+                mid, dev = centre[r, c], half[r, c]
+                events.add(hit[ev], pos[hit][ev] + c, score[r, c], raw[r, c], mid - dev, mid + dev)
             since[gh] = np.where(ev, 0, since[gh] + 1)
             streak[gh] += 1
         pos[active] += np.where(has, f + 1, f)
