@@ -56,13 +56,17 @@ class _Ewma:
     def prefix(self, rows: Arr, x: F64) -> tuple[F64, F64, F64, F64]:
         """(mean before, bias-corrected variance before, mean after, raw variance after)."""
         a = self.a
-        m0 = np.where(np.isnan(self.m[rows]), x[:, 0], self.m[rows])
+        m0 = self.m[rows]
+        if np.isnan(m0).any():  # keys with nothing learnt start at their first point
+            m0 = np.where(np.isnan(m0), x[:, 0], m0)
         v0 = self.v[rows]
         m_after = lfilter([a], [1.0, -(1 - a)], x, axis=1, zi=((1 - a) * m0)[:, None])[0]
-        m_before = np.concatenate([m0[:, None], m_after[:, :-1]], axis=1)
+        m_before = np.empty_like(m_after)
+        m_before[:, 0], m_before[:, 1:] = m0, m_after[:, :-1]
         d = a * (1 - a) * (x - m_before) ** 2
         v_after = lfilter([1.0], [1.0, -(1 - a)], d, axis=1, zi=((1 - a) * v0)[:, None])[0]
-        v_before = np.concatenate([v0[:, None], v_after[:, :-1]], axis=1)
+        v_before = np.empty_like(v_after)
+        v_before[:, 0], v_before[:, 1:] = v0, v_after[:, :-1]
         n0 = self.n[rows]
         if len(n0) and n0.min() * -np.log1p(-a) > 40:  # (1-a)^n < 1e-17: no bias left
             return m_before, v_before, m_after, v_after
