@@ -44,6 +44,39 @@ def supports(det: Detector, decision: Decision, learn_anomalies: bool) -> bool:
     return type(det) in SUPPORTED and decision.kind == "threshold" and not learn_anomalies
 
 
+def _pack(hists: list[F64], w: int) -> F64:
+    """Histories as rows of a (keys, w) matrix, right-aligned, NaN where still empty."""
+    h = np.full((len(hists), w), np.nan)
+    for i, hist in enumerate(hists):
+        if len(hist):
+            h[i, w - len(hist) :] = hist
+    return h
+
+
+def _unpad(row: F64) -> F64:
+    out: F64 = row[~np.isnan(row)].copy()
+    return out
+
+
+def _slide(h: F64, rows: Arr, old: F64, new: F64, f: Arr) -> None:
+    """Row i of ``h[rows]`` (which held ``old[i]``) learnt the first ``f[i]`` of ``new[i]``:
+    keep the last w values of old + those."""
+    moved = f > 0
+    if not moved.any():
+        return
+    w = h.shape[1]
+    if moved.all() and (f == f[0]).all():  # the common case: every row learnt f points
+        step = int(f[0])
+        if step >= w:
+            h[rows] = new[:, step - w : step]
+        else:
+            h[rows] = np.concatenate([old[:, step:], new[:, :step]], axis=1)
+        return
+    z = np.concatenate([old[moved], new[moved]], axis=1)
+    cols = f[moved][:, None] + np.arange(w)  # the w columns of z ending before w + f
+    h[rows[moved]] = np.take_along_axis(z, cols, axis=1)
+
+
 class _Ewma:
     """Stacked EWMA state (mean, variance, points learnt) and its 2-D prefix pass."""
 
@@ -102,10 +135,7 @@ class _Z:
     def __init__(self, det: ZScore, sts: list[dict[str, Any]]) -> None:
         self.det = det
         w = det.window
-        self.h = np.full((len(sts), w), np.nan)  # right-aligned history
-        for i, s in enumerate(sts):
-            if len(s["hist"]):
-                self.h[i, w - len(s["hist"]) :] = s["hist"]
+        self.h = _pack([s["hist"] for s in sts], w)
         self.n = np.array([s["n"] for s in sts], np.int64)
 
     def score(self, rows: Arr, x: F64) -> tuple[F64, F64, F64]:
@@ -177,34 +207,17 @@ class _Z:
         )
 
     def learn(self, rows: Arr, f: Arr) -> None:
-        w = self.det.window
-        moved = f > 0
-        if not moved.any():
-            return
-        if moved.all() and (f == f[0]).all():  # the common case: every row learnt f points
-            step = int(f[0])
-            if step >= w:
-                self.h[rows] = self.x[:, step - w : step]
-            else:
-                self.h[rows] = np.concatenate([self.hx[:, step:], self.x[:, :step]], axis=1)
-        else:
-            z = np.concatenate([self.hx[moved], self.x[moved]], axis=1)
-            cols = f[moved][:, None] + np.arange(w)  # the w columns of z ending before w + f
-            self.h[rows[moved]] = np.take_along_axis(z, cols, axis=1)
+        _slide(self.h, rows, self.hx, self.x, f)
         self.n[rows] += f
 
     def forget(self, rows: Arr) -> None:
         return None
 
     def scatter(self, i: int, s: dict[str, Any]) -> None:
-        row = self.h[i]
-        s["hist"], s["n"] = row[~np.isnan(row)].copy(), int(self.n[i])
+        s["hist"], s["n"] = _unpad(self.h[i]), int(self.n[i])
 
     def load(self, i: int, s: dict[str, Any]) -> None:
-        w = self.det.window
-        self.h[i] = np.nan
-        if len(s["hist"]):
-            self.h[i, w - len(s["hist"]) :] = s["hist"]
+        self.h[i] = _pack([s["hist"]], self.det.window)[0]
         self.n[i] = s["n"]
 
     def extend(self, other: _Z) -> None:
@@ -306,10 +319,7 @@ class _M:
     def __init__(self, det: MAD, sts: list[dict[str, Any]]) -> None:
         self.det = det
         w = det.window
-        self.h = np.full((len(sts), w), np.nan)  # right-aligned history
-        for i, s in enumerate(sts):
-            if len(s["hist"]):
-                self.h[i, w - len(s["hist"]) :] = s["hist"]
+        self.h = _pack([s["hist"] for s in sts], w)
         self.n = np.array([s["n"] for s in sts], np.int64)
         self.med = np.array([s["med"] for s in sts], np.float64)
         self.mad = np.array([s["mad"] for s in sts], np.float64)
@@ -379,13 +389,10 @@ class _M:
         moved = f > 0
         if not moved.any():
             return
-        w = self.det.window
         med, mad = self._in_force(rows, f[:, None])  # the estimates in force next
         self.med[rows] = med[:, 0]
         self.mad[rows] = mad[:, 0]
-        z = np.concatenate([self.hx[moved], self.y[moved]], axis=1)
-        cols = f[moved][:, None] + np.arange(w)
-        self.h[rows[moved]] = np.take_along_axis(z, cols, axis=1)
+        _slide(self.h, rows, self.hx, self.y, f)
         self.prev[rows[moved]] = self.x[np.flatnonzero(moved), f[moved] - 1]
         self.n[rows] += f
 
@@ -393,16 +400,12 @@ class _M:
         return None  # an anomaly is not learnt: differences skip it
 
     def scatter(self, i: int, s: dict[str, Any]) -> None:
-        row = self.h[i]
-        s["hist"], s["n"] = row[~np.isnan(row)].copy(), int(self.n[i])
+        s["hist"], s["n"] = _unpad(self.h[i]), int(self.n[i])
         s["med"], s["mad"] = float(self.med[i]), float(self.mad[i])
         s["prev"] = None if np.isnan(self.prev[i]) else float(self.prev[i])
 
     def load(self, i: int, s: dict[str, Any]) -> None:
-        w = self.det.window
-        self.h[i] = np.nan
-        if len(s["hist"]):
-            self.h[i, w - len(s["hist"]) :] = s["hist"]
+        self.h[i] = _pack([s["hist"]], self.det.window)[0]
         self.n[i], self.med[i], self.mad[i] = s["n"], s["med"], s["mad"]
         self.prev[i] = np.nan if s["prev"] is None else s["prev"]
 
