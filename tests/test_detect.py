@@ -35,6 +35,9 @@ STACKED = [
     detect.cusum,
     detect.mad,
     lambda: detect.MAD(window=32, stride=4, diff=True),
+    lambda: detect.seasonal(window=128, refresh=32, warmup=32),
+    lambda: detect._VarianceChange(level=3.0),
+    detect.auto,
 ]
 
 
@@ -247,6 +250,7 @@ def test_live_batches_scored_across_keys_equal_the_per_key_driver(make: object) 
     x = rng.normal(size=(1200, 40))
     x[rng.random(x.shape) < 0.003] += 8
     x[600:, :5] += 4  # lasting shifts: exercises adaptation after a streak
+    x[300:400, 10:20] *= 10  # bursts of variance
     live = DetectKernel("d", "v", make(), detect.threshold())  # type: ignore[operator]
     st_live = live.init()
     got = []
@@ -330,6 +334,7 @@ def test_stacked_state_follows_keys_that_come_go_and_reorder(make: object) -> No
     n_keys, n = 12, 600
     x = rng.normal(size=(n, n_keys)) + np.sin(np.arange(n)[:, None] / 30)
     x[rng.random(x.shape) < 0.01] += 7
+    x[300:360, :8] *= 10  # bursts of variance
     x[rng.random(x.shape) < 0.01] = np.nan
     kern = DetectKernel("d", "v", make(), detect.threshold())  # type: ignore[operator]
     st_ = kern.init()

@@ -314,10 +314,11 @@ class CUSUM(Detector):
 
 class Seasonal(Detector):
     """Seasonal residual: the dominant period P is found from the spectrum (FFT) of the last
-    ``window`` normal points (re-estimated every ``refresh`` learnt points), and a point is
-    scored by the robust z of its seasonal difference x(t) - x(t - P) against the recent
-    differences. Catches broken seasonality and frequency changes that stay inside the usual
-    range of values; for a signal with no clear period it falls back to P = 1."""
+    ``window`` normal points (re-estimated every ``refresh`` learnt points; see
+    :func:`seasonal_estimate`), and a point is scored by the robust z of its seasonal
+    difference x(t) - x(t - P) against the recent differences. Catches broken seasonality
+    and frequency changes that stay inside the usual range of values. For a signal with no
+    clear period, or one too long to be seen twice in the window, it falls back to P = 1."""
 
     name = "seasonal"
 
@@ -333,16 +334,8 @@ class Seasonal(Detector):
         h = st["hist"]
         if len(h) < 16:
             return
-        spec = np.abs(np.fft.rfft(h - h.mean()))
-        spec[:2] = 0.0  # no DC, no trend
-        k = int(np.argmax(spec))
-        strong = spec[k] > 8 * np.median(spec[2:]) if len(spec) > 4 else False
-        period = round(len(h) / k) if strong and k > 0 else 1
-        period = max(1, min(period, len(h) // 2))
-        st["period"] = period
-        r = h[period:] - h[:-period]
-        med = float(np.median(r))
-        st["med"], st["scale"] = med, float(np.median(np.abs(r - med))) * 1.4826
+        period, med, scale = seasonal_estimate(h[None, :])
+        st["period"], st["med"], st["scale"] = int(period[0]), float(med[0]), float(scale[0])
 
     def score(self, st: dict[str, Any], x: F64) -> Scores:
         h = st["hist"]
@@ -370,6 +363,55 @@ class Seasonal(Detector):
 
     def params(self) -> dict[str, Any]:
         return {"window": self.window, "level": self.level, "refresh": self.refresh}
+
+
+def seasonal_estimate(h: F64) -> tuple[np.ndarray, F64, F64]:
+    """Period, median and scaled MAD of the seasonal difference, for each row of ``h``
+    (rows of learnt values, oldest first, all of one length W >= 16).
+
+    The period is the dominant one of the spectrum: the row, detrended and Hann-windowed,
+    is transformed (FFT), the highest peak is located between bins (Gaussian interpolation),
+    and P = W / that frequency when the peak stands out (over 8 times the median bin) and
+    the period fits the window at least twice; otherwise P = 1 (no usable season: the
+    difference from the previous reading)."""
+    m, w = h.shape
+    t = np.arange(w) - (w - 1) / 2.0
+    centred = h - h.mean(axis=1, keepdims=True)
+    slope = centred @ t / (t @ t)
+    flat = centred - slope[:, None] * t  # no level, no trend
+    spec = np.abs(np.fft.rfft(flat * np.hanning(w), axis=1))
+    spec[:, 0] = 0.0
+    bins = spec.shape[1]
+    k = np.argmax(spec, axis=1)
+    rows = np.arange(m)
+    peak = spec[rows, k]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        la = np.log(spec[rows, np.clip(k - 1, 0, bins - 1)] + 1e-300)
+        lb = np.log(peak + 1e-300)
+        lc = np.log(spec[rows, np.clip(k + 1, 0, bins - 1)] + 1e-300)
+        bend = la - 2 * lb + lc
+        shift = np.where((k > 0) & (k < bins - 1) & (bend < 0), 0.5 * (la - lc) / bend, 0.0)
+    freq = k + np.clip(shift, -0.5, 0.5)  # cycles per window
+    strong = peak > 8 * median_rows(spec[:, 1:], bins - 1) if bins > 4 else np.zeros(m, bool)
+    usable = strong & (freq >= 2.0)  # seen at least twice
+    period = np.where(usable, np.rint(w / np.maximum(freq, 1.0)), 1).astype(np.int64)
+    period = np.clip(period, 1, w // 2)
+    ahead = np.arange(w) + period[:, None]
+    resid = np.where(ahead < w, np.take_along_axis(h, np.minimum(ahead, w - 1), axis=1) - h, np.nan)
+    count = w - period  # residuals per row (the rest is NaN padding)
+    med = median_rows(resid, count)
+    scale = median_rows(np.abs(resid - med[:, None]), count) * 1.4826
+    return period, med, scale
+
+
+def median_rows(a: F64, count: np.ndarray | int) -> F64:
+    """The median of each row's first ``count`` values after sorting (NaN sorts last): what
+    np.median gives for the row's valid values."""
+    srt = np.sort(a, axis=1)
+    c = np.broadcast_to(np.asarray(count, np.int64), (len(a),))
+    ar = np.arange(len(a))
+    out: F64 = (srt[ar, (c - 1) // 2] + srt[ar, c // 2]) / 2.0
+    return out
 
 
 class Limits(Detector):

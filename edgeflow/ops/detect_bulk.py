@@ -11,15 +11,19 @@ decided (streak, cooldown, forget), and the key's rest goes into the next pass. 
 repeat until every key is done, so a batch costs about (anomalies per key + 1) vectorised
 passes.
 
-The semantics are the Driver's (one point at a time), for z-score, EWMA and CUSUM with a
-fixed threshold. A key that starts adapting (a long streak of anomalies) finishes its batch
-in the Driver. Scores equal the Driver's up to floating-point rounding.
+The semantics are the Driver's (one point at a time) with a fixed threshold: for z-score,
+EWMA, CUSUM and MAD here, for the seasonal and variance-change detectors and ensembles
+such as ``auto()`` in :mod:`edgeflow.ops.detect_bulk_auto`. A key that starts adapting (a
+long streak of anomalies) finishes its batch in the Driver. Scores equal the Driver's up to
+floating-point rounding: short passes filter and sum by small matrix products instead of
+``lfilter`` and ``cumsum``.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from scipy.signal import lfilter
@@ -32,16 +36,25 @@ from edgeflow.ops.detect import (
     Decision,
     Detector,
     Driver,
+    Ensemble,
+    Seasonal,
     ZScore,
     calibrate,
 )
+from edgeflow.ops.detect import _VarianceChange as VarianceChange
 
 Arr = np.ndarray
-SUPPORTED = (ZScore, EWMA, CUSUM, MAD)
+SUPPORTED = (ZScore, EWMA, CUSUM, MAD, Seasonal, VarianceChange)
 
 
 def supports(det: Detector, decision: Decision, learn_anomalies: bool) -> bool:
-    return type(det) in SUPPORTED and decision.kind == "threshold" and not learn_anomalies
+    """Whether ``det`` runs stacked: the supported detectors, or an ensemble of them, with
+    a fixed threshold and anomalies not learnt."""
+    if decision.kind != "threshold" or learn_anomalies:
+        return False
+    if isinstance(det, Ensemble):
+        return all(type(p) in SUPPORTED for p in det.parts)
+    return type(det) in SUPPORTED
 
 
 def _pack(hists: list[F64], w: int) -> F64:
@@ -77,6 +90,37 @@ def _slide(h: F64, rows: Arr, old: F64, new: F64, f: Arr) -> None:
     h[rows[moved]] = np.take_along_axis(z, cols, axis=1)
 
 
+@functools.lru_cache(maxsize=256)
+def _decay(a: float, span: int) -> tuple[F64, F64]:
+    """For an exponential filter y_t = b x_t + (1-a) y_(t-1) over ``span`` points: the
+    matrix D with D[s, t] = (1-a)^(t-s) for s <= t (else 0) and the powers (1-a)^(t+1)."""
+    t = np.arange(span)
+    lag = t[None, :] - t[:, None]
+    mat: F64 = np.where(lag >= 0, (1 - a) ** np.maximum(lag, 0), 0.0)
+    power: F64 = np.power(1.0 - a, t + 1.0)
+    return mat, power
+
+
+@functools.lru_cache(maxsize=128)
+def _ones_upper(span: int) -> F64:
+    """U with U[s, t] = 1 for s <= t: y @ U is the running sum of each row of y."""
+    out: F64 = np.triu(np.ones((span, span)))
+    return out
+
+
+def _exp_filter(a: float, b: float, x: F64, y0: F64) -> F64:
+    """y_t = b x_t + (1-a) y_(t-1) along each row, from y_(-1) = y0. Short rows (later
+    passes) as one small matrix product, which costs less than lfilter's set-up; long ones
+    with lfilter. NaN padding at the end of a row gives finite values there, never read."""
+    span = x.shape[1]
+    if span > 96:
+        out: F64 = lfilter([b], [1.0, -(1 - a)], x, axis=1, zi=((1 - a) * y0)[:, None])[0]
+        return out
+    mat, power = _decay(a, span)
+    out = b * (np.where(x == x, x, 0.0) @ mat) + y0[:, None] * power
+    return out
+
+
 class _Ewma:
     """Stacked EWMA state (mean, variance, points learnt) and its 2-D prefix pass."""
 
@@ -93,11 +137,11 @@ class _Ewma:
         if np.isnan(m0).any():  # keys with nothing learnt start at their first point
             m0 = np.where(np.isnan(m0), x[:, 0], m0)
         v0 = self.v[rows]
-        m_after = lfilter([a], [1.0, -(1 - a)], x, axis=1, zi=((1 - a) * m0)[:, None])[0]
+        m_after = _exp_filter(a, a, x, m0)
         m_before = np.empty_like(m_after)
         m_before[:, 0], m_before[:, 1:] = m0, m_after[:, :-1]
         d = a * (1 - a) * (x - m_before) ** 2
-        v_after = lfilter([1.0], [1.0, -(1 - a)], d, axis=1, zi=((1 - a) * v0)[:, None])[0]
+        v_after = _exp_filter(a, 1.0, d, v0)
         v_before = np.empty_like(v_after)
         v_before[:, 0], v_before[:, 1:] = v0, v_after[:, :-1]
         n0 = self.n[rows]
@@ -213,6 +257,9 @@ class _Z:
     def forget(self, rows: Arr) -> None:
         return None
 
+    def limit(self, rows: Arr) -> Arr | None:
+        return None
+
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         s["hist"], s["n"] = _unpad(self.h[i]), int(self.n[i])
 
@@ -246,6 +293,9 @@ class _E:
     def forget(self, rows: Arr) -> None:
         return None
 
+    def limit(self, rows: Arr) -> Arr | None:
+        return None
+
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         self.ew.scatter(i, s)
 
@@ -277,7 +327,10 @@ class _C:
         y = np.empty((2, *z.shape))
         np.subtract(z, self.det.k, out=y[0])
         np.subtract(-self.det.k, z, out=y[1])
-        c = np.cumsum(y, axis=2)
+        span = z.shape[1]
+        # running sums; for short passes as a product with a triangle of ones (faster)
+        short = span <= 96
+        c = np.where(y == y, y, 0.0) @ _ones_upper(span) if short else np.cumsum(y, axis=2)
         s0 = np.empty((2, len(rows), 1))
         s0[0, :, 0], s0[1, :, 0] = self.sp[rows], self.sn[rows]
         sums = c - np.minimum(np.minimum.accumulate(c, axis=2), -s0)
@@ -294,6 +347,9 @@ class _C:
     def forget(self, rows: Arr) -> None:
         self.sp[rows] = 0.0
         self.sn[rows] = 0.0
+
+    def limit(self, rows: Arr) -> Arr | None:
+        return None
 
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         self.ew.scatter(i, s["ew"])
@@ -399,6 +455,9 @@ class _M:
     def forget(self, rows: Arr) -> None:
         return None  # an anomaly is not learnt: differences skip it
 
+    def limit(self, rows: Arr) -> Arr | None:
+        return None
+
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         s["hist"], s["n"] = _unpad(self.h[i]), int(self.n[i])
         s["med"], s["mad"] = float(self.med[i]), float(self.mad[i])
@@ -416,17 +475,37 @@ class _M:
 
 def _median_last(a: F64) -> F64:
     """np.median(a, axis=-1) for arrays without NaN (the same values: the middle element, or
-    the mean of the two middle ones), without np.median's per-call overhead."""
+    the mean of the two middle ones). A full sort along the last axis (numpy's SIMD sort)
+    is several times faster here than np.median's partition at two positions."""
     w = a.shape[-1]
     h = w // 2
+    srt = np.sort(a, axis=-1)
     if w % 2:
-        out: F64 = np.partition(a, h, axis=-1)[..., h]
+        out: F64 = srt[..., h]
         return out
-    part = np.partition(a, [h - 1, h], axis=-1)
-    return (part[..., h - 1] + part[..., h]) / 2.0
+    return (srt[..., h - 1] + srt[..., h]) / 2.0
 
 
-def _model(det: Detector, sts: list[dict[str, Any]]) -> _Z | _E | _C | _M:
+class Model(Protocol):
+    """A stacked model: per-key state as rows of arrays (one row per key).
+
+    ``score(rows, x)`` scores the (k, span) points of the state rows ``rows`` with prefix
+    semantics and returns (raw, centre, half): the statistic and the expected range
+    centre -/+ half. ``learn(rows, f)`` learns each row's first ``f`` points of the last
+    pass, ``forget(rows)`` is told of an anomaly (not learnt). ``limit(rows)`` (or None)
+    caps how many points each row may decide in a pass: a model re-estimated every N
+    learnt points must learn up to that point before scoring past it."""
+
+    def score(self, rows: Arr, x: F64) -> tuple[F64, F64, F64]: ...
+    def learn(self, rows: Arr, f: Arr) -> None: ...
+    def forget(self, rows: Arr) -> None: ...
+    def limit(self, rows: Arr) -> Arr | None: ...
+    def scatter(self, i: int, s: dict[str, Any]) -> None: ...
+    def load(self, i: int, s: dict[str, Any]) -> None: ...
+    def extend(self, other: Any) -> None: ...
+
+
+def _model(det: Detector, sts: list[dict[str, Any]]) -> Model:
     if isinstance(det, MAD):
         return _M(det, sts)
     if isinstance(det, ZScore):
@@ -435,7 +514,9 @@ def _model(det: Detector, sts: list[dict[str, Any]]) -> _Z | _E | _C | _M:
         return _C(det, sts)
     if isinstance(det, EWMA):
         return _E(det, sts)
-    raise TypeError(type(det))
+    from edgeflow.ops.detect_bulk_auto import model_of  # auto's other parts
+
+    return model_of(det, sts)
 
 
 class Stacked:
@@ -471,7 +552,7 @@ class Stacked:
             out[i] = r
         if new:
             det = self.driver.detector
-            self.model.extend(_model(det, [det.init() for _ in new]))  # type: ignore[arg-type]
+            self.model.extend(_model(det, [det.init() for _ in new]))
             self.streak = np.concatenate([self.streak, np.zeros(len(new), np.int64)])
             self.since = np.concatenate([self.since, np.full(len(new), 1 << 30, np.int64)])
         self._last_names, self._last_rows = names, out
@@ -487,6 +568,10 @@ class Stacked:
     def load(self, r: int, st: dict[str, Any]) -> None:
         self.model.load(r, st["det"])
         self.streak[r], self.since[r] = st["streak"], st["since_event"]
+
+    def run(self, rows: Arr, xmat: F64, lens: Arr) -> Events:
+        """The events of a grid of keys' points (see :func:`run_stacked`)."""
+        return run_stacked(self, rows, xmat, lens)
 
 
 class Events:
@@ -507,9 +592,21 @@ class Events:
         return tuple(np.concatenate(c) for c in zip(*self.parts, strict=True))
 
 
-def run_stacked(stacked: Stacked, rows: Arr, xmat: F64, lens: Arr) -> Events:
+def run_stacked(
+    stacked: Stacked,
+    rows: Arr,
+    xmat: F64,
+    lens: Arr,
+    *,
+    every_anomaly: bool = False,
+    ranges: tuple[F64, F64] | None = None,
+) -> Events:
     """Score and learn ``xmat`` (row i: the points of the key at state row ``rows[i]``, the
-    first ``lens[i]`` of them valid) with one-at-a-time semantics; the state moves on."""
+    first ``lens[i]`` of them valid) with one-at-a-time semantics; the state moves on.
+
+    Returns the anomalies that raise an event or, with ``every_anomaly``, every anomaly
+    (an ensemble decides its events over all its parts' anomalies). ``ranges``: (low, high)
+    matrices shaped like ``xmat`` that receive every point's expected range."""
     driver = stacked.driver
     det, dec = driver.detector, driver.decision
     thr, cooldown, adapt = dec.value, dec.cooldown, driver.adapt_after
@@ -523,24 +620,38 @@ def run_stacked(stacked: Stacked, rows: Arr, xmat: F64, lens: Arr) -> Events:
     active = np.flatnonzero(~adapting & (lens > 0))
     first = True
     reach = 96  # points per later pass: about twice the recent gap between anomalies
+    # calibrate() is increasing: a score reaches thr only where raw is about this or more
+    raw_thr = -det.level / 3.0 * np.log10(1.0 - thr) if thr < 1 else np.inf
+    raw_near, raw_sure = raw_thr * (1 - 1e-9), raw_thr * (1 + 1e-9)
     while len(active):
         g = rows[active]  # state rows of the active grid rows
         rem = lens[active] - pos[active]
+        lim = model.limit(g)
         # after the first pass only keys that hit an anomaly remain: short passes suffice
         span = int(rem.max()) if first else min(int(rem.max()), reach)
+        if lim is not None:  # a row decides no further than its model's next refresh
+            span = min(int(rem.max()), int(lim.max()))
+            rem = np.minimum(rem, lim)
         inside = np.arange(span) < rem[:, None]
-        if first and span == width and len(active) == k:
+        whole = first and span == width and len(active) == k
+        if whole:
             x = xmat  # the whole grid: no gather
         else:
             cols = pos[active][:, None] + np.arange(span)
             x = np.where(inside, xmat[active[:, None], np.minimum(cols, width - 1)], np.nan)
         first = False
         raw, centre, half = model.score(g, x)  # expected range: centre -/+ half
-        score = calibrate(raw, det.level)
-        flagged = (score >= thr) & inside
+        # score >= thr, from raw: calibrate() only where raw is within rounding of the
+        # threshold's raw value (almost never)
+        flagged = (raw >= raw_near) & inside
+        edge = np.flatnonzero(flagged & (raw < raw_sure))
+        if len(edge):
+            flagged.flat[edge] = calibrate(raw.flat[edge], det.level) >= thr
         has = flagged.any(axis=1)
         # points before the first anomaly, and points decided in this pass
         f = np.where(has, np.argmax(flagged, axis=1), np.minimum(rem, span))
+        if ranges is not None:
+            _keep_ranges(ranges, active, pos, centre, half, np.where(has, f + 1, f), whole)
         model.learn(g, f)
         since[g] += f
         streak[g] = np.where(f > 0, 0, streak[g])
@@ -550,11 +661,20 @@ def run_stacked(stacked: Stacked, rows: Arr, xmat: F64, lens: Arr) -> Events:
             reach = int(min(96, max(8, 2 * (int(fh.sum()) / len(fh) + 1))))
             model.forget(gh)
             ev = since[gh] + 1 > cooldown
-            if ev.any():
-                r = np.flatnonzero(has)[ev]
-                c = fh[ev]
+            keep = np.ones(len(gh), bool) if every_anomaly else ev
+            if keep.any():
+                r = np.flatnonzero(has)[keep]
+                c = fh[keep]
                 mid, dev = centre[r, c], half[r, c]
-                events.add(hit[ev], pos[hit][ev] + c, score[r, c], raw[r, c], mid - dev, mid + dev)
+                rc = raw[r, c]
+                events.add(
+                    hit[keep],
+                    pos[hit][keep] + c,
+                    calibrate(rc, det.level),
+                    rc,
+                    mid - dev,
+                    mid + dev,
+                )
             since[gh] = np.where(ev, 0, since[gh] + 1)
             streak[gh] += 1
         pos[active] += np.where(has, f + 1, f)
@@ -569,8 +689,27 @@ def run_stacked(stacked: Stacked, rows: Arr, xmat: F64, lens: Arr) -> Events:
         st = stacked.driver_state(r)
         rest = driver.run(st, xmat[i, p:n])
         stacked.load(r, st)
-        at = np.flatnonzero(rest.event)
+        at = np.flatnonzero(rest.anomaly if every_anomaly else rest.event)
         events.add(
             np.full(len(at), i), p + at, rest.score[at], rest.raw[at], rest.low[at], rest.high[at]
         )
+        if ranges is not None:
+            ranges[0][i, p:n], ranges[1][i, p:n] = rest.low, rest.high
     return events
+
+
+def _keep_ranges(
+    ranges: tuple[F64, F64], active: Arr, pos: Arr, centre: F64, half: F64, d: Arr, whole: bool
+) -> None:
+    """Write the expected range of each active row's first ``d`` points of the pass (the
+    points it decided) into the (low, high) matrices, at the row's position."""
+    low, high = ranges
+    if whole:  # the first pass over the whole grid: later passes overwrite what is redecided
+        np.subtract(centre, half, out=low)
+        np.add(centre, half, out=high)
+        return
+    r, c = np.nonzero(np.arange(centre.shape[1]) < d[:, None])
+    if len(r):
+        mid, dev = centre[r, c], half[r, c]
+        low[active[r], pos[active][r] + c] = mid - dev
+        high[active[r], pos[active][r] + c] = mid + dev

@@ -1,9 +1,10 @@
 """Anomaly detection over multi-key batches: one :class:`~edgeflow.ops.detect.Driver` state per
 key; emits anomaly events (kind ``anomaly``).
 
-Z-score, EWMA and CUSUM with a fixed threshold keep every key's state as rows of arrays
-and score all keys of a batch at once (:mod:`edgeflow.ops.detect_bulk`), with no per-key
-Python work; other detectors go through the Driver key by key. Both give one-at-a-time
+Every built-in detector but ``limits`` (and ``auto()``, an ensemble of them) with a fixed
+threshold keeps every key's state as rows of arrays and scores all keys of a batch at once
+(:mod:`edgeflow.ops.detect_bulk`, :mod:`edgeflow.ops.detect_bulk_auto`), with no per-key
+Python work; other set-ups go through the Driver key by key. Both give one-at-a-time
 semantics.
 """
 
@@ -14,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from edgeflow.batch import Batch, RecordBatch
-from edgeflow.ops.detect import Decision, Detector, Driver, DriverOut
-from edgeflow.ops.detect_bulk import Stacked, run_stacked, supports
+from edgeflow.ops.detect import Decision, Detector, Driver, DriverOut, Ensemble
+from edgeflow.ops.detect_bulk import Stacked, supports
+from edgeflow.ops.detect_bulk_auto import StackedEnsemble
 from edgeflow.ops.downsample import _by_key
 
 EVENT_COLUMNS = ("score", "raw", "threshold", "expected_low", "expected_high")
@@ -38,7 +40,8 @@ class DetectKernel:
     def init(self) -> dict[str, Any]:
         st: dict[str, Any] = {"keys": {}, "in": 0, "anomalies": 0}
         if self.vectorised:
-            st["stacked"] = Stacked(self.driver)
+            ens = isinstance(self.driver.detector, Ensemble)
+            st["stacked"] = StackedEnsemble(self.driver) if ens else Stacked(self.driver)
         return st
 
     def step_batch(self, state: dict[str, Any], batch: Batch) -> RecordBatch | None:
@@ -50,7 +53,7 @@ class DetectKernel:
         return self._per_key(state, batch)
 
     def _stacked(self, state: dict[str, Any], batch: Batch) -> RecordBatch | None:
-        stacked: Stacked = state["stacked"]
+        stacked: Stacked | StackedEnsemble = state["stacked"]
         x = batch.values[batch.fields.index(self.field)]
         t, codes = batch.t, batch.key_idx
         ok = np.isfinite(x)
@@ -74,7 +77,7 @@ class DetectKernel:
             col = np.arange(len(c)) - np.repeat(heads, lens)
             xmat = np.full((len(heads), int(lens.max())), np.nan)
             xmat[grid_of, col] = x[order]
-        gi, ci, score, raw, low, high = run_stacked(stacked, lut[c[heads]], xmat, lens).arrays()
+        gi, ci, score, raw, low, high = stacked.run(lut[c[heads]], xmat, lens).arrays()
         if not len(gi):
             return None
         src = order[heads[gi] + ci]  # batch positions of the events
