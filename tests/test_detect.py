@@ -240,8 +240,11 @@ def test_edgeflow_score_writes_one_scored_row_per_input_row(tmp_path: Path) -> N
     assert bad.returncode == 2 and "column 'when' is not in" in bad.stderr
 
 
+@pytest.mark.parametrize("per", [1, 3])
 @pytest.mark.parametrize("make", STACKED)
-def test_live_batches_scored_across_keys_equal_the_per_key_driver(make: object) -> None:
+def test_live_batches_scored_across_keys_equal_the_per_key_driver(make: object, per: int) -> None:
+    """Live batches (``per`` readings per key; 1 = a tick, which z-score scores from running
+    sums) give the same events as one bulk batch, and as each key's own Driver."""
     from edgeflow.batch import Batch
     from edgeflow.ops.detect_kernel import DetectKernel
 
@@ -254,13 +257,13 @@ def test_live_batches_scored_across_keys_equal_the_per_key_driver(make: object) 
     live = DetectKernel("d", "v", make(), detect.threshold())  # type: ignore[operator]
     st_live = live.init()
     got = []
-    for i in range(0, 1200, 3):  # 3 readings per key per batch: the across-keys path
-        rows = x[i : i + 3]
+    for i in range(0, 1200, per):
+        rows = x[i : i + per]
         b = Batch(
             ("v",),
             keys,
-            np.tile(np.arange(40, dtype=np.int32), 3),
-            np.repeat(np.arange(i, i + 3, dtype=np.int64), 40),
+            np.tile(np.arange(40, dtype=np.int32), per),
+            np.repeat(np.arange(i, i + per, dtype=np.int64), 40),
             rows.reshape(1, -1),
         )
         out = live.step_batch(st_live, b)
@@ -279,6 +282,12 @@ def test_live_batches_scored_across_keys_equal_the_per_key_driver(make: object) 
     )
     assert out is not None
     assert sorted(got) == sorted(zip(out.columns["key"], out.columns["t"].tolist(), strict=True))
+    want = []
+    for i, key in enumerate(keys):
+        drv = detect.Driver(make())  # type: ignore[operator]
+        o = drv.run(drv.init(), x[:, i])
+        want += [(key, int(t)) for t in np.flatnonzero(o.event)]
+    assert sorted(got) == sorted(want)
     assert len(got) > 10
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgeflow.batch import Batch, RecordBatch
 from edgeflow.ops.detect import Decision, Detector, Driver, DriverOut, Ensemble
-from edgeflow.ops.detect_bulk import Stacked, supports
+from edgeflow.ops.detect_bulk import Events, Stacked, supports
 from edgeflow.ops.detect_bulk_auto import StackedEnsemble
 from edgeflow.ops.downsample import _by_key
 
@@ -65,6 +65,11 @@ class DetectKernel:
         n = len(codes)
         if n == len(batch.keys) and (codes == np.arange(n)).all():
             # a reading per key, keys in order (a live tick): the grid is the column itself
+            if isinstance(stacked, Stacked) and stacked.rows_in_order(lut):
+                found = stacked.tick(x)  # every key, in row order: the short path
+                if found is not None:
+                    every = np.arange(n)
+                    return self._records(state, stacked, found, lut, (every, every, codes), x, t)
             order = heads = np.arange(n)
             c, lens = codes, np.ones(n, np.int64)
             xmat = x[:, None]
@@ -77,9 +82,26 @@ class DetectKernel:
             col = np.arange(len(c)) - np.repeat(heads, lens)
             xmat = np.full((len(heads), int(lens.max())), np.nan)
             xmat[grid_of, col] = x[order]
-        gi, ci, score, raw, low, high = stacked.run(lut[c[heads]], xmat, lens).arrays()
-        if not len(gi):
+        found = stacked.run(lut[c[heads]], xmat, lens)
+        return self._records(state, stacked, found, lut, (order, heads, c), x, t)
+
+    def _records(
+        self,
+        state: dict[str, Any],
+        stacked: Stacked | StackedEnsemble,
+        found: Events,
+        lut: np.ndarray,
+        grid: tuple[np.ndarray, np.ndarray, np.ndarray],
+        x: np.ndarray,
+        t: np.ndarray,
+    ) -> RecordBatch | None:
+        """The anomaly records of the events ``found`` on the grid. ``grid`` is (order,
+        heads, c): the batch positions sorted by key, where each grid row starts in that
+        order, and the key codes in that order (see :meth:`_stacked`)."""
+        if not found.parts:
             return None
+        order, heads, c = grid
+        gi, ci, score, raw, low, high = found.arrays()
         src = order[heads[gi] + ci]  # batch positions of the events
         n = len(gi)
         state["anomalies"] += n
