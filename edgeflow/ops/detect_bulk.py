@@ -243,16 +243,15 @@ class _Z:
         a full window: :meth:`score` from running sums kept per row, so a live tick reads and
         writes a few values per key instead of whole windows, in few array operations (its
         latency is mostly their fixed cost). The sums are re-made from the window when a bulk
-        pass changed the row, and every 16 windows of ticks (a row at a time), so rounding
+        pass changed the row, and for one key every 16 ticks (each key in turn), so rounding
         does not build up. None when a row is not past warm-up."""
         det = self.det
         w = det.window
         if self.n.min() < max(w, det.warmup):
             return None
         self.ticks += 1
-        turn = self.ticks % (16 * w)
-        if turn < len(self.fresh):
-            self.fresh[turn] = False
+        if self.ticks % 16 == 0:  # every 16 ticks the next key's sums are re-made
+            self.fresh[(self.ticks // 16) % len(self.fresh)] = False
         if not self.fresh.all():
             r = np.flatnonzero(~self.fresh)
             h = self.h[r]
