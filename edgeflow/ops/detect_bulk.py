@@ -191,6 +191,7 @@ class _Z:
         self.floor = np.zeros(k)  # the least std: 1e-12 (1 + |c|)
         self.fresh = np.zeros(k, bool)
         self.ticks = 0
+        self.warm = False  # every row past warm-up (rows added or loaded reset it)
 
     def _ordered(self, rows: Arr) -> F64:
         """The rows' histories, oldest first."""
@@ -247,8 +248,10 @@ class _Z:
         does not build up. None when a row is not past warm-up."""
         det = self.det
         w = det.window
-        if self.n.min() < max(w, det.warmup):
-            return None
+        if not self.warm:  # (n only grows: once every row is past warm-up, it stays so)
+            if self.n.min() < max(w, det.warmup):
+                return None
+            self.warm = True
         self.ticks += 1
         if self.ticks % 16 == 0:  # every 16 ticks the next key's sums are re-made
             self.fresh[(self.ticks // 16) % len(self.fresh)] = False
@@ -270,17 +273,24 @@ class _Z:
     def learn_tick(self, rows: Arr, learnt: Arr | None, x: F64) -> None:
         """Rows (``all_rows``) learnt their reading where ``learnt`` (None: every row): it
         replaces the oldest value of the ring, and the running sums move with it."""
-        if learnt is None:
-            r, head, c, xr = rows, self.head, self.c, x
-        else:
-            r = np.flatnonzero(learnt)
-            head, c, xr = self.head[r], self.c[r], x[r]
+        w = self.det.window
+        if learnt is None:  # every row: whole arrays, no indexing
+            old = self.h[rows, self.head]
+            step = x - old
+            self.s1 += step
+            self.s2 += step * (x + old - 2 * self.c)  # (x-c)^2 - (old-c)^2
+            self.h[rows, self.head] = x
+            np.remainder(self.head + 1, w, out=self.head)
+            self.n += 1
+            return
+        r = np.flatnonzero(learnt)
+        head, xr = self.head[r], x[r]
         old = self.h[r, head]
         step = xr - old
         self.s1[r] += step
-        self.s2[r] += step * (xr + old - 2 * c)  # (x-c)^2 - (old-c)^2
+        self.s2[r] += step * (xr + old - 2 * self.c[r])
         self.h[r, head] = xr
-        self.head[r] = (head + 1) % self.det.window
+        self.head[r] = (head + 1) % w
         self.n[r] += 1
 
     def _finish(
@@ -335,11 +345,13 @@ class _Z:
         self.h[i] = _pack([s["hist"]], self.det.window)[0]
         self.n[i] = s["n"]
         self.head[i], self.fresh[i] = 0, False
+        self.warm = False
 
     def extend(self, other: _Z) -> None:
         self.h = np.concatenate([self.h, other.h])
         self.n = np.concatenate([self.n, other.n])
         self.all_rows = np.arange(len(self.n))
+        self.warm = False
         for name in ("head", "c", "s1", "s2", "floor", "fresh"):
             setattr(self, name, np.concatenate([getattr(self, name), getattr(other, name)]))
 
@@ -606,6 +618,7 @@ class Stacked:
         self._last_names: object = None
         self._last_rows = np.empty(0, np.int64)
         self._in_order = False
+        self.quiet = False  # known: no key in a streak of anomalies (every streak is 0)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -646,6 +659,7 @@ class Stacked:
     def load(self, r: int, st: dict[str, Any]) -> None:
         self.model.load(r, st["det"])
         self.streak[r], self.since[r] = st["streak"], st["since_event"]
+        self.quiet = False
 
     def run(self, rows: Arr, xmat: F64, lens: Arr) -> Events:
         """The events of a grid of keys' points (see :func:`run_stacked`)."""
@@ -660,7 +674,7 @@ class Stacked:
             return None
         driver = self.driver
         adapt = driver.adapt_after
-        if adapt is not None and self.streak.max() >= adapt:
+        if not self.quiet and adapt is not None and self.streak.max() >= adapt:
             return None
         rows = model.all_rows
         got = model.tick(rows, x)
@@ -674,8 +688,11 @@ class Stacked:
         if not flagged.any():
             model.learn_tick(rows, None, x)  # every key learns
             self.since += 1
-            self.streak[:] = 0
+            if not self.quiet:
+                self.streak[:] = 0
+                self.quiet = True  # no key has a streak of anomalies
             return events
+        self.quiet = False
         edge = np.flatnonzero(flagged & (raw < raw_thr * (1 + 1e-9)))
         if len(edge):
             flagged[edge] = calibrate(raw[edge], driver.detector.level) >= thr
@@ -732,6 +749,7 @@ def run_stacked(
     k, width = xmat.shape
     events = Events()
     model, streak, since = stacked.model, stacked.streak, stacked.since
+    stacked.quiet = False  # streaks change here
     pos = np.zeros(k, np.int64)
     handoff: list[int] = []
     adapting = streak[rows] >= adapt if adapt is not None else np.zeros(k, bool)

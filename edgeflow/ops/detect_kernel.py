@@ -10,6 +10,7 @@ semantics.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -56,11 +57,12 @@ class DetectKernel:
         stacked: Stacked | StackedEnsemble = state["stacked"]
         x = batch.values[batch.fields.index(self.field)]
         t, codes = batch.t, batch.key_idx
-        ok = np.isfinite(x)
-        if not ok.all():
-            x, t, codes = x[ok], t[ok], codes[ok]
-            if not len(x):
-                return None
+        if not math.isfinite(float(x.sum())):  # (a finite sum: every value is finite)
+            ok = np.isfinite(x)
+            if not ok.all():
+                x, t, codes = x[ok], t[ok], codes[ok]
+                if not len(x):
+                    return None
         lut = stacked.rows_of(batch.keys)
         n = len(codes)
         if n == len(batch.keys) and (codes == np.arange(n)).all():
