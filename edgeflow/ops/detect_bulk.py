@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from scipy.signal import lfilter
@@ -122,6 +122,62 @@ def _exp_filter(a: float, b: float, x: F64, y0: F64) -> F64:
     return out
 
 
+class Model:
+    """A stacked model: per-key state as rows of arrays (one row per key).
+
+    ``score(rows, x)`` scores the (k, span) points of the state rows ``rows`` with prefix
+    semantics and returns (raw, centre, half): the statistic and the expected range
+    centre -/+ half. ``learn(rows, f)`` learns each row's first ``f`` points of the last
+    pass, ``forget(rows)`` is told of an anomaly (not learnt; by default nothing to do).
+    ``limit(rows)`` caps how many points each row may decide in a pass (by default None,
+    no cap): a model re-estimated every N learnt points must learn up to that point before
+    scoring past it."""
+
+    def score(self, rows: Arr, x: F64) -> tuple[F64, F64, F64]:
+        raise NotImplementedError
+
+    def learn(self, rows: Arr, f: Arr) -> None:
+        raise NotImplementedError
+
+    def forget(self, rows: Arr) -> None:
+        return None
+
+    def limit(self, rows: Arr) -> Arr | None:
+        return None
+
+    def scatter(self, i: int, s: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def load(self, i: int, s: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def extend(self, other: Any) -> None:
+        raise NotImplementedError
+
+
+class _Threshold:
+    """The fixed-threshold decision on raw statistics: score >= thr where score is
+    ``calibrate(raw, level)``, an increasing function, so raw is compared with the
+    threshold's raw value and calibrate() runs only within rounding of it (almost never)."""
+
+    def __init__(self, level: float, thr: float) -> None:
+        self.level, self.thr = level, thr
+        raw_thr = -level / 3.0 * math.log10(1.0 - thr) if thr < 1 else math.inf
+        self.near, self.sure = raw_thr * (1 - 1e-9), raw_thr * (1 + 1e-9)
+
+    def flags(self, raw: F64, inside: Arr | None = None) -> tuple[Arr, bool]:
+        """(anomalous points, whether there is any)."""
+        flagged = raw >= self.near
+        if inside is not None:
+            flagged &= inside
+        if not flagged.any():
+            return flagged, False
+        edge = np.flatnonzero(flagged & (raw < self.sure))
+        if len(edge):
+            flagged.flat[edge] = calibrate(raw.flat[edge], self.level) >= self.thr
+        return flagged, True
+
+
 class _Ewma:
     """Stacked EWMA state (mean, variance, points learnt) and its 2-D prefix pass."""
 
@@ -176,7 +232,7 @@ class _Ewma:
         self.n = np.concatenate([self.n, other.n])
 
 
-class _Z:
+class _Z(Model):
     def __init__(self, det: ZScore, sts: list[dict[str, Any]]) -> None:
         self.det = det
         w = det.window
@@ -261,7 +317,7 @@ class _Z:
             c = h.mean(axis=1)
             d = h - c[:, None]
             self.c[r], self.s1[r], self.s2[r] = c, d.sum(axis=1), np.einsum("ij,ij->i", d, d)
-            self.floor = 1e-12 * (1 + np.abs(self.c))
+            self.floor[r] = 1e-12 * (1 + np.abs(c))
             self.fresh[r] = True
         mean = self.s1 / w
         std = np.sqrt(np.maximum(self.s2 / w - mean * mean, 0.0))
@@ -332,12 +388,6 @@ class _Z:
         self.fresh[moved] = False
         self.n[rows] += f
 
-    def forget(self, rows: Arr) -> None:
-        return None
-
-    def limit(self, rows: Arr) -> Arr | None:
-        return None
-
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         s["hist"], s["n"] = _unpad(self._ordered(np.array([i]))[0]), int(self.n[i])
 
@@ -356,7 +406,7 @@ class _Z:
             setattr(self, name, np.concatenate([getattr(self, name), getattr(other, name)]))
 
 
-class _E:
+class _E(Model):
     def __init__(self, det: EWMA, sts: list[dict[str, Any]]) -> None:
         self.det = det
         self.ew = _Ewma(det.alpha, sts)
@@ -374,12 +424,6 @@ class _E:
     def learn(self, rows: Arr, f: Arr) -> None:
         self.ew.learn(rows, f, self.m_after, self.v_after)
 
-    def forget(self, rows: Arr) -> None:
-        return None
-
-    def limit(self, rows: Arr) -> Arr | None:
-        return None
-
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         self.ew.scatter(i, s)
 
@@ -390,7 +434,7 @@ class _E:
         self.ew.extend(other.ew)
 
 
-class _C:
+class _C(Model):
     def __init__(self, det: CUSUM, sts: list[dict[str, Any]]) -> None:
         self.det = det
         self.ew = _Ewma(det.base.alpha, [s["ew"] for s in sts])
@@ -432,9 +476,6 @@ class _C:
         self.sp[rows] = 0.0
         self.sn[rows] = 0.0
 
-    def limit(self, rows: Arr) -> Arr | None:
-        return None
-
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         self.ew.scatter(i, s["ew"])
         s["sp"], s["sn"], s["n"] = float(self.sp[i]), float(self.sn[i]), int(self.n[i])
@@ -450,7 +491,7 @@ class _C:
         self.n = np.concatenate([self.n, other.n])
 
 
-class _M:
+class _M(Model):
     """Stacked robust z (MAD): history of learnt values (or differences), the median and
     scaled MAD in force, the last learnt reading. The estimates are re-made each time a
     key's learnt count reaches a multiple of ``stride``: all such refreshes of a pass at once,
@@ -536,12 +577,6 @@ class _M:
         self.prev[rows[moved]] = self.x[np.flatnonzero(moved), f[moved] - 1]
         self.n[rows] += f
 
-    def forget(self, rows: Arr) -> None:
-        return None  # an anomaly is not learnt: differences skip it
-
-    def limit(self, rows: Arr) -> Arr | None:
-        return None
-
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         s["hist"], s["n"] = _unpad(self.h[i]), int(self.n[i])
         s["med"], s["mad"] = float(self.med[i]), float(self.mad[i])
@@ -568,25 +603,6 @@ def _median_last(a: F64) -> F64:
         out: F64 = srt[..., h]
         return out
     return (srt[..., h - 1] + srt[..., h]) / 2.0
-
-
-class Model(Protocol):
-    """A stacked model: per-key state as rows of arrays (one row per key).
-
-    ``score(rows, x)`` scores the (k, span) points of the state rows ``rows`` with prefix
-    semantics and returns (raw, centre, half): the statistic and the expected range
-    centre -/+ half. ``learn(rows, f)`` learns each row's first ``f`` points of the last
-    pass, ``forget(rows)`` is told of an anomaly (not learnt). ``limit(rows)`` (or None)
-    caps how many points each row may decide in a pass: a model re-estimated every N
-    learnt points must learn up to that point before scoring past it."""
-
-    def score(self, rows: Arr, x: F64) -> tuple[F64, F64, F64]: ...
-    def learn(self, rows: Arr, f: Arr) -> None: ...
-    def forget(self, rows: Arr) -> None: ...
-    def limit(self, rows: Arr) -> Arr | None: ...
-    def scatter(self, i: int, s: dict[str, Any]) -> None: ...
-    def load(self, i: int, s: dict[str, Any]) -> None: ...
-    def extend(self, other: Any) -> None: ...
 
 
 def _model(det: Detector, sts: list[dict[str, Any]]) -> Model:
@@ -681,11 +697,9 @@ class Stacked:
         if got is None:
             return None
         raw, centre, half = got
-        thr = driver.decision.value
-        raw_thr = -driver.detector.level / 3.0 * math.log10(1.0 - thr)
-        flagged = raw >= raw_thr * (1 - 1e-9)
+        flagged, anomalous = _Threshold(driver.detector.level, driver.decision.value).flags(raw)
         events = Events()
-        if not flagged.any():
+        if not anomalous:
             model.learn_tick(rows, None, x)  # every key learns
             self.since += 1
             if not self.quiet:
@@ -693,9 +707,6 @@ class Stacked:
                 self.quiet = True  # no key has a streak of anomalies
             return events
         self.quiet = False
-        edge = np.flatnonzero(flagged & (raw < raw_thr * (1 + 1e-9)))
-        if len(edge):
-            flagged[edge] = calibrate(raw[edge], driver.detector.level) >= thr
         model.learn_tick(rows, ~flagged, x)
         since, streak = self.since, self.streak
         since += 1  # learnt: one more point; flagged: the anomaly counts too
@@ -757,9 +768,7 @@ def run_stacked(
     active = np.flatnonzero(~adapting & (lens > 0))
     first = True
     reach = 96  # points per later pass: about twice the recent gap between anomalies
-    # calibrate() is increasing: a score reaches thr only where raw is about this or more
-    raw_thr = -det.level / 3.0 * np.log10(1.0 - thr) if thr < 1 else np.inf
-    raw_near, raw_sure = raw_thr * (1 - 1e-9), raw_thr * (1 + 1e-9)
+    decide = _Threshold(det.level, thr)
     while len(active):
         g = rows[active]  # state rows of the active grid rows
         rem = lens[active] - pos[active]
@@ -778,12 +787,7 @@ def run_stacked(
             x = np.where(inside, xmat[active[:, None], np.minimum(cols, width - 1)], np.nan)
         first = False
         raw, centre, half = model.score(g, x)  # expected range: centre -/+ half
-        # score >= thr, from raw: calibrate() only where raw is within rounding of the
-        # threshold's raw value (almost never)
-        flagged = (raw >= raw_near) & inside
-        edge = np.flatnonzero(flagged & (raw < raw_sure))
-        if len(edge):
-            flagged.flat[edge] = calibrate(raw.flat[edge], det.level) >= thr
+        flagged, _ = decide.flags(raw, inside)
         has = flagged.any(axis=1)
         # points before the first anomaly, and points decided in this pass
         f = np.where(has, np.argmax(flagged, axis=1), np.minimum(rem, span))

@@ -26,7 +26,7 @@ def _nan_or(values: list[float | None]) -> F64:
     return np.array([np.nan if v is None else v for v in values], np.float64)
 
 
-class _V:
+class _V(Model):
     """Stacked variance change: fast and slow EW variances of the first difference."""
 
     def __init__(self, det: VarianceChange, sts: list[dict[str, Any]]) -> None:
@@ -69,12 +69,6 @@ class _V:
         self.prev[r] = self.x[idx, last]
         self.n[rows] += f
 
-    def forget(self, rows: Arr) -> None:
-        return None  # the anomaly is not learnt: the next difference is from the last learnt
-
-    def limit(self, rows: Arr) -> Arr | None:
-        return None
-
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         for name in ("prev", "vf", "vs"):
             v = float(getattr(self, name)[i])
@@ -91,7 +85,7 @@ class _V:
             setattr(self, name, np.concatenate([getattr(self, name), getattr(other, name)]))
 
 
-class _S:
+class _S(Model):
     """Stacked seasonal residual: history, points learnt, and the period, median and scale
     in force. A row decides no further than its next re-estimate (every ``refresh`` learnt
     points), where all rows due are re-estimated at once (one FFT over their histories)."""
@@ -152,9 +146,6 @@ class _S:
             period, med, scale = seasonal_estimate(hist[full])
             rows = rows[full]
             self.period[rows], self.med[rows], self.scale[rows] = period, med, scale
-
-    def forget(self, rows: Arr) -> None:
-        return None
 
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         s["hist"], s["n"], s["period"] = _unpad(self.h[i]), int(self.n[i]), int(self.period[i])
