@@ -375,3 +375,42 @@ def test_stacked_state_follows_keys_that_come_go_and_reorder(make: object) -> No
         want += [(key, ts_ok[j]) for j in np.flatnonzero(out.event).tolist()]
     assert sorted(got) == sorted(want)
     assert len(want) > 10
+
+
+@pytest.mark.parametrize("make", STACKED)
+def test_alarm_heavy_then_quiet_batches_equal_the_per_key_driver(make: object) -> None:
+    """Keys that alarm every few points make the next batch start with short passes; a
+    quiet batch after them, and busy ones again, still give each key's Driver events."""
+    from edgeflow.batch import Batch
+    from edgeflow.ops.detect_kernel import DetectKernel
+
+    keys = tuple(f"d{i}" for i in range(20))
+    rng = np.random.default_rng(31)
+    n, per = 1000, 200
+    x = rng.normal(0, 0.3, (n, 20)) + np.sin(np.arange(n)[:, None] / 25)
+    busy = np.zeros(n, bool)
+    busy[200:400] = busy[600:800] = True  # batches 2 and 4: a spike every ~4 points
+    x[busy[:, None] & (rng.random(x.shape) < 0.25)] += rng.choice([-9.0, 9.0])
+    kern = DetectKernel("d", "v", make(), detect.threshold())  # type: ignore[operator]
+    st_ = kern.init()
+    got, hinted = [], []
+    for a in range(0, n, per):
+        b = Batch(
+            ("v",),
+            keys,
+            np.tile(np.arange(20, dtype=np.int32), per),
+            np.repeat(np.arange(a, a + per, dtype=np.int64), 20),
+            x[a : a + per].reshape(1, -1),
+        )
+        out = kern.step_batch(st_, b)
+        if out:
+            got += list(zip(out.columns["key"], out.columns["t"].tolist(), strict=True))
+        parts = getattr(st_["stacked"], "parts", [st_["stacked"]])
+        hinted.append(any(p.reach_hint is not None for p in parts))
+    want = []
+    for i, key in enumerate(keys):
+        drv = detect.Driver(make())  # type: ignore[operator]
+        o = drv.run(drv.init(), x[:, i])
+        want += [(key, int(t)) for t in np.flatnonzero(o.event)]
+    assert sorted(got) == sorted(want)
+    assert hinted[1] and hinted[3]  # the busy batches did make the next start short

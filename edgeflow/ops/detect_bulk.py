@@ -624,6 +624,8 @@ class Stacked:
     (:class:`_Z`, :class:`_E`, :class:`_C`), and the Driver's streak and cooldown counters.
     Keys get a row the first time they are seen; rows are never reused."""
 
+    reach_hint: int | None = None  # the first pass's span, None: the whole grid (run_stacked)
+
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
         self.rows: dict[str, int] = {}
@@ -767,14 +769,19 @@ def run_stacked(
     handoff.extend(np.flatnonzero(adapting).tolist())
     active = np.flatnonzero(~adapting & (lens > 0))
     first = True
-    reach = 96  # points per later pass: about twice the recent gap between anomalies
+    # points per later pass: about twice the recent gap between anomalies. A shard whose
+    # keys alarm often starts the next batch with passes of that size too (scoring a whole
+    # grid when each key's first anomaly comes within a few points wastes most of it)
+    hint = stacked.reach_hint
+    reach = 96 if hint is None else hint
+    found = 0
     decide = _Threshold(det.level, thr)
     while len(active):
         g = rows[active]  # state rows of the active grid rows
         rem = lens[active] - pos[active]
         lim = model.limit(g)
         # after the first pass only keys that hit an anomaly remain: short passes suffice
-        span = int(rem.max()) if first else min(int(rem.max()), reach)
+        span = int(rem.max()) if first and hint is None else min(int(rem.max()), reach)
         if lim is not None:  # a row decides no further than its model's next refresh
             span = min(int(rem.max()), int(lim.max()))
             rem = np.minimum(rem, lim)
@@ -800,6 +807,7 @@ def run_stacked(
             hit, gh, fh = active[has], g[has], f[has]
             # scoring past a key's next anomaly is wasted: size the next pass to the gaps
             reach = int(min(96, max(8, 2 * (int(fh.sum()) / len(fh) + 1))))
+            found += len(fh)
             model.forget(gh)
             ev = since[gh] + 1 > cooldown
             keep = np.ones(len(gh), bool) if every_anomaly else ev
@@ -818,6 +826,8 @@ def run_stacked(
                 )
             since[gh] = np.where(ev, 0, since[gh] + 1)
             streak[gh] += 1
+        else:  # no key met an anomaly within reach: look further
+            reach = min(4 * reach, width)
         pos[active] += np.where(has, f + 1, f)
         done = pos[active] >= lens[active]
         if adapt is not None:
@@ -825,6 +835,8 @@ def run_stacked(
             handoff.extend(active[start].tolist())
             done |= start
         active = active[~done]
+    # (many anomalies: on average 8 or more a key)
+    stacked.reach_hint = reach if found >= 8 * k else None
     for i in handoff:  # adapting keys finish their points in the Driver (one at a time)
         r, p, n = int(rows[i]), int(pos[i]), int(lens[i])
         st = stacked.driver_state(r)
