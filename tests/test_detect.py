@@ -418,9 +418,9 @@ def test_alarm_heavy_then_quiet_batches_equal_the_per_key_driver(make: object) -
 
 @pytest.mark.parametrize("adapt", [3, 256])
 def test_batches_of_a_few_ticks_equal_the_per_key_driver(adapt: int) -> None:
-    """A batch holding a few whole ticks (a source polled late) is scored tick by tick; when
-    a key starts adapting to a lasting shift mid-batch the rest of the batch goes in one
-    pass. Events (and their values) equal each key's own Driver either way."""
+    """A batch holding a few whole ticks (a source polled late) is scored tick by tick, and
+    keys that start adapting to a lasting shift mid-batch (learning their anomalies) stay on
+    that path. Events (and their values) equal each key's own Driver."""
     from edgeflow.batch import Batch
     from edgeflow.ops.detect_kernel import DetectKernel
 
@@ -429,8 +429,8 @@ def test_batches_of_a_few_ticks_equal_the_per_key_driver(adapt: int) -> None:
     rng = np.random.default_rng(41)
     x = rng.normal(size=(n, n_keys))
     x[rng.random(x.shape) < 0.004] += 8
-    # lasting shifts: with adapt=3 the third anomaly in a row ends the tick path at tick 3
-    # and 4 of a batch and at the start of the next; spikes in other keys after that
+    # lasting shifts: with adapt=3 keys start adapting at tick 3 and 4 of a batch and at the
+    # start of the next; spikes in other keys after that
     x[300:, 0] += 9
     x[451:, 1] -= 9
     x[602:, 2] += 9

@@ -245,7 +245,9 @@ class _Z(Model):
         self.head = np.zeros(k, np.int64)
         self.c, self.s1, self.s2 = np.zeros(k), np.zeros(k), np.zeros(k)
         self.floor = np.zeros(k)  # the least std: 1e-12 (1 + |c|)
+        self.cnt = np.zeros(k)  # values in the window (its size once full)
         self.fresh = np.zeros(k, bool)
+        self.full = False  # every row's window full (rows added or loaded reset it)
         self.ticks = 0
         self.warm = False  # every row past warm-up (rows added or loaded reset it)
 
@@ -296,42 +298,62 @@ class _Z(Model):
         return self._finish(rows, x, base, sum1, sum2, cnt)
 
     def tick(self, rows: Arr, x: F64) -> tuple[F64, F64, F64] | None:
-        """One reading for every row (``rows`` is ``all_rows``), every row past warm-up with
-        a full window: :meth:`score` from running sums kept per row, so a live tick reads and
-        writes a few values per key instead of whole windows, in few array operations (its
-        latency is mostly their fixed cost). The sums are re-made from the window when a bulk
-        pass changed the row, and for one key every 16 ticks (each key in turn), so rounding
-        does not build up. None when a row is not past warm-up."""
+        """One reading for every row (``rows`` is ``all_rows``), every row past warm-up:
+        :meth:`score` from running sums kept per row, so a live tick reads and writes a few
+        values per key instead of whole windows, in few array operations (its latency is
+        mostly their fixed cost). The sums (and ``cnt``, the values in the window) are
+        re-made from the window when a bulk pass changed the row, and for one key every 16
+        ticks (each key in turn), so rounding does not build up. None when a row is not past
+        warm-up (or has learnt nothing)."""
         det = self.det
         w = det.window
         if not self.warm:  # (n only grows: once every row is past warm-up, it stays so)
-            if self.n.min() < max(w, det.warmup):
+            if self.n.min() < max(1, det.warmup):
                 return None
             self.warm = True
         self.ticks += 1
         if self.ticks % 16 == 0:  # every 16 ticks the next key's sums are re-made
             self.fresh[(self.ticks // 16) % len(self.fresh)] = False
         if not self.fresh.all():
-            r = np.flatnonzero(~self.fresh)
-            h = self.h[r]
-            c = h.mean(axis=1)
-            d = h - c[:, None]
-            self.c[r], self.s1[r], self.s2[r] = c, d.sum(axis=1), np.einsum("ij,ij->i", d, d)
-            self.floor[r] = 1e-12 * (1 + np.abs(c))
-            self.fresh[r] = True
-        mean = self.s1 / w
-        std = np.sqrt(np.maximum(self.s2 / w - mean * mean, 0.0))
+            self._refresh(np.flatnonzero(~self.fresh))
+        if not self.full:  # (windows only fill: once every window is full, it stays so)
+            self.full = bool((self.cnt == w).all())
+        den = w if self.full else self.cnt
+        mean = self.s1 / den
+        std = np.sqrt(np.maximum(self.s2 / den - mean * mean, 0.0))
         centre = self.c + mean
         # std is kept above 0 and x is finite: raw is finite
         raw = np.abs(x - centre) / np.maximum(std, self.floor)
         return raw, centre, det.level * std
 
+    def _refresh(self, r: Arr) -> None:
+        """Re-make the running sums of rows ``r`` from their windows (NaN: not filled yet)."""
+        h = self.h[r]
+        if self.full:
+            c = h.mean(axis=1)
+            d = h - c[:, None]
+        else:
+            valid = h == h
+            cnt = np.count_nonzero(valid, axis=1)
+            c = np.where(valid, h, 0.0).sum(axis=1) / np.maximum(cnt, 1)
+            d = np.where(valid, h - c[:, None], 0.0)
+            self.cnt[r] = cnt
+        self.c[r], self.s1[r], self.s2[r] = c, d.sum(axis=1), np.einsum("ij,ij->i", d, d)
+        self.floor[r] = 1e-12 * (1 + np.abs(c))
+        self.fresh[r] = True
+
     def learn_tick(self, rows: Arr, learnt: Arr | None, x: F64) -> None:
         """Rows (``all_rows``) learnt their reading where ``learnt`` (None: every row): it
-        replaces the oldest value of the ring, and the running sums move with it."""
+        replaces the oldest value of the ring, and the running sums move with it. In a
+        window still filling up the oldest slot is empty (NaN): counted as the centre ``c``
+        (adding nothing to the sums), and the window's count grows."""
         w = self.det.window
         if learnt is None:  # every row: whole arrays, no indexing
             old = self.h[rows, self.head]
+            if not self.full:
+                empty = old != old
+                old = np.where(empty, self.c, old)
+                self.cnt += empty
             step = x - old
             self.s1 += step
             self.s2 += step * (x + old - 2 * self.c)  # (x-c)^2 - (old-c)^2
@@ -340,11 +362,15 @@ class _Z(Model):
             self.n += 1
             return
         r = np.flatnonzero(learnt)
-        head, xr = self.head[r], x[r]
+        head, xr, cr = self.head[r], x[r], self.c[r]
         old = self.h[r, head]
+        if not self.full:
+            empty = old != old
+            old = np.where(empty, cr, old)
+            self.cnt[r] += empty
         step = xr - old
         self.s1[r] += step
-        self.s2[r] += step * (xr + old - 2 * self.c[r])
+        self.s2[r] += step * (xr + old - 2 * cr)
         self.h[r, head] = xr
         self.head[r] = (head + 1) % w
         self.n[r] += 1
@@ -395,14 +421,14 @@ class _Z(Model):
         self.h[i] = _pack([s["hist"]], self.det.window)[0]
         self.n[i] = s["n"]
         self.head[i], self.fresh[i] = 0, False
-        self.warm = False
+        self.warm = self.full = False
 
     def extend(self, other: _Z) -> None:
         self.h = np.concatenate([self.h, other.h])
         self.n = np.concatenate([self.n, other.n])
         self.all_rows = np.arange(len(self.n))
-        self.warm = False
-        for name in ("head", "c", "s1", "s2", "floor", "fresh"):
+        self.warm = self.full = False
+        for name in ("head", "c", "s1", "s2", "floor", "cnt", "fresh"):
             setattr(self, name, np.concatenate([getattr(self, name), getattr(other, name)]))
 
 
@@ -686,14 +712,18 @@ class Stacked:
     def tick(self, x: F64) -> Events | None:
         """A live tick: one reading for every key, keys in row order. The same result as
         :meth:`run` with the fewest array operations, for models that have a tick form;
-        None (nothing done) when the model or a key's state needs the general path."""
+        None (nothing done) when the model or a key's state needs the general path (another
+        model, a new key, a key in warm-up). Keys adapting to a lasting change (``adapt_after``
+        anomalies in a row) learn their reading, anomalous or not, as the Driver's do."""
         model = self.model
         if not isinstance(model, _Z) or len(x) != len(self.names):
             return None
         driver = self.driver
         adapt = driver.adapt_after
-        if not self.quiet and adapt is not None and self.streak.max() >= adapt:
-            return None
+        adapting = None  # keys past ``adapt_after`` anomalies in a row learn this one too
+        if not self.quiet and adapt is not None:
+            past = self.streak >= adapt
+            adapting = past if past.any() else None
         rows = model.all_rows
         got = model.tick(rows, x)
         if got is None:
@@ -709,7 +739,7 @@ class Stacked:
                 self.quiet = True  # no key has a streak of anomalies
             return events
         self.quiet = False
-        model.learn_tick(rows, ~flagged, x)
+        model.learn_tick(rows, ~flagged if adapting is None else ~flagged | adapting, x)
         since, streak = self.since, self.streak
         since += 1  # learnt: one more point; flagged: the anomaly counts too
         ev = flagged & (since > driver.decision.cooldown)

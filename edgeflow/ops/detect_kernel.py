@@ -110,9 +110,9 @@ class DetectKernel:
         stacked: Stacked, x: np.ndarray, lut: np.ndarray, nk: int, per: int
     ) -> Events | None:
         """``per`` ticks (reading j of key i at ``x[j * nk + i]``, keys in row order), one
-        after another on the tick path; from a tick the path cannot take (a key in warm-up
-        or adapting) on, the rest in one pass. Events are (key row, tick). None: not one
-        tick taken, nothing done."""
+        after another on the tick path. Events are (key row, tick). None: the first tick not
+        taken, nothing done. (What the path does not take - another model, keys in warm-up -
+        holds for every tick of a batch; the one-pass fallback for the rest is a safety net.)"""
         out, j = Events(), 0
         while j < per:
             found, took = stacked.tick(x[j * nk : (j + 1) * nk]), 1
