@@ -417,7 +417,8 @@ def test_alarm_heavy_then_quiet_batches_equal_the_per_key_driver(make: object) -
 
 
 @pytest.mark.parametrize("adapt", [3, 256])
-def test_batches_of_a_few_ticks_equal_the_per_key_driver(adapt: int) -> None:
+@pytest.mark.parametrize("make", [lambda: detect.zscore(window=64), detect.ewma, detect.cusum])
+def test_batches_of_a_few_ticks_equal_the_per_key_driver(make: object, adapt: int) -> None:
     """A batch holding a few whole ticks (a source polled late) is scored tick by tick, and
     keys that start adapting to a lasting shift mid-batch (learning their anomalies) stay on
     that path. Events (and their values) equal each key's own Driver."""
@@ -430,12 +431,12 @@ def test_batches_of_a_few_ticks_equal_the_per_key_driver(adapt: int) -> None:
     x = rng.normal(size=(n, n_keys))
     x[rng.random(x.shape) < 0.004] += 8
     # lasting shifts: with adapt=3 keys start adapting at tick 3 and 4 of a batch and at the
-    # start of the next; spikes in other keys after that
+    # start of the next; spikes in other keys just after
     x[300:, 0] += 9
     x[451:, 1] -= 9
     x[602:, 2] += 9
     x[[304, 454, 606], [12, 14, 13]] += 9
-    kern = DetectKernel("d", "v", detect.zscore(window=64), detect.threshold())
+    kern = DetectKernel("d", "v", make(), detect.threshold())  # type: ignore[operator]
     kern.driver.adapt_after = adapt
     st_ = kern.init()
     got = []
@@ -454,8 +455,53 @@ def test_batches_of_a_few_ticks_equal_the_per_key_driver(adapt: int) -> None:
             got += list(zip(out.columns["key"], out.columns["t"].tolist(), strict=True))
     want = []
     for j, key in enumerate(keys):
-        drv = detect.Driver(detect.zscore(window=64), adapt_after=adapt)
+        drv = detect.Driver(make(), adapt_after=adapt)  # type: ignore[operator]
         o = drv.run(drv.init(), x[:, j])
         want += [(key, int(t)) for t in np.flatnonzero(o.event)]
     assert sorted(got) == sorted(want)
-    assert {("d12", 304), ("d14", 454), ("d13", 606)} <= set(want)
+    assert ("d12", 304) in want and len(want) > 10
+
+
+@pytest.mark.parametrize("make", STACKED)
+def test_a_snapshot_of_an_older_array_layout_resumes_identically(make: object) -> None:
+    """Snapshots pickle the stacked arrays; one written by an older edgeflow (another
+    layout: attributes missing) is read out key by key and resumes as if never stopped."""
+    from edgeflow.batch import Batch
+    from edgeflow.ops.detect_bulk import Stacked
+    from edgeflow.ops.detect_kernel import DetectKernel
+
+    n_keys = 10
+    keys = tuple(f"d{i}" for i in range(n_keys))
+    rng = np.random.default_rng(51)
+    x = rng.normal(size=(900, n_keys)) + np.sin(np.arange(900)[:, None] / 20)
+    x[rng.random(x.shape) < 0.01] += 8
+    x[650:700, :5] *= 8  # a burst of variance
+
+    def feed(kern: DetectKernel, st: dict, a: int, b: int, per: int) -> list[tuple[str, int]]:
+        got = []
+        for i in range(a, b, per):
+            bt = Batch(
+                ("v",),
+                keys,
+                np.tile(np.arange(n_keys, dtype=np.int32), per),
+                np.repeat(np.arange(i, i + per, dtype=np.int64), n_keys),
+                x[i : i + per].reshape(1, -1),
+            )
+            out = kern.step_batch(st, bt)
+            if out:
+                got += list(zip(out.columns["key"], out.columns["t"].tolist(), strict=True))
+        return got
+
+    kern = DetectKernel("d", "v", make(), detect.threshold())  # type: ignore[operator]
+    st_ = kern.init()
+    feed(kern, st_, 0, 600, 50)
+    old = pickle.loads(pickle.dumps(st_))
+    for part in getattr(old["stacked"], "parts", [old["stacked"]]):
+        assert isinstance(part, Stacked)
+        del part.__dict__["layout"], part.__dict__["all_rows"]  # what older layouts lack
+        for name in ("cnt", "full"):  # (and a model's attributes added since)
+            part.model.__dict__.pop(name, None)
+    resumed = pickle.loads(pickle.dumps(old))
+    want = feed(kern, st_, 600, 900, 1)  # live ticks after the snapshot
+    assert feed(kern, resumed, 600, 900, 1) == want
+    assert want

@@ -145,6 +145,16 @@ class Model:
     def limit(self, rows: Arr) -> Arr | None:
         return None
 
+    def tick(self, rows: Arr, x: F64) -> tuple[F64, F64, F64] | None:
+        """A live tick: one reading ``x`` for every row (``rows``: all of them, in order),
+        scored as :meth:`score` would in fewer operations; None (nothing done) when the
+        model has no tick form or a row is not ready for it. Followed by :meth:`learn_tick`."""
+        return None
+
+    def learn_tick(self, rows: Arr, learnt: Arr | None, x: F64) -> None:
+        """After :meth:`tick`: rows learnt their reading where ``learnt`` (None: all)."""
+        raise NotImplementedError
+
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         raise NotImplementedError
 
@@ -186,6 +196,7 @@ class _Ewma:
         self.m = np.array([np.nan if s["m"] is None else s["m"] for s in sts])
         self.v = np.array([s["v"] for s in sts], np.float64)
         self.n = np.array([s["n"] for s in sts], np.int64)
+        self.ready = self.settled = False  # see tick(); rows added or loaded reset them
 
     def prefix(self, rows: Arr, x: F64) -> tuple[F64, F64, F64, F64]:
         """(mean before, bias-corrected variance before, mean after, raw variance after)."""
@@ -218,6 +229,38 @@ class _Ewma:
         self.v[r] = v_after[idx, last]
         self.n[rows] += f
 
+    def tick(self, warmup: int) -> tuple[F64, F64] | None:
+        """Every row's mean and (bias-corrected) std before this tick; None while a row
+        has learnt fewer than ``max(1, warmup)`` points."""
+        if not self.ready:  # (n only grows: once every row is ready it stays so)
+            if not len(self.n) or self.n.min() < max(1, warmup):
+                return None
+            self.ready = True
+        v = self.v
+        if not self.settled:  # the variance recursion starts at 0: undo its bias
+            if self.n.min() * -np.log1p(-self.a) > 40:  # (1-a)^n < 1e-17: none left
+                self.settled = True
+            else:
+                corr = -np.expm1(self.n * np.log1p(-self.a))
+                v = v / corr
+        return self.m, np.sqrt(v)
+
+    def learn_tick(self, learnt: Arr | None, x: F64) -> None:
+        """Rows learnt their reading where ``learnt`` (None: all), as :meth:`learn` would."""
+        a = self.a
+        if learnt is None:
+            d = a * (1 - a) * (x - self.m) ** 2
+            self.m = a * x + (1 - a) * self.m
+            self.v = d + (1 - a) * self.v
+            self.n += 1
+            return
+        r = np.flatnonzero(learnt)
+        xr, mr = x[r], self.m[r]
+        d = a * (1 - a) * (xr - mr) ** 2
+        self.m[r] = a * xr + (1 - a) * mr
+        self.v[r] = d + (1 - a) * self.v[r]
+        self.n[r] += 1
+
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         s["m"] = None if np.isnan(self.m[i]) else float(self.m[i])
         s["v"], s["n"] = float(self.v[i]), int(self.n[i])
@@ -225,8 +268,10 @@ class _Ewma:
     def load(self, i: int, s: dict[str, Any]) -> None:
         self.m[i] = np.nan if s["m"] is None else s["m"]
         self.v[i], self.n[i] = s["v"], s["n"]
+        self.ready = self.settled = False
 
     def extend(self, other: _Ewma) -> None:
+        self.ready = self.settled = False
         self.m = np.concatenate([self.m, other.m])
         self.v = np.concatenate([self.v, other.v])
         self.n = np.concatenate([self.n, other.n])
@@ -238,7 +283,6 @@ class _Z(Model):
         w = det.window
         self.h = _pack([s["hist"] for s in sts], w)
         self.n = np.array([s["n"] for s in sts], np.int64)
-        self.all_rows = np.arange(len(sts))  # passed as ``rows`` for every key, in order
         # live ticks keep a row as a ring (oldest value at ``head``) with running sums of
         # its values less ``c`` (``fresh``: the sums are those of the row as it is)
         k = len(sts)
@@ -298,7 +342,7 @@ class _Z(Model):
         return self._finish(rows, x, base, sum1, sum2, cnt)
 
     def tick(self, rows: Arr, x: F64) -> tuple[F64, F64, F64] | None:
-        """One reading for every row (``rows`` is ``all_rows``), every row past warm-up:
+        """One reading for every row (``rows``: all of them), every row past warm-up:
         :meth:`score` from running sums kept per row, so a live tick reads and writes a few
         values per key instead of whole windows, in few array operations (its latency is
         mostly their fixed cost). The sums (and ``cnt``, the values in the window) are
@@ -343,7 +387,7 @@ class _Z(Model):
         self.fresh[r] = True
 
     def learn_tick(self, rows: Arr, learnt: Arr | None, x: F64) -> None:
-        """Rows (``all_rows``) learnt their reading where ``learnt`` (None: every row): it
+        """Rows (all of them) learnt their reading where ``learnt`` (None: every row): it
         replaces the oldest value of the ring, and the running sums move with it. In a
         window still filling up the oldest slot is empty (NaN): counted as the centre ``c``
         (adding nothing to the sums), and the window's count grows."""
@@ -426,7 +470,6 @@ class _Z(Model):
     def extend(self, other: _Z) -> None:
         self.h = np.concatenate([self.h, other.h])
         self.n = np.concatenate([self.n, other.n])
-        self.all_rows = np.arange(len(self.n))
         self.warm = self.full = False
         for name in ("head", "c", "s1", "s2", "floor", "cnt", "fresh"):
             setattr(self, name, np.concatenate([getattr(self, name), getattr(other, name)]))
@@ -449,6 +492,18 @@ class _E(Model):
 
     def learn(self, rows: Arr, f: Arr) -> None:
         self.ew.learn(rows, f, self.m_after, self.v_after)
+
+    def tick(self, rows: Arr, x: F64) -> tuple[F64, F64, F64] | None:
+        got = self.ew.tick(self.det.warmup)
+        if got is None:
+            return None
+        m, std = got
+        # (past warm-up, m is finite and std is kept above 0: raw is finite)
+        raw = np.abs(x - m) / np.maximum(std, 1e-12 * (1 + np.abs(m)))
+        return raw, m, self.det.level * std
+
+    def learn_tick(self, rows: Arr, learnt: Arr | None, x: F64) -> None:
+        self.ew.learn_tick(learnt, x)
 
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         self.ew.scatter(i, s)
@@ -497,6 +552,29 @@ class _C(Model):
         self.sn[rows[moved]] = self.sns[moved, f[moved] - 1]
         self.ew.learn(rows, f, self.m_after, self.v_after)
         self.n[rows] += f
+
+    def tick(self, rows: Arr, x: F64) -> tuple[F64, F64, F64] | None:
+        got = self.ew.tick(0)
+        if got is None:
+            return None
+        m, std = got
+        z = (x - m) / np.maximum(std, 1e-12 * (1 + np.abs(m)))
+        if self.n.min() < self.det.warmup:
+            z = z * (self.n >= self.det.warmup)
+        k = self.det.k
+        self.tp = np.maximum(self.sp + (z - k), 0.0)  # S_t = max(0, S_(t-1) + y_t)
+        self.tn = np.maximum(self.sn + (-k - z), 0.0)
+        return np.maximum(self.tp, self.tn), m, 3 * std
+
+    def learn_tick(self, rows: Arr, learnt: Arr | None, x: F64) -> None:
+        if learnt is None:
+            self.sp, self.sn = self.tp, self.tn
+            self.n += 1
+        else:
+            self.sp = np.where(learnt, self.tp, self.sp)
+            self.sn = np.where(learnt, self.tn, self.sn)
+            self.n += learnt
+        self.ew.learn_tick(learnt, x)
 
     def forget(self, rows: Arr) -> None:
         self.sp[rows] = 0.0
@@ -651,12 +729,18 @@ class Stacked:
     Keys get a row the first time they are seen; rows are never reused."""
 
     reach_hint: int | None = None  # the first pass's span, None: the whole grid (run_stacked)
+    #: the layout of the arrays of this class and its models, kept in snapshots (pickles of
+    #: the arrays: fast). Bump it when their attributes change: a snapshot of another
+    #: layout is then converted on load (see __setstate__).
+    LAYOUT = 2
 
     def __init__(self, driver: Driver) -> None:
+        self.layout = Stacked.LAYOUT
         self.driver = driver
         self.rows: dict[str, int] = {}
         self.names: list[str] = []
         self.model = _model(driver.detector, [])
+        self.all_rows = np.zeros(0, np.int64)  # every row, in order
         self.streak = np.zeros(0, np.int64)
         self.since = np.zeros(0, np.int64)
         self._last_names: object = None
@@ -666,6 +750,14 @@ class Stacked:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A snapshot of another layout (an older edgeflow's) is read out key by key with
+        today's methods, as each key's Driver state, and laid out again."""
+        self.__dict__.update(state)
+        if state.get("layout") != Stacked.LAYOUT:
+            keys = [self.driver_state(r) for r in range(len(self.names))]
+            self.__dict__ = _restore(self.driver, list(self.names), keys).__dict__
 
     def rows_of(self, names: tuple[str, ...] | list[str]) -> Arr:
         """The row of each name, adding rows for names not seen before."""
@@ -683,6 +775,7 @@ class Stacked:
         if new:
             det = self.driver.detector
             self.model.extend(_model(det, [det.init() for _ in new]))
+            self.all_rows = np.arange(len(self.names))
             self.streak = np.concatenate([self.streak, np.zeros(len(new), np.int64)])
             self.since = np.concatenate([self.since, np.full(len(new), 1 << 30, np.int64)])
         self._last_names, self._last_rows = names, out
@@ -716,7 +809,7 @@ class Stacked:
         model, a new key, a key in warm-up). Keys adapting to a lasting change (``adapt_after``
         anomalies in a row) learn their reading, anomalous or not, as the Driver's do."""
         model = self.model
-        if not isinstance(model, _Z) or len(x) != len(self.names):
+        if len(x) != len(self.names):
             return None
         driver = self.driver
         adapt = driver.adapt_after
@@ -724,7 +817,7 @@ class Stacked:
         if not self.quiet and adapt is not None:
             past = self.streak >= adapt
             adapting = past if past.any() else None
-        rows = model.all_rows
+        rows = self.all_rows
         got = model.tick(rows, x)
         if got is None:
             return None
@@ -739,7 +832,9 @@ class Stacked:
                 self.quiet = True  # no key has a streak of anomalies
             return events
         self.quiet = False
-        model.learn_tick(rows, ~flagged if adapting is None else ~flagged | adapting, x)
+        learnt = ~flagged if adapting is None else ~flagged | adapting
+        model.learn_tick(rows, learnt, x)
+        model.forget(rows[~learnt])  # anomalies not learnt (CUSUM restarts its sums)
         since, streak = self.since, self.streak
         since += 1  # learnt: one more point; flagged: the anomaly counts too
         ev = flagged & (since > driver.decision.cooldown)
@@ -751,6 +846,14 @@ class Stacked:
             events.add(r, np.zeros(len(r), np.int64), calibrate(rr, driver.detector.level), rr,
                        mid - dev, mid + dev)  # fmt: skip
         return events
+
+
+def _restore(driver: Driver, names: list[str], keys: list[dict[str, Any]]) -> Stacked:
+    """A :class:`Stacked` from each key's Driver state."""
+    out = Stacked(driver)
+    for r, st in zip(out.rows_of(names).tolist(), keys, strict=True):
+        out.load(r, st)
+    return out
 
 
 class Events:
