@@ -452,14 +452,26 @@ def test_batches_of_a_few_ticks_equal_the_per_key_driver(make: object, adapt: in
         if out:
             key_col = [int(k[1:]) for k in out.columns["key"]]
             assert (out.columns["value"] == x[out.columns["t"], key_col]).all()
-            got += list(zip(out.columns["key"], out.columns["t"].tolist(), strict=True))
+            c = out.columns
+            got += zip(
+                c["key"],
+                c["t"].tolist(),
+                np.round(c["score"], 8).tolist(),
+                np.round(c["expected_low"], 6).tolist(),
+                np.round(c["expected_high"], 6).tolist(),
+                strict=True,
+            )
     want = []
     for j, key in enumerate(keys):
         drv = detect.Driver(make(), adapt_after=adapt)  # type: ignore[operator]
         o = drv.run(drv.init(), x[:, j])
-        want += [(key, int(t)) for t in np.flatnonzero(o.event)]
-    assert sorted(got) == sorted(want)
-    assert ("d12", 304) in want and len(want) > 10
+        want += [
+            (key, int(t), round(float(o.score[t]), 8), round(float(o.low[t]), 6),
+             round(float(o.high[t]), 6))
+            for t in np.flatnonzero(o.event)
+        ]  # fmt: skip
+    assert sorted(got) == sorted(want)  # events, scores and expected ranges
+    assert ("d12", 304) in [w[:2] for w in want] and len(want) > 10
 
 
 @pytest.mark.parametrize("make", STACKED)

@@ -248,18 +248,16 @@ class _Ewma:
     def learn_tick(self, learnt: Arr | None, x: F64) -> None:
         """Rows learnt their reading where ``learnt`` (None: all), as :meth:`learn` would."""
         a = self.a
+        d = a * (1 - a) * (x - self.m) ** 2
+        m = a * x + (1 - a) * self.m
+        v = d + (1 - a) * self.v
+        # new arrays, never written in place: tick() handed out the means before this
         if learnt is None:
-            d = a * (1 - a) * (x - self.m) ** 2
-            self.m = a * x + (1 - a) * self.m
-            self.v = d + (1 - a) * self.v
+            self.m, self.v = m, v
             self.n += 1
-            return
-        r = np.flatnonzero(learnt)
-        xr, mr = x[r], self.m[r]
-        d = a * (1 - a) * (xr - mr) ** 2
-        self.m[r] = a * xr + (1 - a) * mr
-        self.v[r] = d + (1 - a) * self.v[r]
-        self.n[r] += 1
+        else:
+            self.m, self.v = np.where(learnt, m, self.m), np.where(learnt, v, self.v)
+            self.n += learnt
 
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         s["m"] = None if np.isnan(self.m[i]) else float(self.m[i])
