@@ -240,11 +240,31 @@ def test_edgeflow_score_writes_one_scored_row_per_input_row(tmp_path: Path) -> N
     assert bad.returncode == 2 and "column 'when' is not in" in bad.stderr
 
 
+def _event_rows(c: dict) -> list[tuple]:
+    """Anomaly events as comparable rows: key, time, score and expected range (rounded;
+    None for a range a detector does not give)."""
+
+    def r(v: np.ndarray, digits: int) -> list:
+        return [None if not np.isfinite(f) else round(float(f), digits) for f in v]
+
+    return list(
+        zip(
+            c["key"],
+            np.asarray(c["t"]).tolist(),
+            r(c["score"], 8),
+            r(c["expected_low"], 6),
+            r(c["expected_high"], 6),
+            strict=True,
+        )
+    )
+
+
 @pytest.mark.parametrize("per", [1, 3])
 @pytest.mark.parametrize("make", STACKED)
 def test_live_batches_scored_across_keys_equal_the_per_key_driver(make: object, per: int) -> None:
-    """Live batches (``per`` readings per key; 1 = a tick, which z-score scores from running
-    sums) give the same events as one bulk batch, and as each key's own Driver."""
+    """Live batches (``per`` readings per key: ticks, which z-score, EWMA and CUSUM score
+    from a few numbers per key) give the same events, scores and expected ranges as one
+    bulk batch, and as each key's own Driver."""
     from edgeflow.batch import Batch
     from edgeflow.ops.detect_kernel import DetectKernel
 
@@ -268,7 +288,7 @@ def test_live_batches_scored_across_keys_equal_the_per_key_driver(make: object, 
         )
         out = live.step_batch(st_live, b)
         if out:
-            got += list(zip(out.columns["key"], out.columns["t"].tolist(), strict=True))
+            got += _event_rows(out.columns)
     bulk = DetectKernel("d", "v", make(), detect.threshold())  # type: ignore[operator]
     out = bulk.step_batch(
         bulk.init(),
@@ -281,12 +301,19 @@ def test_live_batches_scored_across_keys_equal_the_per_key_driver(make: object, 
         ),
     )
     assert out is not None
-    assert sorted(got) == sorted(zip(out.columns["key"], out.columns["t"].tolist(), strict=True))
+    assert sorted(got) == sorted(_event_rows(out.columns))
     want = []
     for i, key in enumerate(keys):
         drv = detect.Driver(make())  # type: ignore[operator]
         o = drv.run(drv.init(), x[:, i])
-        want += [(key, int(t)) for t in np.flatnonzero(o.event)]
+        at = np.flatnonzero(o.event)
+        cols = {
+            "t": at,
+            "score": o.score[at],
+            "expected_low": o.low[at],
+            "expected_high": o.high[at],
+        }
+        want += _event_rows({"key": [key] * len(at), **cols})
     assert sorted(got) == sorted(want)
     assert len(got) > 10
 
