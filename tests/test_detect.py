@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeflow import evaluate
+from edgeflow.batch import Batch
 from edgeflow.ops import detect
 from tests.helpers import edgeflow
 
@@ -240,6 +241,18 @@ def test_edgeflow_score_writes_one_scored_row_per_input_row(tmp_path: Path) -> N
     assert bad.returncode == 2 and "column 'when' is not in" in bad.stderr
 
 
+def ticks_batch(keys: tuple[str, ...], rows: np.ndarray, t0: int) -> Batch:
+    """A batch of whole ticks: row j of ``rows`` holds every key's reading at time t0 + j."""
+    per, n_keys = rows.shape
+    return Batch(
+        ("v",),
+        keys,
+        np.tile(np.arange(n_keys, dtype=np.int32), per),
+        np.repeat(np.arange(t0, t0 + per, dtype=np.int64), n_keys),
+        rows.reshape(1, -1),
+    )
+
+
 def _event_rows(c: dict) -> list[tuple]:
     """Anomaly events as comparable rows: key, time, score and expected range (rounded;
     None for a range a detector does not give)."""
@@ -265,7 +278,6 @@ def test_live_batches_scored_across_keys_equal_the_per_key_driver(make: object, 
     """Live batches (``per`` readings per key: ticks, which z-score, EWMA and CUSUM score
     from a few numbers per key) give the same events, scores and expected ranges as one
     bulk batch, and as each key's own Driver."""
-    from edgeflow.batch import Batch
     from edgeflow.ops.detect_kernel import DetectKernel
 
     keys = tuple(f"d{i}" for i in range(40))
@@ -279,26 +291,14 @@ def test_live_batches_scored_across_keys_equal_the_per_key_driver(make: object, 
     got = []
     for i in range(0, 1200, per):
         rows = x[i : i + per]
-        b = Batch(
-            ("v",),
-            keys,
-            np.tile(np.arange(40, dtype=np.int32), per),
-            np.repeat(np.arange(i, i + per, dtype=np.int64), 40),
-            rows.reshape(1, -1),
-        )
+        b = ticks_batch(keys, rows, i)
         out = live.step_batch(st_live, b)
         if out:
             got += _event_rows(out.columns)
     bulk = DetectKernel("d", "v", make(), detect.threshold())  # type: ignore[operator]
     out = bulk.step_batch(
         bulk.init(),
-        Batch(
-            ("v",),
-            keys,
-            np.tile(np.arange(40, dtype=np.int32), 1200),
-            np.repeat(np.arange(1200, dtype=np.int64), 40),
-            x.reshape(1, -1),
-        ),
+        ticks_batch(keys, x, 0),
     )
     assert out is not None
     assert sorted(got) == sorted(_event_rows(out.columns))
@@ -320,7 +320,6 @@ def test_live_batches_scored_across_keys_equal_the_per_key_driver(make: object, 
 
 @pytest.mark.parametrize("make", STACKED)
 def test_bulk_batches_scored_in_2d_passes_equal_the_per_key_driver(make: object) -> None:
-    from edgeflow.batch import Batch
     from edgeflow.ops.detect_kernel import DetectKernel
 
     keys = tuple(f"d{i}" for i in range(30))
@@ -332,13 +331,7 @@ def test_bulk_batches_scored_in_2d_passes_equal_the_per_key_driver(make: object)
     st_ = kern.init()
     got = []
     for a in range(0, 900, 300):  # 300 readings per key per batch: the bulk path
-        b = Batch(
-            ("v",),
-            keys,
-            np.tile(np.arange(30, dtype=np.int32), 300),
-            np.repeat(np.arange(a, a + 300, dtype=np.int64), 30),
-            x[a : a + 300].reshape(1, -1),
-        )
+        b = ticks_batch(keys, x[a : a + 300], a)
         out = kern.step_batch(st_, b)
         if out:
             got += list(
@@ -363,7 +356,6 @@ def test_stacked_state_follows_keys_that_come_go_and_reorder(make: object) -> No
     """Keys get state rows as they appear; batches name them in any order, some skip
     batches, some readings are NaN; results equal each key's own Driver, and a pickled
     state resumes identically."""
-    from edgeflow.batch import Batch
     from edgeflow.ops.detect_kernel import DetectKernel
 
     rng = np.random.default_rng(21)
@@ -408,7 +400,6 @@ def test_stacked_state_follows_keys_that_come_go_and_reorder(make: object) -> No
 def test_alarm_heavy_then_quiet_batches_equal_the_per_key_driver(make: object) -> None:
     """Keys that alarm every few points make the next batch start with short passes; a
     quiet batch after them, and busy ones again, still give each key's Driver events."""
-    from edgeflow.batch import Batch
     from edgeflow.ops.detect_kernel import DetectKernel
 
     keys = tuple(f"d{i}" for i in range(20))
@@ -422,13 +413,7 @@ def test_alarm_heavy_then_quiet_batches_equal_the_per_key_driver(make: object) -
     st_ = kern.init()
     got, hinted = [], []
     for a in range(0, n, per):
-        b = Batch(
-            ("v",),
-            keys,
-            np.tile(np.arange(20, dtype=np.int32), per),
-            np.repeat(np.arange(a, a + per, dtype=np.int64), 20),
-            x[a : a + per].reshape(1, -1),
-        )
+        b = ticks_batch(keys, x[a : a + per], a)
         out = kern.step_batch(st_, b)
         if out:
             got += list(zip(out.columns["key"], out.columns["t"].tolist(), strict=True))
@@ -449,7 +434,6 @@ def test_batches_of_a_few_ticks_equal_the_per_key_driver(make: object, adapt: in
     """A batch holding a few whole ticks (a source polled late) is scored tick by tick, and
     keys that start adapting to a lasting shift mid-batch (learning their anomalies) stay on
     that path. Events (and their values) equal each key's own Driver."""
-    from edgeflow.batch import Batch
     from edgeflow.ops.detect_kernel import DetectKernel
 
     n_keys, n, per = 16, 800, 5
@@ -468,13 +452,7 @@ def test_batches_of_a_few_ticks_equal_the_per_key_driver(make: object, adapt: in
     st_ = kern.init()
     got = []
     for i in range(0, n, per):
-        b = Batch(
-            ("v",),
-            keys,
-            np.tile(np.arange(n_keys, dtype=np.int32), per),
-            np.repeat(np.arange(i, i + per, dtype=np.int64), n_keys),
-            x[i : i + per].reshape(1, -1),
-        )
+        b = ticks_batch(keys, x[i : i + per], i)
         out = kern.step_batch(st_, b)
         if out:
             key_col = [int(k[1:]) for k in out.columns["key"]]
@@ -505,7 +483,6 @@ def test_batches_of_a_few_ticks_equal_the_per_key_driver(make: object, adapt: in
 def test_a_snapshot_of_an_older_array_layout_resumes_identically(make: object) -> None:
     """Snapshots pickle the stacked arrays; one written by an older edgeflow (another
     layout: attributes missing) is read out key by key and resumes as if never stopped."""
-    from edgeflow.batch import Batch
     from edgeflow.ops.detect_bulk import Stacked
     from edgeflow.ops.detect_kernel import DetectKernel
 
@@ -519,13 +496,7 @@ def test_a_snapshot_of_an_older_array_layout_resumes_identically(make: object) -
     def feed(kern: DetectKernel, st: dict, a: int, b: int, per: int) -> list[tuple[str, int]]:
         got = []
         for i in range(a, b, per):
-            bt = Batch(
-                ("v",),
-                keys,
-                np.tile(np.arange(n_keys, dtype=np.int32), per),
-                np.repeat(np.arange(i, i + per, dtype=np.int64), n_keys),
-                x[i : i + per].reshape(1, -1),
-            )
+            bt = ticks_batch(keys, x[i : i + per], i)
             out = kern.step_batch(st, bt)
             if out:
                 got += list(zip(out.columns["key"], out.columns["t"].tolist(), strict=True))
