@@ -167,6 +167,10 @@ def main() -> None:
         "--quick", action="store_true", help="1,000,000 readings and an 8 s latency run"
     )
     args = ap.parse_args()
+    try:
+        import river  # noqa: F401 - the baseline, checked before minutes of benchmarking
+    except ImportError:
+        ap.exit(2, "bench/detect.py needs River for its baseline: pip install -e '.[bench]'\n")
     n = 1_000_000 if args.quick else 10_000_000
     data = batches(n)
     rates: dict[str, float] = {}
