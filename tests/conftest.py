@@ -49,13 +49,43 @@ _passed: dict[str, int] = {"kafka": 0, "mqtt": 0}
 _collected: dict[str, int] = {"kafka": 0, "mqtt": 0}
 
 
+CLI_RUNNERS = frozenset({"edgeflow", "popen_edgeflow"})
+
+
+def _runs_cli(item: pytest.Item) -> bool:
+    """Does the test (or a helper function of its module that it calls) run the edgeflow CLI?"""
+    fn = getattr(item, "function", None)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return False
+    module = getattr(item, "module", None)
+    names = set(code.co_names)
+    seen: set[str] = set()
+    while names - seen:
+        name = (names - seen).pop()
+        seen.add(name)
+        if name in CLI_RUNNERS:
+            return True
+        helper = getattr(module, name, None)
+        inner = getattr(helper, "__code__", None)
+        if inner is not None and getattr(helper, "__module__", None) == getattr(
+            module, "__name__", ""
+        ):
+            names |= set(inner.co_names)
+    return False
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by what they need: `broker` (a real server), `e2e` (the CLI in a subprocess)."""
     for item in items:
         for fx in getattr(item, "fixturenames", ()):
             if fx in SERVER_FIXTURES:
                 _collected[SERVER_FIXTURES[fx]] += 1
                 item.user_properties.append(("server", SERVER_FIXTURES[fx]))
+                item.add_marker(pytest.mark.broker)
                 break
+        if _runs_cli(item):
+            item.add_marker(pytest.mark.e2e)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from pathlib import Path
@@ -56,23 +57,44 @@ class KafkaBroker:
 def consume_all(
     bootstrap: str, topic: str, expect: int | None = None, timeout: float = 60
 ) -> list[Any]:
-    """Every message of ``topic`` from the beginning (waiting until ``expect`` arrived, if given)."""
-    from kafka import KafkaConsumer, TopicPartition
+    """Every message of ``topic`` from the beginning, waiting until ``expect`` arrived, if given.
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    A topic that does not exist (yet) has no messages: with ``expect`` unset (or 0) that is an
+    empty list once ``timeout`` passed, never an error from seeking on no partitions, so a test
+    can poll a topic that the flow under test has not created yet. With ``expect`` set, fewer
+    messages than expected by the deadline is returned as is; the caller's assertion says what
+    was missing. Broker calls that time out on a loaded machine are retried until the deadline.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        request_timeout_ms=30_000,
+    )
     try:
-        deadline = time.monotonic() + timeout
-        parts = consumer.partitions_for_topic(topic)
-        while not parts and time.monotonic() < deadline:
+        parts: set[int] = set()
+        while True:
+            with contextlib.suppress(KafkaError):
+                parts = consumer.partitions_for_topic(topic) or set()
+            if parts or time.monotonic() >= deadline:
+                break
             time.sleep(0.2)
-            parts = consumer.partitions_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in sorted(parts or [])]
+        if not parts:
+            return []
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         out: list[Any] = []
         while time.monotonic() < deadline:
-            ends = consumer.end_offsets(tps)
-            done = all(consumer.position(tp) >= ends[tp] for tp in tps)
+            try:
+                ends = consumer.end_offsets(tps)
+                done = all(consumer.position(tp) >= ends[tp] for tp in tps)
+            except KafkaError:
+                done = False
             if done and (expect is None or len(out) >= expect):
                 break
             for msgs in consumer.poll(timeout_ms=500).values():

@@ -91,7 +91,7 @@ def test_broker_outage_loses_nothing_and_duplicates_nothing(
         duration="70s",
     )
     proc = popen_edgeflow("run", str(flow), "--state-dir", str(tmp_path / "st"))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # generous: CI may run on a loaded machine
     while len(consume_all(own_broker.bootstrap, "outage-summary", timeout=5)) < 20:
         assert time.monotonic() < deadline and proc.poll() is None
     own_broker.stop()
@@ -146,7 +146,7 @@ def test_kill_9_during_delivery_then_resume_gives_exactly_the_records_after_dedu
         "300ms",
     )
     proc = popen_edgeflow(*args)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # generous: CI may run on a loaded machine
     while len(consume_all(kafka_bootstrap, "crash-summary", timeout=5)) < 100:
         assert time.monotonic() < deadline and proc.poll() is None
     os.kill(proc.pid, signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -47,8 +48,14 @@ def test_metrics_endpoint_counts_what_the_flow_did(tmp_path: Path) -> None:
         target=lambda: result.setdefault("summary", run(flow.plan(), RunOptions(metrics_port=port)))
     )
     runner.start()
-    time.sleep(1.5)
-    live = scrape(port)  # mid-run: the endpoint answers while the flow works
+    live: dict[str, float] = {}
+    deadline = time.monotonic() + 120  # mid-run: the endpoint answers while the flow works
+    while runner.is_alive() and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            live = scrape(port)
+            if live.get('edgeflow_readings_in_total{flow="metrics-test"}', 0) > 0:
+                break
+        time.sleep(0.05)
     assert 0 < live['edgeflow_readings_in_total{flow="metrics-test"}'] < 5 * 50 * 60
     runner.join(60)
     final = scrape(port)

@@ -60,7 +60,7 @@ def test_one_and_two_workers_and_a_kill_9_give_the_same_alerts_and_trends(tmp_pa
         "200ms",
     )
     proc = popen_edgeflow(*args)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # generous: CI may run on a loaded machine
     while len(lines(crash["lttb"])) < 600 and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
