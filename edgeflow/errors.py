@@ -27,6 +27,15 @@ class BatchError(EdgeflowError, ValueError):
     """A batch's arrays do not fit together (wrong dtype, shape or length)."""
 
 
+class UserInputError(EdgeflowError):
+    """What the user asked for cannot be done as asked (an option's value, a busy port): the
+    command line reports it as one line and exits 2, like any usage error."""
+
+
+class MetricsPortError(UserInputError):
+    """The metrics port (``--metrics-port``) cannot be listened on."""
+
+
 class FlowLoadError(EdgeflowError):
     """A flow file or module could not be loaded."""
 

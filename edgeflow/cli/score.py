@@ -1,4 +1,9 @@
-"""``edgeflow score``: run a streaming detector over a recorded CSV, one score per row."""
+"""``edgeflow score``: run a streaming detector over a recorded CSV, one score per row.
+
+Every mistake in the command line or the input (a missing or empty file, an unknown or
+non-numeric column, a bad time, a detector without its arguments, an output that cannot be
+written) is one line ``error: ...`` saying what to change, with exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import csv
 import math
 import sys
 from pathlib import Path
+from typing import IO, Any
 
 import click
 import numpy as np
@@ -14,7 +20,26 @@ from edgeflow.connectors.parse import parse_time
 from edgeflow.ops import detect
 
 
-@click.command("score")
+class ScoreError(click.UsageError):
+    """A usage error shown as one line, ``error: ...`` (exit code 2)."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class _OneLineErrors(click.Command):
+    """click's own option errors (a bad --threshold, a missing option) as one line too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except ScoreError:
+            raise
+        except click.UsageError as exc:
+            raise ScoreError(f"edgeflow score: {exc.format_message()}", ctx) from None
+
+
+@click.command("score", cls=_OneLineErrors)
 @click.option(
     "--detector",
     "name",
@@ -27,7 +52,7 @@ from edgeflow.ops import detect
     "--input",
     "input_path",
     required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="CSV with a header row.",
 )
 @click.option(
@@ -38,6 +63,12 @@ from edgeflow.ops import detect
 @click.option("--value-col", required=True, help="Column with the value to score.")
 @click.option(
     "--key-col", default=None, help="Column with the device key; each key is scored separately."
+)
+@click.option(
+    "--low", type=float, default=None, help="--detector limits: values below this are anomalous."
+)
+@click.option(
+    "--high", type=float, default=None, help="--detector limits: values above this are anomalous."
 )
 @click.option(
     "--threshold",
@@ -51,7 +82,7 @@ from edgeflow.ops import detect
     "--out",
     "out_path",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="Where to write the scored CSV.",
 )
 def score_cmd(
@@ -60,64 +91,147 @@ def score_cmd(
     time_col: str,
     value_col: str,
     key_col: str | None,
+    low: float | None,
+    high: float | None,
     thr: float,
     out_path: Path,
 ) -> None:
     """Score a recorded CSV with the same streaming detector a flow runs: writes every input
     row plus score (0-1, higher = more anomalous), is_anomaly and detector. Rows are taken in
     time order per key; rows whose value is empty are written with an empty score."""
-    with input_path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        for col in (time_col, value_col, *([key_col] if key_col else [])):
-            if col not in header:
-                raise click.UsageError(
-                    f"column {col!r} is not in {input_path} (columns: {', '.join(header)})"
-                )
-        rows = list(reader)
+    make = _detector_maker(name, low, high)
+    header, rows = _read_csv(input_path, [time_col, value_col, *([key_col] if key_col else [])])
     times, values, keys = [], [], []
     for i, row in enumerate(rows, start=2):
         try:
             times.append(parse_time(row[time_col], "auto"))
         except ValueError as exc:
-            raise click.UsageError(f"{input_path}:{i}: {time_col}: {exc}") from None
+            raise ScoreError(f"{input_path}:{i}: column {time_col!r}: {exc}") from None
         cell = (row[value_col] or "").strip()
         try:
             values.append(float(cell) if cell else math.nan)
         except ValueError:
-            raise click.UsageError(
-                f"{input_path}:{i}: {value_col}: {cell!r} is not a number"
+            raise ScoreError(
+                f"{input_path}:{i}: column {value_col!r}: {cell[:40]!r} is not a number; "
+                "--value-col must name a numeric column (an empty cell is scored as missing)"
             ) from None
         keys.append(row[key_col] if key_col else "")
     t = np.asarray(times, np.int64)
     x = np.asarray(values, np.float64)
     score = np.full(len(rows), np.nan)
     anomalous = np.zeros(len(rows), bool)
+    key_arr = np.asarray(keys)
     for key in dict.fromkeys(keys):
-        idx = np.flatnonzero(np.asarray(keys) == key)
+        idx = np.flatnonzero(key_arr == key)
         idx = idx[np.argsort(t[idx], kind="stable")]
         ok = idx[np.isfinite(x[idx])]
-        driver = detect.Driver(detect.make(name), detect.threshold(thr))
+        if not len(ok):
+            continue
+        driver = detect.Driver(make(), detect.threshold(thr))
         out = driver.run(driver.init(), x[ok])
         score[ok] = out.score
         anomalous[ok] = out.anomaly
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with out_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*header, "score", "is_anomaly", "detector"])
-        writer.writeheader()
-        for row, s, a in zip(rows, score.tolist(), anomalous.tolist(), strict=True):
-            writer.writerow(
-                {
-                    **row,
-                    "score": "" if math.isnan(s) else f"{s:.6f}",
-                    "is_anomaly": "true" if a else "false",
-                    "detector": name,
-                }
-            )
+    _write_csv(out_path, header, rows, score, anomalous, name)
     click.echo(
         f"scored {len(rows)} rows with {name}: {int(anomalous.sum())} anomalous -> {out_path}",
         err=True,
     )
+
+
+def _detector_maker(name: str, low: float | None, high: float | None) -> Any:
+    """A function making a fresh detector per key; refuses arguments that do not fit."""
+    if name == "limits":
+        if low is None and high is None:
+            raise ScoreError(
+                "--detector limits needs the alarm limits: give --low, --high or both "
+                "(e.g. --high 80)"
+            )
+        if low is not None and high is not None and not low < high:
+            raise ScoreError(f"--low {low} must be below --high {high}")
+        params: dict[str, Any] = {"low": low, "high": high}
+    elif low is not None or high is not None:
+        raise ScoreError(f"--low and --high apply to --detector limits only, not {name}")
+    else:
+        params = {}
+    for opt, v in (("--low", low), ("--high", high)):
+        if v is not None and not math.isfinite(v):
+            raise ScoreError(f"{opt} {v}: give a finite number")
+    problems = detect.make(name, **params).problems()
+    if problems:
+        raise ScoreError(problems[0])
+    return lambda: detect.make(name, **params)
+
+
+def _read_csv(path: Path, needed: list[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a CSV, or one line saying why it cannot be scored."""
+    if not path.exists():
+        raise ScoreError(f"--input {path}: no such file")
+    if not path.is_file():
+        raise ScoreError(f"--input {path}: not a file; give a CSV file with a header row")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            if not header:
+                raise ScoreError(
+                    f"--input {path} is empty; give a CSV with a header row naming the "
+                    "time and value columns, then one row per reading"
+                )
+            for col in needed:
+                if col not in header:
+                    raise ScoreError(
+                        f"column {col!r} is not in {path} (columns: {', '.join(header)})"
+                    )
+            rows = []
+            for row in reader:
+                if None in row or any(row[c] is None for c in needed):
+                    raise ScoreError(
+                        f"{path}:{reader.line_num}: the row has {_cells(row)} cells, the "
+                        f"header {len(header)}; give every row the header's columns"
+                    )
+                rows.append(row)
+    except UnicodeDecodeError as exc:
+        raise ScoreError(
+            f"--input {path}: not UTF-8 text ({exc.reason}); save it as UTF-8"
+        ) from None
+    except csv.Error as exc:
+        raise ScoreError(f"--input {path}: not a readable CSV ({exc})") from None
+    except OSError as exc:
+        raise ScoreError(f"--input {path}: cannot read it ({exc.strerror or exc})") from None
+    return header, rows
+
+
+def _cells(row: dict[Any, Any]) -> int:
+    extra = row.get(None) or []
+    return sum(v is not None for k, v in row.items() if k is not None) + len(extra)
+
+
+def _write_csv(
+    path: Path,
+    header: list[str],
+    rows: list[dict[str, str]],
+    score: np.ndarray,
+    anomalous: np.ndarray,
+    name: str,
+) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[*header, "score", "is_anomaly", "detector"])
+            writer.writeheader()
+            for row, s, a in zip(rows, score.tolist(), anomalous.tolist(), strict=True):
+                writer.writerow(
+                    {
+                        **row,
+                        "score": "" if math.isnan(s) else f"{s:.6f}",
+                        "is_anomaly": "true" if a else "false",
+                        "detector": name,
+                    }
+                )
+    except OSError as exc:
+        raise ScoreError(
+            f"--out {path}: cannot write it ({exc.strerror or exc}); give a writable file path"
+        ) from None
 
 
 if __name__ == "__main__":

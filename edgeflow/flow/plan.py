@@ -4,6 +4,10 @@ Build a flow, then ``flow.plan()`` checks it and returns a :class:`Plan` (or rai
 :class:`~edgeflow.errors.FlowValidationError` listing every problem, each naming its
 step and what to change). The plan prints, serialises to JSON and is what the engine
 compiles; building it runs nothing.
+
+Every operator of every step (window, aggregation, reduction, detector, decision) is
+checked through one method, ``problems()`` (:class:`~edgeflow.ops.args.Checked`): each bad
+argument is one line naming the step, the argument, the value given and the valid range.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Any
 from edgeflow.connectors.base import SinkSpec, SourceSpec
 from edgeflow.errors import FlowValidationError
 from edgeflow.ops.agg import Agg
+from edgeflow.ops.args import Arg, Checked
+from edgeflow.ops.args import duration as duration_arg
 from edgeflow.ops.detect import Decision, Detector
 from edgeflow.ops.downsample import DownsampleSpec
 from edgeflow.ops.window import ResolvedWindow, WindowSpec
@@ -376,7 +382,11 @@ def _validate(flow: Flow) -> Plan:
     problems: list[str] = []
     if not isinstance(flow.name, str) or not _NAME.match(flow.name):
         problems.append(f"flow name {flow.name!r}: use letters, digits, '_' or '-'")
-    if not isinstance(flow.shards, int) or not 1 <= flow.shards <= 4096:
+    if (
+        not isinstance(flow.shards, int)
+        or isinstance(flow.shards, bool)
+        or not 1 <= flow.shards <= 4096
+    ):
         problems.append(f"flow shards={flow.shards!r}: give a whole number in [1, 4096]")
     seen: dict[str, Step] = {}
     for s in flow.steps:
@@ -422,7 +432,7 @@ def _validate(flow: Flow) -> Plan:
                     f"{where}: {spec!r} is not a reduction; use e.g. downsample.deadband('temp', band=0.5)"
                 )
                 continue
-            problems.extend(f"{where}: {m}" for m in spec.problems())
+            _check_operator(spec, where, problems)
             _check_field(spec.field, fields_of.get(up), where, problems)
             downsamples.append(DownsamplePlan(s.name, (up, port), spec))
         elif s.kind == "detect":
@@ -438,7 +448,12 @@ def _validate(flow: Flow) -> Plan:
                     f"{where}: decision={dec!r}; use detect.threshold(0.999) or detect.quantile(0.999)"
                 )
                 continue
-            problems.extend(f"{where}: {m}" for m in dec.problems())
+            _check_operator(det, where, problems)
+            _check_operator(dec, where, problems)
+            if not isinstance(p["learn"], bool):
+                problems.append(
+                    f"{where}: learn_anomalies={p['learn']!r} is not a boolean; give True or False"
+                )
             if not isinstance(p["field"], str):
                 problems.append(f"{where}: field {p['field']!r} must be a field name, e.g. 'accel'")
                 continue
@@ -516,6 +531,11 @@ def _check_features(
     return FeaturesPlan(s.name, (up, port), time, tuple(a.output_name for a in w.aggs))
 
 
+def _check_operator(op: Checked, where: str, problems: list[str]) -> None:
+    """The operator's own argument check (one line per bad argument), naming the step."""
+    problems.extend(f"{where}: {m}" for m in op.problems())
+
+
 def _check_field(
     name: str, fields: tuple[str, ...] | None, where: str, problems: list[str]
 ) -> None:
@@ -528,13 +548,14 @@ def _check_field(
 def _duration(
     value: Any, what: str, where: str, problems: list[str], *, allow_none: bool = False
 ) -> int | None:
+    """A step's duration argument (0 allowed, at most ten years) in ns; 0 when refused."""
     if value is None and allow_none:
         return None
-    try:
-        return parse_duration(value, what=what)
-    except ValueError as exc:
-        problems.append(f"{where}: {exc}")
+    why = duration_arg(what, zero=True).problem(value)
+    if why is not None:
+        problems.append(f"{where}: {why}")
         return 0
+    return parse_duration(value, what=what)
 
 
 def _check_source(
@@ -575,8 +596,9 @@ def _check_source(
     lateness = _duration(p["lateness"], "lateness", where, problems) or 0
     budget = _duration(p["batch_budget"], "batch_budget", where, problems) or 0
     bmax = p["batch_max"]
-    if not isinstance(bmax, int) or bmax < 1:
-        problems.append(f"{where}: batch_max={bmax!r}: give a whole number >= 1")
+    why = Arg("batch_max", "int", 1, 1 << 24).problem(bmax)
+    if why is not None:
+        problems.append(f"{where}: {why}")
         bmax = 1
     return SourcePlan(s.name, spec, key or "", time or "", fields, lateness, bmax, budget)
 
@@ -596,11 +618,9 @@ def _check_window(
             f"{where}: the first argument must be a window such as window.tumbling('1s'), got {spec!r}"
         )
         return None
-    try:
-        resolved = spec.resolve()
-    except ValueError as exc:
-        problems.append(f"{where}: {exc}")
-        resolved = None
+    bad = spec.problems()
+    problems.extend(f"{where}: {m}" for m in bad)
+    resolved = None if bad else spec.resolve()
     aggs = p["aggs"]
     if not aggs:
         problems.append(
@@ -612,7 +632,7 @@ def _check_window(
         if not isinstance(a, Agg):
             problems.append(f"{where}: {a!r} is not an aggregation; use e.g. agg.mean('accel')")
             continue
-        problems.extend(f"{where}: {m}" for m in a.problems())
+        _check_operator(a, where, problems)
         if (
             a.field is not None
             and fields is not None

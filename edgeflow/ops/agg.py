@@ -21,12 +21,22 @@ import numpy.typing as npt
 from scipy import fft as scipy_fft
 
 from edgeflow.batch import F64, I64
+from edgeflow.ops.args import Arg, check
 
 FUNCS = (
     "count", "sum", "mean", "min", "max", "std", "var", "rms",
     "first", "last", "median", "percentile", "ptp", "kurtosis", "crest_factor", "band_energy",
     "heart_rate", "rr_irregularity",
 )  # fmt: skip
+
+_FS = Arg("fs", "number", 0, 1e9, low_open=True, hint="the sample rate in Hz, e.g. fs=250")
+#: the arguments of the aggregations that take more than a field (see :mod:`edgeflow.ops.args`)
+ARGS: dict[str, tuple[Arg, ...]] = {
+    "percentile": (Arg("q", "number", 0, 100),),
+    "band_energy": (Arg("low_hz", "number", 0, 1e9), Arg("high_hz", "number", 0, 1e9), _FS),
+    "heart_rate": (_FS,),
+    "rr_irregularity": (_FS,),
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,7 @@ class Agg:
             label = f"p{q:g}".replace(".", "_")
             return f"{label}_{self.field}"
         if self.func == "band_energy" and self.band is not None:
-            lo, hi, _ = self.band
+            lo, hi, _ = (v if isinstance(v, int | float) else 0.0 for v in self.band)
             return f"band_{lo:g}_{hi:g}hz_{self.field}".replace(".", "_")
         return f"{self.func}_{self.field}"
 
@@ -57,30 +67,26 @@ class Agg:
         out: list[str] = []
         if self.func not in FUNCS:
             out.append(f"unknown aggregation {self.func!r}; use one of {', '.join(FUNCS)}")
-        if self.func != "count" and not (isinstance(self.field, str) and self.field):
-            out.append(f"agg.{self.func}() needs a field name, e.g. agg.{self.func}('accel')")
         if self.field is not None and not isinstance(self.field, str):
-            out.append(f"agg.{self.func}: field must be a string, got {self.field!r}")
-        if self.func == "percentile" and (
-            not isinstance(self.q, int | float)
-            or isinstance(self.q, bool)
-            or not 0 <= self.q <= 100
-        ):
             out.append(
-                f"agg.percentile({self.field!r}, q={self.q!r}): q must be a number in [0, 100]"
+                f"agg.{self.func}: field={self.field!r} is not a field name; give a string, "
+                f"e.g. agg.{self.func}('accel')"
             )
+        elif self.func != "count" and not self.field:
+            out.append(f"agg.{self.func}() needs a field name, e.g. agg.{self.func}('accel')")
+        label = f"agg.{self.func}({self.field!r})"
+        band = self.band if self.band is not None else (None, None, None)
+        values = {"q": self.q, "low_hz": band[0], "high_hz": band[1], "fs": self.fs}
         if self.func == "band_energy":
-            lo, hi, fs = self.band if self.band is not None else (-1.0, -1.0, -1.0)
-            if not (0 <= lo < hi <= fs / 2 and fs > 0):
+            values["fs"] = band[2]
+        bad = check(label, ARGS.get(self.func, ()), values)
+        out += bad
+        if self.func == "band_energy" and not bad:
+            lo, hi, fs = (float(v) for v in self.band or ())
+            if not (lo < hi <= fs / 2):
                 out.append(
-                    f"agg.band_energy({self.field!r}, {lo}, {hi}, fs={fs}): need 0 <= low < high <= fs/2 (Nyquist), fs > 0"
+                    f"{label}: need low_hz < high_hz <= fs/2 (Nyquist); got {lo}, {hi}, fs={fs}"
                 )
-        if self.func in ("heart_rate", "rr_irregularity") and not (
-            isinstance(self.fs, int | float) and self.fs > 0
-        ):
-            out.append(
-                f"agg.{self.func}({self.field!r}, fs={self.fs!r}): give the sample rate in Hz, e.g. fs=250"
-            )
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,7 +176,7 @@ def crest_factor(field: str) -> Agg:
 def band_energy(field: str, low_hz: float, high_hz: float, *, fs: float) -> Agg:
     """Mean-square power of the window's signal in [low_hz, high_hz) (one-sided spectrum,
     FFT), for readings sampled at ``fs`` Hz; all bands together sum to mean(x**2)."""
-    return Agg("band_energy", field, band=(float(low_hz), float(high_hz), float(fs)))
+    return Agg("band_energy", field, band=(_real(low_hz), _real(high_hz), _real(fs)))
 
 
 def heart_rate(field: str, *, fs: float) -> Agg:
@@ -179,14 +185,19 @@ def heart_rate(field: str, *, fs: float) -> Agg:
     least 0.25 s apart, above 60 % of the window's R amplitude and standing out by half of
     it). NaN with
     fewer than two peaks."""
-    return Agg("heart_rate", field, fs=float(fs))
+    return Agg("heart_rate", field, fs=_real(fs))
 
 
 def rr_irregularity(field: str, *, fs: float) -> Agg:
     """Irregularity of the heart rhythm: the coefficient of variation (std / mean) of the
     R-R intervals in the window. About 0.02-0.08 in sinus rhythm, above 0.15 in atrial
     fibrillation. NaN with fewer than three peaks."""
-    return Agg("rr_irregularity", field, fs=float(fs))
+    return Agg("rr_irregularity", field, fs=_real(fs))
+
+
+def _real(v: Any) -> Any:
+    """A number as a float; anything else as given, for ``problems()`` to refuse."""
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
 
 
 def r_peaks(x: F64, fs: float) -> npt.NDArray[np.intp]:

@@ -23,11 +23,12 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from edgeflow.batch import F64
+from edgeflow.ops.args import Arg, check, counter, level, points, rate
 
 LN10 = math.log(10.0)
 
@@ -50,6 +51,8 @@ class Detector(ABC):
     name: str = "detector"
     level: float = 3.0
     warmup: int = 16
+    #: the constructor's arguments and their valid values (see :mod:`edgeflow.ops.args`)
+    ARGS: ClassVar[tuple[Arg, ...]] = ()
 
     @abstractmethod
     def init(self) -> dict[str, Any]: ...
@@ -67,6 +70,14 @@ class Detector(ABC):
     def params(self) -> dict[str, Any]:
         return {}
 
+    def arguments(self) -> dict[str, Any]:
+        """The arguments this detector was built with, by the names of :attr:`ARGS`."""
+        return {a.name: getattr(self, a.name, None) for a in self.ARGS}
+
+    def problems(self) -> list[str]:
+        """One line per bad argument (empty when valid); the flow's validation calls it."""
+        return check(f"detect.{self.name}", self.ARGS, self.arguments())
+
 
 def _warm(st: dict[str, Any], n: int, warmup: int) -> F64:
     """1.0 for points scored after warm-up, else 0.0 (no verdict while learning)."""
@@ -79,6 +90,7 @@ class ZScore(Detector):
     """Rolling z-score: distance from the mean of the last ``window`` normal points, in stds."""
 
     name = "zscore"
+    ARGS = (points("window", 2), level(), counter("warmup"))
 
     def __init__(self, window: int = 256, level: float = 3.0, warmup: int = 16) -> None:
         self.window, self.level, self.warmup = window, level, warmup
@@ -119,6 +131,7 @@ class EWMA(Detector):
     """EWMA control chart: exponentially weighted mean and variance; |x - mean| / std."""
 
     name = "ewma"
+    ARGS = (rate("alpha"), level(), counter("warmup"))
 
     def __init__(self, alpha: float = 0.05, level: float = 3.0, warmup: int = 16) -> None:
         self.alpha, self.level, self.warmup = alpha, level, warmup
@@ -176,6 +189,13 @@ class MAD(Detector):
     ignores slow trends and seasonality and catches spikes and steps."""
 
     name = "mad"
+    ARGS = (
+        points("window", 3),
+        level(),
+        points("stride", 1),
+        counter("warmup"),
+        Arg("diff", "bool"),
+    )
 
     def __init__(
         self,
@@ -266,6 +286,7 @@ class CUSUM(Detector):
     Statistic max(S+, S-) with drift ``k`` (in stds); classic alarm level ``h``."""
 
     name = "cusum"
+    ARGS = (Arg("k", "number", 0, 1000), level("h"), rate("alpha"), counter("warmup"))
 
     def __init__(
         self, k: float = 0.5, h: float = 5.0, alpha: float = 0.01, warmup: int = 32
@@ -308,6 +329,9 @@ class CUSUM(Detector):
     def forget(self, st: dict[str, Any], x: float) -> None:
         st["sp"] = st["sn"] = 0.0  # restart after an alarm
 
+    def arguments(self) -> dict[str, Any]:
+        return {"k": self.k, "h": self.level, "alpha": self.base.alpha, "warmup": self.warmup}
+
     def params(self) -> dict[str, Any]:
         return {"k": self.k, "h": self.level, "alpha": self.base.alpha}
 
@@ -321,6 +345,8 @@ class Seasonal(Detector):
     clear period, or one too long to be seen twice in the window, it falls back to P = 1."""
 
     name = "seasonal"
+    #: the period is estimated from at least 16 points (see :func:`seasonal_estimate`)
+    ARGS = (points("window", 16), level(), points("refresh", 1), counter("warmup"))
 
     def __init__(
         self, window: int = 512, level: float = 4.0, refresh: int = 128, warmup: int = 128
@@ -424,13 +450,14 @@ class Limits(Detector):
     name = "limits"
     level = 1.0
     warmup = 0
+    ARGS = (Arg("low", "number", optional=True), Arg("high", "number", optional=True))
 
     def __init__(self, low: float | None = None, high: float | None = None) -> None:
+        self.low, self.high = low, high
         if low is None and high is None:
             raise ValueError("detect.limits: give low=, high= or both")
-        if low is not None and high is not None and not low < high:
+        if not self.problems() and low is not None and high is not None and not low < high:
             raise ValueError(f"detect.limits: low={low} must be below high={high}")
-        self.low, self.high = low, high
 
     def init(self) -> dict[str, Any]:
         return {"n": 0}
@@ -474,6 +501,11 @@ class Ensemble(Detector):
     def params(self) -> dict[str, Any]:
         return {"parts": [{"name": p.name, **p.params()} for p in self.parts]}
 
+    def problems(self) -> list[str]:
+        if not self.parts or not all(isinstance(p, Detector) for p in self.parts):
+            return [f"detect.{self.name}: parts={self.parts!r} must be a list of detectors"]
+        return [m for p in self.parts for m in p.problems()]
+
 
 def Auto() -> Ensemble:  # noqa: N802 - reads as a class at call sites
     """The default: spikes/dips/steps (robust z of changes), sustained shifts and drifts
@@ -493,6 +525,7 @@ class _VarianceChange(Detector):
     """Log ratio of a fast to a slow EW variance of the first difference: variance changes."""
 
     name = "variance"
+    ARGS = (rate("fast"), rate("slow"), level(), counter("warmup"))
 
     def __init__(
         self, fast: float = 0.1, slow: float = 0.005, level: float = 2.5, warmup: int = 64
@@ -560,9 +593,25 @@ class Decision:
         }
 
     def problems(self) -> list[str]:
-        if not 0 < self.value < 1:
-            return [f"decision {self.kind}({self.value!r}): give a number strictly between 0 and 1"]
-        return []
+        """One line per bad argument (empty when valid); the flow's validation calls it."""
+        rules: tuple[Arg, ...]
+        if self.kind == "threshold":
+            rules = (rate("score"), counter("cooldown"))
+            values = {"score": self.value, "cooldown": self.cooldown}
+        elif self.kind == "quantile":
+            rules = (
+                rate("q"),
+                points("every", 1),
+                Arg("floor", "number", 0, 1),
+                counter("cooldown"),
+            )
+            values = {"q": self.value, "every": self.every, "floor": self.floor}
+            values["cooldown"] = self.cooldown
+        else:
+            return [
+                f"decision kind={self.kind!r}: use detect.threshold(...) or detect.quantile(...)"
+            ]
+        return check(f"detect.{self.kind}", rules, values)
 
 
 def threshold(score: float = 0.999, *, cooldown: int = 64) -> Decision:

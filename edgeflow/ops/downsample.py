@@ -17,7 +17,18 @@ and out (``ratio``); the error-bounded ones guarantee their bound:
   the filter state carries across batches, so the stream equals filtering the whole
   signal offline (``lfilter``) and taking every q-th output.
 * ``lttb`` / ``m4`` / ``minmax`` - per tumbling time window ``every``, keep ``points`` points
-  chosen by tsdownsample (Rust implementations of LTTB, M4 and min-max).
+  chosen by tsdownsample (Rust implementations of LTTB, M4 and min-max). ``m4`` with
+  ``points=4`` and ``minmax`` with ``points=2`` (one bin), and a window whose readings all
+  share one time, keep the first, minimum, maximum and last reading (m4) or the minimum and
+  maximum (minmax), in time order.
+
+Time order, per key: the readings of a batch are taken sorted by time (equal times in
+arrival order). A reading older than the newest one already taken for its key (late, from
+an earlier batch's time range) is skipped and counted (``state["skipped"]``): reported
+points never go back in time. Equal times: swinging door takes the first reading at a time
+and skips the others (a line cannot pass through two values at one time, so its bound holds
+for every reading it takes); the other reductions take them all, so two reported points
+may share a time. Arguments are checked when the flow is built (``problems()``).
 """
 
 from __future__ import annotations
@@ -30,9 +41,28 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeflow.batch import F64, I64, Batch, RecordBatch
+from edgeflow.ops.args import Arg, check, duration, points
 from edgeflow.timeutil import Duration, parse_duration
 
 KINDS = ("deadband", "swinging_door", "changes", "decimate", "lttb", "m4", "minmax")
+
+_HEARTBEAT = duration("max_interval", optional=True)
+#: each reduction's arguments and their valid values (see :mod:`edgeflow.ops.args`).
+#: tsdownsample's LTTB needs 3 points or more; m4 takes 4 per bin and minmax 2 per bin, and
+#: a single bin (m4 points=4, minmax points=2) is reduced here (tsdownsample needs 2 bins)
+ARGS: dict[str, tuple[Arg, ...]] = {
+    "deadband": (
+        Arg("band", "number", 0, optional=True),
+        Arg("percent", "number", 0, optional=True),
+        _HEARTBEAT,
+    ),
+    "swinging_door": (Arg("deviation", "number", 0, low_open=True), _HEARTBEAT),
+    "changes": (_HEARTBEAT,),
+    "decimate": (Arg("q", "int", 2, 10_000), Arg("numtaps", "int", 1, 100_001, optional=True)),
+    "lttb": (duration("every"), points("points", 3)),
+    "m4": (duration("every"), points("points", 4, multiple_of=4)),
+    "minmax": (duration("every"), points("points", 2, multiple_of=2)),
+}
 
 
 @dataclass(frozen=True)
@@ -42,50 +72,17 @@ class DownsampleSpec:
     params: dict[str, Any] = dc_field(default_factory=dict)
 
     def problems(self) -> list[str]:
+        """One line per bad argument (empty when valid); the flow's validation calls it."""
         p = self.params
+        label = f"downsample.{self.kind}"
+        if self.kind not in ARGS:
+            return [f"unknown reduction {self.kind!r}; use one of {', '.join(KINDS)}"]
         out = []
         if not isinstance(self.field, str) or not self.field:
-            out.append(
-                f"downsample.{self.kind}: give the field to reduce, e.g. downsample.{self.kind}('temp', ...)"
-            )
-        if self.kind == "deadband":
-            band, pct = p.get("band"), p.get("percent")
-            if (band is None) == (pct is None):
-                out.append("downsample.deadband: give exactly one of band= (absolute) or percent=")
-            for name, v in (("band", band), ("percent", pct)):
-                if v is not None and (not isinstance(v, int | float) or v < 0):
-                    out.append(f"downsample.deadband: {name}={v!r} must be a number >= 0")
-        if self.kind == "swinging_door" and (
-            not isinstance(p.get("deviation"), int | float) or p["deviation"] <= 0
-        ):
-            out.append(
-                f"downsample.swinging_door: deviation={p.get('deviation')!r} must be a number > 0"
-            )
-        if self.kind == "decimate" and (not isinstance(p.get("q"), int) or p["q"] < 2):
-            out.append(f"downsample.decimate: q={p.get('q')!r} must be a whole number >= 2")
-        if self.kind in ("lttb", "m4", "minmax"):
-            n = p.get("points")
-            minimum = 4 if self.kind == "m4" else 3 if self.kind == "lttb" else 2
-            if not isinstance(n, int) or n < minimum:
-                out.append(
-                    f"downsample.{self.kind}: points={n!r} must be a whole number >= {minimum}"
-                )
-            if (
-                self.kind in ("m4", "minmax")
-                and isinstance(n, int)
-                and n % (4 if self.kind == "m4" else 2)
-            ):
-                out.append(
-                    f"downsample.{self.kind}: points={n} must be a multiple of {4 if self.kind == 'm4' else 2}"
-                )
-        for name in ("max_interval", "every"):
-            if p.get(name) is not None:
-                try:
-                    parse_duration(p[name], what=name, allow_zero=False)
-                except ValueError as exc:
-                    out.append(f"downsample.{self.kind}: {exc}")
-        if self.kind in ("lttb", "m4", "minmax") and p.get("every") is None:
-            out.append(f"downsample.{self.kind}: give the time window, e.g. every='10s'")
+            out.append(f"{label}: give the field to reduce, e.g. {label}('temp', ...)")
+        out += check(label, ARGS[self.kind], p)
+        if self.kind == "deadband" and (p.get("band") is None) == (p.get("percent") is None):
+            out.append(f"{label}: give exactly one of band= (absolute) or percent=")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,20 +178,26 @@ class _Door:
                 continue
             ta, va = a
             dt = ti - ta
-            if dt <= 0:  # a duplicate time: report the first, fold the rest into it
-                prev = (ti, xi)
+            if dt <= 0:  # not after the last report (the kernel takes readings in time order)
                 continue
             nlo, nhi = max(lo, (xi - e - va) / dt), min(hi, (xi + e - va) / dt)
             if nlo > nhi or (mi is not None and dt > mi):
-                # the door closes at the previous reading: report the point on the door there
-                assert prev is not None
-                tp, vp = prev
-                s = min(max((vp - va) / (tp - ta), lo), hi)
-                a = (tp, va + s * (tp - ta))
-                out_t.append(a[0])
-                out_v.append(a[1])
-                ta, va = a
-                dt = ti - ta
+                if prev is not None:
+                    # the door closes at the previous reading: report the point on the door there
+                    tp, vp = prev
+                    s = min(max((vp - va) / (tp - ta), lo), hi)
+                    a = (tp, va + s * (tp - ta))
+                    out_t.append(a[0])
+                    out_v.append(a[1])
+                    ta, va = a
+                    dt = ti - ta
+                if prev is None or (mi is not None and dt > mi):
+                    # a gap longer than max_interval: the reading itself starts a new segment
+                    a = (ti, xi)
+                    out_t.append(ti)
+                    out_v.append(xi)
+                    lo, hi, prev = -np.inf, np.inf, None
+                    continue
                 lo, hi = (xi - e - va) / dt, (xi + e - va) / dt
             else:
                 lo, hi = nlo, nhi
@@ -261,6 +264,9 @@ class DownsampleKernel:
             ok = np.isfinite(x)
             if not ok.all():
                 t, x = t[ok], x[ok]
+            t, x = self._in_time_order(state, st, t, x)
+            if not len(t):
+                continue
             ts, vs = self._one_key(st, t, x)
             keys_out.extend([key] * len(ts))
             t_out.append(ts)
@@ -302,6 +308,34 @@ class DownsampleKernel:
             "trend", self.step, {"key": keys, "t": t, self.spec.field: v}, len(t), ("key", "t")
         )
 
+    def _in_time_order(
+        self, state: dict[str, Any], st: dict[str, Any], t: I64, x: F64
+    ) -> tuple[I64, F64]:
+        """The readings of one key the step takes from a batch, in time order.
+
+        They are sorted by time (equal times keep their arrival order). A reading older than
+        the newest one already taken for the key is late: it is skipped and counted in
+        ``state["skipped"]``, so reported points never go back in time. Swinging door takes
+        one reading per timestamp, the first to arrive (a line cannot pass through two
+        values at one time); the others take every reading."""
+        if len(t) > 1 and bool((t[1:] < t[:-1]).any()):
+            order = np.argsort(t, kind="stable")
+            t, x = t[order], x[order]
+        newest = st.get("newest")
+        door = self.door is not None
+        keep: npt.NDArray[np.bool_] | None = None
+        if door and len(t) > 1:
+            keep = np.r_[True, t[1:] != t[:-1]]
+        if newest is not None and len(t) and t[0] <= newest:
+            late = t <= newest if door else t < newest
+            keep = ~late if keep is None else keep & ~late
+        if keep is not None and not keep.all():
+            state["skipped"] = state.get("skipped", 0) + int(len(t) - keep.sum())
+            t, x = t[keep], x[keep]
+        if len(t):
+            st["newest"] = int(t[-1])
+        return t, x
+
     def _one_key(self, st: dict[str, Any], t: I64, x: F64) -> tuple[Any, Any]:
         if self.hold is not None:
             keep = self.hold.run(st, t, x)
@@ -313,10 +347,10 @@ class DownsampleKernel:
         return self._windowed(st, t, x)
 
     def _decimate(self, st: dict[str, Any], t: I64, x: F64) -> tuple[I64, F64]:
-        from scipy.signal import lfilter, lfilter_zi
+        from scipy.signal import lfilter
 
         if "zi" not in st:
-            st["zi"] = lfilter_zi(self.taps, 1.0) * 0.0
+            st["zi"] = np.zeros(len(self.taps) - 1)  # the filter starts at rest
             st["n"] = 0
         y, st["zi"] = lfilter(self.taps, 1.0, x, zi=st["zi"])
         # keep samples whose index in the whole stream is q-1, 2q-1, ...
@@ -350,6 +384,13 @@ class DownsampleKernel:
     def _select(self, t: I64, x: F64) -> tuple[I64, F64]:
         if len(t) <= self.points:
             return t, x
+        if self.spec.kind in ("m4", "minmax") and (
+            self.points == (4 if self.spec.kind == "m4" else 2) or t[0] == t[-1]
+        ):
+            # one bin: tsdownsample needs two (and keeps nothing of a window with no time span)
+            ends = [0, len(x) - 1] if self.spec.kind == "m4" else []
+            one = np.sort(np.array([*ends, int(np.argmin(x)), int(np.argmax(x))], np.intp))
+            return t[one], x[one]
         from tsdownsample import LTTBDownsampler, M4Downsampler, MinMaxDownsampler
 
         if self.spec.kind == "lttb":

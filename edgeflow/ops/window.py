@@ -41,11 +41,24 @@ import numpy.typing as npt
 
 from edgeflow.batch import F64, I32, I64, Batch, RecordBatch, stable_argsort
 from edgeflow.ops import agg as aggmod
+from edgeflow.ops.args import Arg, check, duration, points
 from edgeflow.timeutil import Duration, parse_duration
 
 I64_MIN = np.iinfo(np.int64).min
 I64_MAX = np.iinfo(np.int64).max
 KINDS = ("tumbling", "hopping", "session", "count")
+
+#: the most windows a hopping window puts one reading in (size / slide)
+MAX_HOPS = 1000
+_TIME = Arg("time", "choice", choices=("event", "processing"))
+_OFFSET = duration("offset", zero=True)
+#: each window's arguments and their valid values (see :mod:`edgeflow.ops.args`)
+ARGS: dict[str, tuple[Arg, ...]] = {
+    "tumbling": (duration("size"), _OFFSET, _TIME),
+    "hopping": (duration("size"), duration("slide"), _OFFSET, _TIME),
+    "session": (duration("gap"), _TIME),
+    "count": (points("n", 1, 1_000_000),),
+}
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,27 @@ class WindowSpec:
     count: int | None = None
     offset: Duration = 0
     time: str = "event"
+
+    def problems(self) -> list[str]:
+        """One line per bad argument (empty when valid); the flow's validation calls it."""
+        if self.kind not in KINDS:
+            return [f"unknown window kind {self.kind!r}; use one of {', '.join(KINDS)}"]
+        label = f"window.{self.kind}"
+        values = {"size": self.size, "slide": self.slide, "gap": self.gap, "n": self.count}
+        values.update(offset=self.offset, time=self.time)
+        out = check(label, ARGS[self.kind], values)
+        if not out:
+            try:
+                r = self.resolve()
+            except ValueError as exc:
+                return [f"{label}: {exc}"]
+            if r.kind == "hopping" and r.size > MAX_HOPS * r.slide:
+                out.append(
+                    f"{label}: size={self.size!r} with slide={self.slide!r} puts each reading "
+                    f"in {-(-r.size // r.slide)} windows; give a slide of at least "
+                    f"size/{MAX_HOPS}"
+                )
+        return out
 
     def resolve(self) -> ResolvedWindow:
         """Durations in ns; raises ValueError naming the bad argument and how to fix it."""
