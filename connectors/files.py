@@ -3,12 +3,18 @@
 Source delivery guarantee: exactly-once replay. Each file is one partition; the
 snapshot is the byte offset after the last line returned, so a resumed run reads
 exactly the lines after it. Lines that cannot be read become dead-letter records
-(raw line, reason, ``path:line``, receive time) - never a crash, never silently skipped.
+(raw line truncated, reason, ``path:line``, receive time) - never a crash, never silently
+skipped. Each line is read by the record parser every source shares
+(:class:`edgeflow.connectors.payloads.Decoder`): the same rules as Kafka and MQTT, the
+same limits (``max_payload`` bytes per line, JSON depth, keys of at most 256 bytes) and
+time bounds (``max_future``, default 1 h past the wall clock; ``max_past``, default none,
+so old files replay). A byte-order mark at the start of a file is skipped.
 
 Sink delivery guarantee: exactly-once into the file. Lines are written and flushed
 as records arrive; before each snapshot the file is fsync'ed and its length is the
 snapshot. A resumed run truncates the file to that length and continues, so the file
-holds each record once, as an uninterrupted run would.
+holds each record once, as an uninterrupted run would. A run's file holds that run's
+records only: a run with nothing to write leaves an empty file, not an earlier run's.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,8 +40,12 @@ from edgeflow.connectors.base import (
     SourcePartition,
     SourceSpec,
 )
-from edgeflow.connectors.parse import TIME_UNITS, BatchBuilder, RecordParser
+from edgeflow.connectors.parse import TIME_UNITS, BatchBuilder
+from edgeflow.connectors.payloads import Decoder, Limits, PayloadError, Schema
 from edgeflow.connectors.records import TIME_FORMATS, json_lines
+from edgeflow.timeutil import Duration, now_ns
+
+BOM = b"\xef\xbb\xbf"
 
 FORMATS = ("auto", "csv", "jsonl")
 
@@ -55,11 +66,20 @@ class FileSource(SourceSpec):
         format: str = "auto",
         time_unit: str = "auto",
         batch_lines: int = 10_000,
+        max_payload: int = 256 * 1024,
+        max_depth: int = 8,
+        max_readings: int = 10_000,
+        max_future: Duration | None = "1h",
+        max_past: Duration | None = None,
     ) -> None:
         self.patterns = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
         self.format = format
         self.time_unit = time_unit
         self.batch_lines = batch_lines
+        self.limits_args = (max_payload, max_depth, max_readings, max_future, max_past)
+
+    def limits(self) -> Limits:
+        return Limits.of(*self.limits_args)
 
     def files(self) -> list[str]:
         out: list[str] = []
@@ -75,6 +95,10 @@ class FileSource(SourceSpec):
             out.append(f"format={self.format!r}: use one of {', '.join(FORMATS)}")
         if self.time_unit not in TIME_UNITS:
             out.append(f"time_unit={self.time_unit!r}: use one of {', '.join(TIME_UNITS)}")
+        try:
+            self.limits()
+        except ValueError as exc:
+            out.append(str(exc))
         files = self.files()
         if not files:
             out.append(
@@ -108,18 +132,24 @@ class FileSource(SourceSpec):
         return _FilePartition(self, partition, offset, line_no, ctx)
 
 
+def _csv_header(first: bytes) -> list[str]:
+    """The column names of a CSV header line (a byte-order mark and blanks stripped)."""
+    text = first.removeprefix(BOM).decode("utf-8", "replace")
+    return [c.strip() for c in next(csv.reader(io.StringIO(text)), [])]
+
+
 def _peek_columns(path: str, fmt: str) -> list[str] | None:
     try:
         with open(path, "rb") as f:
-            first = f.readline()
+            first = f.readline(1 << 20)
     except OSError:
         return None
     if not first.strip():
         return None
     if fmt == "csv":
-        return next(csv.reader(io.StringIO(first.decode("utf-8", "replace"))))
+        return _csv_header(first)
     try:
-        obj = orjson.loads(first)
+        obj = orjson.loads(first.removeprefix(BOM))
     except orjson.JSONDecodeError:
         return None
     return list(obj) if isinstance(obj, dict) else None
@@ -133,13 +163,16 @@ class _FilePartition(SourcePartition):
         self.path = path
         self.fmt = _format_of(path, spec.format)
         self.ctx = ctx
+        self.limits = spec.limits()
         self.f: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed in close()
         self.header: list[str] | None = None
         if self.fmt == "csv":
-            first = self.f.readline()
-            self.header = next(csv.reader(io.StringIO(first.decode("utf-8", "replace"))), [])
+            first = self.f.readline(self.limits.max_bytes + 2)
+            self.header = _csv_header(first)
             offset = max(offset, self.f.tell())
             line_no = max(line_no, 1)
+        elif offset == 0 and self.f.read(3) == BOM:
+            offset = 3  # the first line starts after the byte-order mark
         self.f.seek(offset)
         self.offset = offset
         self.line_no = line_no
@@ -148,52 +181,66 @@ class _FilePartition(SourcePartition):
         else:
             cols = self.header if self.header is not None else (_peek_columns(path, self.fmt) or [])
             self.fields = tuple(c for c in cols if c not in (ctx.key, ctx.time))
-        self.parser = RecordParser(ctx.key, ctx.time, self.fields, spec.time_unit)
-        self.csv_parser = RecordParser(
-            ctx.key, ctx.time, self.fields, spec.time_unit, numbers_as_strings=True
+        schema = Schema(
+            ctx.key,
+            ctx.time,
+            tuple(self.fields),
+            {},
+            {f: math.nan for f in self.fields},  # a missing or empty field is "no value"
+            spec.time_unit,
+            tuple(self.header or ()),
         )
+        self.decoder = Decoder(self.fmt if self.fmt == "csv" else "json", schema, self.limits)
+
+    def _read_line(self) -> tuple[bytes, int]:
+        """The next line (b"" at the end of the file) and its size. A line over the limit
+        is cut: its first max_payload + 2 bytes, and the whole line's size without its
+        line end (more than the bytes returned); the rest of it is skipped."""
+        cap = self.limits.max_bytes + 2
+        line = self.f.readline(cap)
+        self.bytes_read += len(line)
+        if len(line) < cap or line.endswith(b"\n"):
+            return line, len(line)
+        size = len(line)
+        while True:
+            chunk = self.f.readline(1 << 20)
+            self.bytes_read += len(chunk)
+            size += len(chunk.rstrip(b"\r\n"))
+            if not chunk or chunk.endswith(b"\n"):
+                return line, size
 
     def next_batch(self) -> list[Item]:
-        lines: list[tuple[int, bytes]] = []
+        out = BatchBuilder(self.fields, self.ctx.step)
+        received = now_ns()
+        at_end = False
         for _ in range(self.spec.batch_lines):
-            line = self.f.readline()
-            self.bytes_read += len(line)
-            if not line:
+            line, size = self._read_line()
+            if not size:
+                at_end = True
                 break
             self.line_no += 1
-            if line.strip():
-                lines.append((self.line_no, line.rstrip(b"\r\n")))
-        self.offset = self.f.tell()
-        if not lines:
-            raise StopIteration
-        return self._parse(lines)
-
-    def _parse(self, lines: list[tuple[int, bytes]]) -> list[Item]:
-        out = BatchBuilder(self.fields, self.ctx.step)
-        for no, raw in lines:
+            raw = line.rstrip(b"\r\n")
+            if not raw.strip():
+                continue
+            where = f"{self.path}:{self.line_no}"
+            if size > len(line):  # cut by _read_line: over the limit
+                out.fail(
+                    where,
+                    raw,
+                    f"line of {size} bytes is over the {self.limits.max_bytes}-byte limit "
+                    "(the source's max_payload)",
+                    size,
+                )
+                continue
             try:
-                out.add(self._parse_csv(raw) if self.fmt == "csv" else self._parse_json(raw))
-            except (ValueError, UnicodeDecodeError, csv.Error) as exc:
-                out.fail(f"{self.path}:{no}", raw, str(exc))
-        return out.items()
-
-    def _parse_json(self, raw: bytes) -> tuple[str, int, list[float]]:
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON: {exc}") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"expected a JSON object per line, got {type(obj).__name__}")
-        return self.parser.parse(obj)
-
-    def _parse_csv(self, raw: bytes) -> tuple[str, int, list[float]]:
-        assert self.header is not None
-        row = next(csv.reader(io.StringIO(raw.decode("utf-8"))))
-        if len(row) != len(self.header):
-            raise ValueError(
-                f"expected {len(self.header)} columns ({','.join(self.header)}), got {len(row)}"
-            )
-        return self.csv_parser.parse(dict(zip(self.header, row, strict=True)))
+                out.add_all(self.decoder.decode(raw, "", received))
+            except PayloadError as exc:
+                out.fail(where, raw, str(exc))
+        self.offset = self.f.tell()
+        items = out.items()
+        if at_end and not items:
+            raise StopIteration
+        return items
 
     def snapshot(self) -> Any:
         return (self.offset, self.line_no)
@@ -208,13 +255,25 @@ def source(
     format: str = "auto",
     time_unit: str = "auto",
     batch_lines: int = 10_000,
+    max_payload: int = 256 * 1024,
+    max_depth: int = 8,
+    max_readings: int = 10_000,
+    max_future: Duration | None = "1h",
+    max_past: Duration | None = None,
 ) -> FileSource:
     """Readings from CSV (header row) or JSON-lines files; a glob reads many files.
 
     ``time_unit`` says how numeric times are read: ``s``, ``ms``, ``us``, ``ns`` or ``auto``
-    (by magnitude). ISO-8601 strings must carry an offset (``Z`` or ``+02:00``).
+    (by magnitude). ISO-8601 strings must carry an offset (``Z`` or ``+02:00``). A line
+    over ``max_payload`` bytes, or with a time more than ``max_future`` ahead of the wall
+    clock (or ``max_past`` behind it, if given), becomes a dead letter; ``None`` lifts a
+    time bound.
     """
-    return FileSource(paths, format=format, time_unit=time_unit, batch_lines=batch_lines)
+    return FileSource(
+        paths, format=format, time_unit=time_unit, batch_lines=batch_lines,
+        max_payload=max_payload, max_depth=max_depth, max_readings=max_readings,
+        max_future=max_future, max_past=max_past,
+    )  # fmt: skip
 
 
 class _FileSinkPartition(SinkPartition):
@@ -250,6 +309,7 @@ class FileSink(SinkSpec):
     def __init__(self, path: str | os.PathLike[str], time_format: str = "ns") -> None:
         self.path = Path(path)
         self.time_format = time_format
+        self.opened = False  # whether this run opened the file (the engine opens it lazily)
 
     def problems(self) -> list[str]:
         if self.time_format not in TIME_FORMATS:
@@ -260,7 +320,18 @@ class FileSink(SinkSpec):
         return {"kind": self.kind, "path": str(self.path), "time_format": self.time_format}
 
     def open(self, partition: str, resume: Any, ctx: SinkContext) -> SinkPartition:
+        self.opened = True
         return _FileSinkPartition(self.path, resume, self.time_format)
+
+    def report(self, ctx: SinkContext) -> list[str]:
+        """At the end of a run: the engine opens a sink's file only for its first record
+        or to resume a snapshot of it, so a file this run never opened is an earlier run's
+        output; it is emptied, as a run that wrote records would have replaced it."""
+        if not self.opened and self.path.is_file() and self.path.stat().st_size:
+            with open(self.path, "r+b") as f:
+                f.truncate(0)
+                os.fsync(f.fileno())
+        return []
 
 
 def sink(path: str | os.PathLike[str], *, time_format: str = "ns") -> FileSink:

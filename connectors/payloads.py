@@ -1,4 +1,11 @@
-"""Decode device payloads into readings, or say exactly why not.
+"""Decode payloads into readings, or say exactly why not: the one record parser of every source.
+
+The files source (each line a payload), the Kafka source (each message) and the MQTT source
+(each message) all read records through :class:`Decoder`, so the same input is accepted or
+refused the same way everywhere: valid UTF-8, no duplicate JSON keys (escaped spellings
+such as ``"\\u0076"`` included), no NaN/Infinity, numbers as numbers (CSV cells are
+numbers), keys of at most 256 bytes, times inside int64 nanoseconds and within
+``max_future`` / ``max_past`` of the receive time.
 
 Formats: ``json`` (one object per reading, or an array of them), ``senml`` (RFC 8428 JSON
 packs), ``csv`` (one line, columns declared), ``number`` (a bare number; key from the
@@ -11,15 +18,17 @@ readings per payload, and timestamps too far in the future or past.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from edgeflow.connectors.parse import parse_time
+from edgeflow.connectors.parse import check_key, parse_time, short_repr
+from edgeflow.timeutil import NS_MAX, NS_MIN, Duration, parse_duration
 
 FORMATS = ("json", "senml", "csv", "number")
 FIELD_TYPES = ("float", "int", "bool")
@@ -34,11 +43,37 @@ class PayloadError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
+    """Guards against hostile or broken input; ``None`` time bounds mean "no bound"."""
+
     max_bytes: int = 256 * 1024
     max_depth: int = 8
     max_readings: int = 10_000
-    max_future_ns: int = 3600 * 10**9
-    max_past_ns: int = 365 * 86400 * 10**9
+    max_future_ns: int | None = 3600 * 10**9
+    max_past_ns: int | None = 365 * 86400 * 10**9
+
+    @staticmethod
+    def of(
+        max_payload: int = 256 * 1024,
+        max_depth: int = 8,
+        max_readings: int = 10_000,
+        max_future: Duration | None = "1h",
+        max_past: Duration | None = "365d",
+    ) -> Limits:
+        """Limits from a source's options (durations like ``"1h"``); ValueError if invalid."""
+        for name, v in (
+            ("max_payload", max_payload),
+            ("max_depth", max_depth),
+            ("max_readings", max_readings),
+        ):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r}: give a positive whole number")
+        return Limits(
+            max_payload,
+            max_depth,
+            max_readings,
+            None if max_future is None else parse_duration(max_future, what="max_future"),
+            None if max_past is None else parse_duration(max_past, what="max_past"),
+        )
 
 
 @dataclass(frozen=True)
@@ -78,19 +113,69 @@ def _depth(obj: Any, limit: int, level: int = 1) -> None:
                 _depth(v, limit, level + 1)
 
 
-def _no_duplicate_keys(raw: bytes, obj: dict[str, Any]) -> None:
-    """orjson keeps the last of duplicate keys silently; a device sending them is broken."""
-    if any(raw.count(b'"' + k.encode() + b'"') > 1 for k in obj):
+def _dicts(obj: Any) -> Iterator[dict[str, Any]]:
+    """Every JSON object in ``obj`` (whose depth the caller has bounded)."""
+    if isinstance(obj, dict):
+        yield obj
+        for v in obj.values():
+            if isinstance(v, dict | list):
+                yield from _dicts(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            if isinstance(v, dict | list):
+                yield from _dicts(v)
 
-        def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-            seen: set[str] = set()
-            for k, _ in pairs:
-                if k in seen:
-                    raise PayloadError(f"duplicate key {k!r} in a JSON object")
-                seen.add(k)
-            return dict(pairs)
 
-        json.loads(raw, object_pairs_hook=hook)
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise PayloadError(f"duplicate key {short_repr(k)} in a JSON object")
+        seen.add(k)
+    return dict(pairs)
+
+
+def check_duplicate_keys(raw: bytes, obj: Any) -> None:
+    """Refuse a payload with a key twice in one JSON object (orjson keeps the last silently).
+
+    Fast path: without escapes, a key used in n objects appears as ``"key"`` exactly n times
+    unless some object repeats it (or the text also occurs as a value); only then, or when
+    the payload has escapes (``"\\u0076"`` is ``"v"``), is it parsed again to look.
+    """
+    if b"\\" not in raw:
+        counts: dict[str, int] = {}
+        for d in _dicts(obj):
+            for k in d:
+                counts[k] = counts.get(k, 0) + 1
+        if len(counts) <= 32 and all(
+            raw.count(b'"' + k.encode() + b'"') == n for k, n in counts.items()
+        ):
+            return
+    json.loads(raw, object_pairs_hook=_refuse_duplicates)
+
+
+def loads_json(raw: bytes, max_depth: int) -> Any:
+    """Parse a JSON payload by the shared rules: valid UTF-8 and JSON (no NaN/Infinity),
+    nested at most ``max_depth`` levels, no duplicate keys. PayloadError says why not."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"not valid JSON: {exc}") from None
+    if raw.count(b"{") + raw.count(b"[") > max_depth:  # else it cannot be nested deeper
+        _depth(obj, max_depth)
+    # every key has its own ':' (escaped or not), so as many ':' as keys means no key twice
+    if raw.count(b":") != _top_keys(obj):
+        check_duplicate_keys(raw, obj)
+    return obj
+
+
+def _top_keys(obj: Any) -> int:
+    """Keys of the payload's object, or of the objects of its array (not nested deeper)."""
+    if isinstance(obj, dict):
+        return len(obj)
+    if isinstance(obj, list):
+        return sum(len(d) for d in obj if isinstance(d, dict))
+    return 0
 
 
 class Decoder:
@@ -103,8 +188,26 @@ class Decoder:
         self.key_from_topic = is_topic_ref(schema.key)
         self.key_level = int(schema.key[6:-1]) if self.key_from_topic else 0
         self.plain_floats = all(schema.types.get(f, "float") == "float" for f in schema.fields)
+        self.numeric = frozenset(schema.fields)
 
     def decode(self, payload: bytes, topic: str, received_ns: int) -> list[Row]:
+        """The readings of one payload, all good; else PayloadError with the reason (any
+        other error reading it is turned into one: a payload never escapes as a crash)."""
+        try:
+            return self._decode(payload, topic, received_ns)
+        except PayloadError:
+            raise
+        except (
+            ValueError,
+            TypeError,
+            OverflowError,
+            RecursionError,
+            UnicodeDecodeError,
+            csv.Error,
+        ) as exc:
+            raise PayloadError(f"unreadable payload: {type(exc).__name__}: {exc}") from None
+
+    def _decode(self, payload: bytes, topic: str, received_ns: int) -> list[Row]:
         if len(payload) > self.limits.max_bytes:
             raise PayloadError(
                 f"payload of {len(payload)} bytes is over the {self.limits.max_bytes}-byte limit"
@@ -114,24 +217,26 @@ class Decoder:
         elif self.fmt == "csv":
             rows = [self._csv(payload, topic, received_ns)]
         else:
-            try:
-                obj = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                raise PayloadError(f"not valid JSON: {exc}") from None
-            _depth(obj, self.limits.max_depth)
+            obj = loads_json(payload, self.limits.max_depth)
             rows = (
                 self._senml(obj, topic, received_ns)
                 if self.fmt == "senml"
-                else self._json(obj, payload, topic, received_ns)
+                else self._json(obj, topic, received_ns)
             )
-        for _, t, _ in rows:
-            if t > received_ns + self.limits.max_future_ns:
+        future, past = self.limits.max_future_ns, self.limits.max_past_ns
+        for i, (_, t, _) in enumerate(rows):
+            where = f"reading {i}: " if len(rows) > 1 else ""
+            if not NS_MIN <= t <= NS_MAX:
+                raise PayloadError(f"{where}timestamp {t} ns is outside int64 nanoseconds")
+            if future is not None and t > received_ns + future:
                 raise PayloadError(
-                    f"timestamp {t} ns is more than {self.limits.max_future_ns // 10**9} s in the future"
+                    f"{where}timestamp {t} ns is more than {future // 10**9} s in the future "
+                    "(the source's max_future)"
                 )
-            if t < received_ns - self.limits.max_past_ns:
+            if past is not None and t < received_ns - past:
                 raise PayloadError(
-                    f"timestamp {t} ns is more than {self.limits.max_past_ns // 10**9} s in the past"
+                    f"{where}timestamp {t} ns is more than {past // 10**9} s in the past "
+                    "(the source's max_past)"
                 )
         return rows
 
@@ -144,16 +249,18 @@ class Decoder:
             except IndexError:
                 level = ""
             if not level:
-                raise PayloadError(f"topic {topic!r} has no level {self.key_level} for the key")
-            return level
-        if rec is None or self.schema.key not in rec:
+                raise PayloadError(
+                    f"topic {short_repr(topic)} has no level {self.key_level} for the key"
+                )
+            v: Any = level
+        elif rec is None or self.schema.key not in rec:
             raise PayloadError(f"missing key field {self.schema.key!r}")
-        v = rec[self.schema.key]
-        if isinstance(v, str) and v:
-            return v
-        if isinstance(v, int) and not isinstance(v, bool):
-            return str(v)
-        raise PayloadError(f"key {self.schema.key!r}: {v!r} is not a non-empty string or integer")
+        else:
+            v = rec[self.schema.key]
+        try:
+            return check_key(self.schema.key, v)
+        except ValueError as exc:
+            raise PayloadError(str(exc)) from None
 
     def _time(self, rec: Mapping[str, Any] | None, received_ns: int) -> int:
         if self.schema.time == "received":
@@ -174,12 +281,18 @@ class Decoder:
         if typ == "bool":
             if isinstance(v, bool):
                 return 1.0 if v else 0.0
-            raise PayloadError(f"field {name!r}: {v!r} is not a boolean")
+            raise PayloadError(f"field {name!r}: {short_repr(v)} is not a boolean")
         if isinstance(v, bool) or not isinstance(v, int | float):
-            raise PayloadError(f"field {name!r}: {v!r} is a {type(v).__name__}, expected a number")
-        x = float(v)
+            hint = "; send numbers as JSON numbers" if isinstance(v, str) else ""
+            raise PayloadError(
+                f"field {name!r}: {short_repr(v)} is a {type(v).__name__}, expected a number{hint}"
+            )
+        try:
+            x = float(v)
+        except OverflowError:
+            raise PayloadError(f"field {name!r}: {short_repr(v)} is too large") from None
         if not math.isfinite(x):
-            raise PayloadError(f"field {name!r}: {v!r} is not a finite number")
+            raise PayloadError(f"field {name!r}: {short_repr(v)} is not a finite number")
         if typ == "int" and not x.is_integer():
             raise PayloadError(f"field {name!r}: {v!r} is not a whole number")
         return x
@@ -195,7 +308,7 @@ class Decoder:
                 values.append(self._value(f, v))
         return (self._key(topic, rec), self._time(rec, received_ns), values)
 
-    def _json(self, obj: Any, raw: bytes, topic: str, received_ns: int) -> list[Row]:
+    def _json(self, obj: Any, topic: str, received_ns: int) -> list[Row]:
         recs = obj if isinstance(obj, list) else [obj]
         if len(recs) > self.limits.max_readings:
             raise PayloadError(
@@ -209,7 +322,6 @@ class Decoder:
             if not isinstance(rec, dict):
                 raise PayloadError(f"{where}expected a JSON object, got {type(rec).__name__}")
             try:
-                _no_duplicate_keys(raw, rec)
                 rows.append(self._reading(rec, topic, received_ns))
             except PayloadError as exc:
                 raise PayloadError(f"{where}{exc}") from None
@@ -241,21 +353,30 @@ class Decoder:
         except UnicodeDecodeError:
             raise PayloadError("CSV payload is not valid UTF-8") from None
         cols = self.schema.csv_columns
-        cells = [c.strip() for c in text.split(",")]
+        if "\n" in text or "\r" in text:
+            raise PayloadError("a CSV payload is one line")
+        try:
+            split = text.split(",") if '"' not in text else next(csv.reader([text]), [""])
+        except csv.Error as exc:
+            raise PayloadError(f"not valid CSV: {exc}") from None
+        cells = [c.strip() for c in split]
         if len(cells) != len(cols):
-            raise PayloadError(
-                f"expected {len(cols)} CSV columns ({','.join(cols)}), got {len(cells)}"
-            )
+            raise PayloadError(f"expected {len(cols)} columns ({','.join(cols)}), got {len(cells)}")
         rec: dict[str, Any] = {}
+        numeric = self.numeric
         for name, cell in zip(cols, cells, strict=True):
-            if name in self.schema.fields:
+            if name in numeric:
                 if cell == "":
                     rec[name] = None
                     continue
                 try:
                     num = float(cell)
                 except ValueError:
-                    raise PayloadError(f"field {name!r}: {cell!r} is not a number") from None
+                    raise PayloadError(
+                        f"field {name!r}: {short_repr(cell)} is not a number"
+                    ) from None
+                if num - num != 0.0:
+                    raise PayloadError(f"field {name!r}: {short_repr(cell)} is not a finite number")
                 rec[name] = num
             else:
                 rec[name] = cell

@@ -1,14 +1,14 @@
 """Columnar micro-batches: the unit of data that moves through a flow.
 
 A :class:`Batch` holds many readings at once: a dictionary-encoded key column
-(``keys`` names, ``key_idx`` codes), an int64 nanosecond time column ``t``, and one
+(``keys`` names, sorted, and ``key_idx`` integer codes; see :func:`intern_keys`), an int64 nanosecond time column ``t``, and one
 float64 row per field in ``values`` (shape ``(n_fields, n)``). Operators work on the
 whole arrays; no Python object is made per reading.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,25 @@ from edgeflow.errors import BatchError
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
 F64 = npt.NDArray[np.float64]
+
+
+def intern_keys(keys: Iterable[str]) -> tuple[tuple[str, ...], I32]:
+    """Dictionary-encode keys: the distinct names, sorted, and each key's int32 code.
+
+    Works on Python strings (a dict), never on a fixed-width numpy string array, so memory
+    grows with the total length of the distinct keys, not with count x the longest key.
+    """
+    ids: dict[str, int] = {}
+    setdefault = ids.setdefault
+    first = np.fromiter((setdefault(k, len(ids)) for k in keys), np.int32)
+    names = sorted(ids)
+    if all(ids[n] == i for i, n in enumerate(names)):  # already in sorted order
+        return tuple(names), first
+    rank = np.empty(len(names), np.int32)
+    rank[np.fromiter((ids[n] for n in names), np.int64, len(names))] = np.arange(
+        len(names), dtype=np.int32
+    )
+    return tuple(names), rank[first]
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,9 +89,7 @@ class Batch:
         columns: Mapping[str, Sequence[float] | F64],
     ) -> Batch:
         """Build a batch from a key per reading, times in ns and one sequence per field."""
-        names, codes = np.unique(
-            np.asarray(list(keys), dtype=object).astype(str), return_inverse=True
-        )
+        names, codes = intern_keys(str(k) for k in keys)
         fields = tuple(columns)
         n = len(codes)
         values = np.empty((len(fields), n), np.float64)
@@ -81,13 +98,7 @@ class Batch:
             if col.shape != (n,):
                 raise BatchError(f"column {f!r} has {col.shape[0]} values but there are {n} keys")
             values[j] = col
-        return Batch(
-            fields,
-            tuple(str(x) for x in names),
-            codes.astype(np.int32).reshape(-1),
-            np.asarray(t, dtype=np.int64).reshape(-1),
-            values,
-        )
+        return Batch(fields, names, codes, np.asarray(t, dtype=np.int64).reshape(-1), values)
 
     def column(self, name: str) -> F64:
         col: F64 = self.values[self.fields.index(name)]
@@ -97,9 +108,12 @@ class Batch:
         """The readings at ``rows`` (an index or boolean mask); key names are kept as they are."""
         return Batch(self.fields, self.keys, self.key_idx[rows], self.t[rows], self.values[:, rows])
 
-    def key_array(self) -> npt.NDArray[np.str_]:
-        """The key of every reading as a string array (for tests and sinks, not hot paths)."""
-        return np.asarray(self.keys, dtype=str)[self.key_idx] if len(self) else np.empty(0, str)
+    def key_array(self) -> npt.NDArray[np.object_]:
+        """The key of every reading as an array of ``str`` objects (for tests and sinks, not
+        hot paths; an object array, so one long key does not widen every element)."""
+        names = np.empty(len(self.keys), object)
+        names[:] = self.keys
+        return names[self.key_idx] if len(self) else np.empty(0, object)
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,7 +161,7 @@ def window_readings(rb: RecordBatch, time: str, fields: Sequence[str]) -> Batch:
     column, with the given aggregation columns as fields (missing values are NaN)."""
     if rb.n == 0:
         return Batch.empty(fields)
-    names, codes = np.unique(np.asarray(rb.columns["key"], dtype=str), return_inverse=True)
+    names, codes = intern_keys(str(k) for k in rb.columns["key"])
     values = np.empty((len(fields), rb.n), np.float64)
     for j, f in enumerate(fields):
         col = rb.columns[f]
@@ -155,13 +169,7 @@ def window_readings(rb: RecordBatch, time: str, fields: Sequence[str]) -> Batch:
             [np.nan if v is None else v for v in col] if isinstance(col, list) else col,
             dtype=np.float64,
         )
-    return Batch(
-        tuple(fields),
-        tuple(str(x) for x in names),
-        codes.astype(np.int32).reshape(-1),
-        np.asarray(rb.columns[time], dtype=np.int64),
-        values,
-    )
+    return Batch(tuple(fields), names, codes, np.asarray(rb.columns[time], dtype=np.int64), values)
 
 
 def stable_argsort(values: npt.NDArray[np.integer[Any]], upper: int) -> npt.NDArray[np.intp]:

@@ -71,6 +71,21 @@ def format_duration(ns: int) -> str:
     return f"{ns}ns"
 
 
+#: the range of int64 nanoseconds since the epoch: 1677-09-21T00:12:43Z .. 2262-04-11T23:47:16Z
+NS_MIN = -(1 << 63)
+NS_MAX = (1 << 63) - 1
+
+
+def check_ns_range(ns: int, what: str) -> int:
+    """``ns`` if it fits int64 nanoseconds; else ValueError naming ``what`` and the range."""
+    if NS_MIN <= ns <= NS_MAX:
+        return ns
+    side = "after 2262-04-11T23:47:16Z" if ns > NS_MAX else "before 1677-09-21T00:12:43Z"
+    raise ValueError(
+        f"{what} is {side}, outside the int64 nanoseconds since 1970 edgeflow keeps times in"
+    )
+
+
 def now_ns() -> int:
     """Wall-clock time, UTC, in nanoseconds since the epoch."""
     return time.time_ns()
@@ -99,29 +114,37 @@ def ns_to_iso(ns: int) -> str:
     return f"{base}.{frac:09d}Z"
 
 
+def _clip(text: str, limit: int = 64) -> str:
+    """``repr(text)``, cut to ``limit`` characters: error messages never echo huge input."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"...[{len(text)} chars]"
+
+
 _ISO_FRAC = re.compile(r"^(.*T\d{2}:\d{2}:\d{2})(?:[.,](\d+))?(Z|[+-]\d{2}:?\d{2})$")
 
 
 def parse_iso_ns(text: str) -> int:
     """Parse an ISO-8601 timestamp *with* an offset (``Z`` or ``+hh:mm``) to ns, exactly.
 
-    Raises ValueError with a fix when the offset is missing or the text is not a timestamp.
+    Raises ValueError with a fix when the offset is missing, the text is not a timestamp, or
+    the time is outside int64 nanoseconds (years 1677 to 2262).
     """
     s = text.strip()
+    if len(s) > 64:  # the longest ISO-8601 text with 9 fraction digits and offset is 35
+        raise ValueError(f"cannot read {_clip(text)} as an ISO-8601 timestamp: too long")
     m = _ISO_FRAC.match(s)
     if m is None:
         if re.match(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$", s):
             raise ValueError(
-                f"timestamp {text!r} has no UTC offset; add 'Z' or '+00:00' (naive times are refused)"
+                f"timestamp {_clip(text)} has no UTC offset; add 'Z' or '+00:00' (naive times are refused)"
             )
-        raise ValueError(f"cannot read {text!r} as an ISO-8601 timestamp with offset")
+        raise ValueError(f"cannot read {_clip(text)} as an ISO-8601 timestamp with offset")
     head, frac, off = m.groups()
     offset = "+00:00" if off == "Z" else off
     try:
         dt = datetime.fromisoformat(head.replace(" ", "T") + offset)
-    except ValueError as exc:
-        raise ValueError(f"cannot read {text!r} as an ISO-8601 timestamp: {exc}") from None
-    ns = datetime_to_ns(dt)
+        ns = datetime_to_ns(dt)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"cannot read {_clip(text)} as an ISO-8601 timestamp: {exc}") from None
     if frac:
         ns += int((frac + "000000000")[:9])
-    return ns
+    return check_ns_range(ns, f"timestamp {_clip(text)}")

@@ -77,7 +77,7 @@ def test_csv_and_bare_number() -> None:
     assert d.decode(b"m1,1790000000,19.25\n", "t", NOW) == [("m1", NOW, [19.25])]
     with pytest.raises(PayloadError, match="'temp' is missing and has no default"):
         d.decode(b"m1,1790000000,", "t", NOW)
-    with pytest.raises(PayloadError, match="expected 3 CSV columns"):
+    with pytest.raises(PayloadError, match="expected 3 columns"):
         d.decode(b"m1,1790000000", "t", NOW)
     assert dec("number", time="received").decode(b" 42.5 ", "sensors/boiler/temp", NOW) == [
         ("boiler", NOW, [42.5])
@@ -153,3 +153,37 @@ def test_a_timestamp_beyond_int64_ns_is_a_clear_error_not_an_overflow() -> None:
     with pytest.raises(ValueError, match=r"beyond the year 2262.*time_unit="):
         parse_time(60_000_000_000, "auto")  # 6e10 s: year 3870
     assert parse_time(60_000_000_000, "ns") == 60_000_000_000
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b'{"ts": 1790000000, "temp": 1, "\\u0074emp": 2}', "duplicate key 'temp'"),
+        (b'{"ts": 1790000000, "temp": 1, "x": {"y": 1, "y": 2}}', "duplicate key 'y'"),
+        (b'{"ts": "9999-12-31T23:59:59Z", "temp": 1}', "after 2262-04-11"),
+        (b'{"ts": "0001-01-01T00:00:00+01:00", "temp": 1}', "before 1677-09-21"),
+        (b'{"ts": 253402300799000, "temp": 1}', "ambiguous"),
+        (b'{"ts": 1790000000, "temp": 1%s}' % (b"0" * 400), "not valid JSON"),
+        (b'{"ts": 1790000000, "temp": "%s"}' % (b"9" * 100_000), "is a str"),
+    ],
+)
+def test_the_shared_record_rules(payload: bytes, reason: str) -> None:
+    with pytest.raises(PayloadError) as err:
+        dec().decode(payload, "plant/k/t", NOW)
+    assert reason in str(err.value) and len(str(err.value)) < 400
+
+
+def test_keys_times_and_csv_cells_by_the_shared_rules() -> None:
+    with pytest.raises(PayloadError, match="keys are at most 256 bytes"):
+        dec(key="id").decode(b'{"id": "%s", "ts": 1790000000, "temp": 1}' % (b"k" * 257), "t", NOW)
+    assert dec(key="id").decode(
+        b'{"id": "%s", "ts": 1790000000, "temp": 1}' % (b"k" * 256), "t", NOW
+    )
+    with pytest.raises(PayloadError, match="outside int64 nanoseconds"):
+        dec("senml", fields=("temp",)).decode(
+            b'[{"bn":"d:","n":"temp","v":1,"t":1e12}]', "s/d", NOW
+        )
+    d = dec("csv", key="dev", csv_columns=("dev", "ts", "temp"))
+    assert d.decode(b'"m,1", 1790000000, 19.5', "t", NOW) == [("m,1", NOW, [19.5])]
+    with pytest.raises(PayloadError, match="'NaN' is not a finite number"):
+        d.decode(b"m1,1790000000,NaN", "t", NOW)
