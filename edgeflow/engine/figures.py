@@ -11,7 +11,8 @@ and the Prometheus endpoint, so they always agree:
 * ``watermark_lag_s``: wall clock minus the newest window watermark: how far behind real
   time the windows close (large when replaying old data);
 * ``late``, ``dead_letters``, ``anomalies``: counts since the run started;
-* ``outbox_depth``, ``outbox_dropped``: records waiting for Kafka, and dropped (disk budget).
+* ``outbox_depth``, ``outbox_dropped``, ``outbox_rejected``: records waiting for Kafka,
+  dropped (disk budget or a full disk), and refused by Kafka for good (too large).
 """
 
 from __future__ import annotations
@@ -23,21 +24,42 @@ from typing import Any
 
 
 def outbox_figures(path: Path | None) -> dict[str, int]:
-    """(depth, dropped) of an outbox file, read-only; zeros when there is none."""
+    """(depth, dropped, rejected) of an outbox file, read-only; zeros when there is none."""
     if path is None or not path.exists():
-        return {"outbox_depth": 0, "outbox_dropped": 0}
+        return {"outbox_depth": 0, "outbox_dropped": 0, "outbox_rejected": 0}
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.5)
         try:
             depth = int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
-            dropped = db.execute(
-                "SELECT COALESCE(SUM(value), 0) FROM stats WHERE name LIKE 'dropped.%'"
-            ).fetchone()[0]
+            dropped, rejected = db.execute(
+                "SELECT COALESCE(SUM(CASE WHEN name LIKE 'dropped.%' THEN value END), 0),"
+                " COALESCE(SUM(CASE WHEN name LIKE 'rejected.%' THEN value END), 0) FROM stats"
+            ).fetchone()
         finally:
             db.close()
-    except sqlite3.Error:
-        return {"outbox_depth": -1, "outbox_dropped": -1}  # busy or being created: unknown
-    return {"outbox_depth": depth, "outbox_dropped": int(dropped)}
+    except sqlite3.Error:  # busy or being created: unknown
+        return {"outbox_depth": -1, "outbox_dropped": -1, "outbox_rejected": -1}
+    return {
+        "outbox_depth": depth,
+        "outbox_dropped": int(dropped),
+        "outbox_rejected": int(rejected),
+    }
+
+
+def kafka_connection(path: Path | None) -> str | None:
+    """The Kafka connection state the forwarders record in an outbox (``connected since T``,
+    ``unreachable since T: <last error>``, ...), read-only; None when there is none yet."""
+    if path is None or not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.5)
+        try:
+            row = db.execute("SELECT value FROM status WHERE name = 'kafka.connection'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:  # busy, being created, or an older outbox without a status table
+        return None
+    return str(row[0]) if row else None
 
 
 def written(c: dict[str, int], prefix: str) -> int:
@@ -93,5 +115,6 @@ def summary_line(f: dict[str, Any]) -> str:
         f"(reduction {f.get('reduction', 0):.1f}x), watermark lag "
         f"{'-' if lag is None else f'{lag:.1f}s'}, late {f.get('late', 0)}, "
         f"dead letters {f.get('dead_letters', 0)}, outbox {f.get('outbox_depth', 0)} waiting "
-        f"/ {f.get('outbox_dropped', 0)} dropped, anomalies {f.get('anomalies', 0)}"
+        f"/ {f.get('outbox_dropped', 0)} dropped / {f.get('outbox_rejected', 0)} rejected by Kafka, "
+        f"anomalies {f.get('anomalies', 0)}"
     )
