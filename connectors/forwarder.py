@@ -6,119 +6,331 @@ rows only after the broker acknowledged them. Separate processes keep Kafka enco
 the flow's interpreter (kafka-python spends ~20 µs of Python per record), and several of
 them use more than one core.
 
-While the broker is unreachable the producer keeps retrying the records in flight (a very
-long delivery timeout), so the same records are never produced twice by a live producer;
-only a crash can resend a record, and its ``edgeflow-id`` header lets consumers drop it.
-A forwarder process exits when its parent dies (PR_SET_PDEATHSIG and a parent check).
+Guarantees:
+
+* While the broker is unreachable the producer keeps retrying the records in flight (a very
+  long delivery timeout), so a live producer never sends a record twice; only a dead
+  forwarder can resend (what it had in flight), and the ``edgeflow-id`` header lets
+  consumers drop it.
+* A monitor thread in the flow's process watches the forwarders: one that dies (``kill -9``,
+  out of memory) is started again for its lanes, and the outbox gives it back what the dead
+  one had in flight. Outbox errors (a full disk, a locked file) and Kafka errors never end a
+  forwarder: it says so in one line and retries with backoff.
+* Stopping never waits on a lock a dead process may hold: the parent signals through one
+  word of shared memory (:class:`~edgeflow.connectors.process.Command`), waits with bounded
+  joins and kills what is left. Forwarders ignore SIGTERM and SIGINT: on a signal to the
+  whole process group they finish their batch and exit when the flow stops them, and they
+  die with the flow's process.
+* At the end of a run the forwarders drain the outbox for up to ``drain_timeout``. When the
+  broker was never reachable during the run (every forwarder tried and failed) they do not
+  wait beyond one last connection attempt (which gives up after ``BOOTSTRAP_TIMEOUT_MS``): the
+  records stay in the outbox for the next run and the run summary says how many.
+* The connection to Kafka is one state (connected / unreachable since T, last error): one log
+  line when it changes, and the status key ``kafka.connection`` of the outbox
+  (:func:`connection_state`). kafka-python's own log lines are not printed; the last one is
+  the "last error" of that state.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing as mp
 import os
-import signal
+import sqlite3
 import threading
 import time
-from multiprocessing.synchronize import Event
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
+from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 
 from edgeflow.connectors.outbox import LANES, Outbox, Stored
-from edgeflow.connectors.process import die_with_parent
+from edgeflow.connectors.process import (
+    ABORT,
+    DRAIN,
+    RUN,
+    Command,
+    Parent,
+    die_with_parent,
+    ignore_termination,
+    termination_blocked,
+)
 
 log = logging.getLogger("edgeflow.forwarder")
 
+T = TypeVar("T")
+
+#: status key of the outbox holding the connection state (see :func:`connection_state`)
+CONNECTION_KEY = "kafka.connection"
+#: a forwarder's first connection attempt gives up after this long, so it keeps checking for a stop
+BOOTSTRAP_TIMEOUT_MS = 2_000
+#: at the end of a run whose broker was never reached: how long its last connection attempts get
+LAST_ATTEMPT_S = BOOTSTRAP_TIMEOUT_MS / 1000 + 2.0
+#: after the drain, how long forwarders get to close their producer before they are killed
+EXIT_GRACE_S = 5.0
+FETCH_LIMIT = 20_000
+
+CONNECTING, CONNECTED, UNREACHABLE = 0, 1, 2
+_ERROR_CHARS = 300
+
+
+def utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def lanes_of(slot: int, processes: int) -> list[int]:
+    return [lane for lane in range(LANES) if lane % processes == slot]
+
+
+def connection_state(status: dict[str, str]) -> str | None:
+    """The Kafka connection state an outbox's status table records (``Outbox.status()``), if any:
+    ``connected since <UTC>``, ``unreachable since <UTC>: <last error>``, or after a run that
+    ended connected ``disconnected at <UTC>: the run ended``."""
+    return status.get(CONNECTION_KEY)
+
+
+class _Links:
+    """Each forwarder's connection state in shared memory without locks (written by the forwarder,
+    read by the monitor): state, since when (epoch s), the last error, and whether any forwarder
+    reached the broker in this run."""
+
+    def __init__(self, ctx: SpawnContext, n: int) -> None:
+        self.state: Any = ctx.RawArray(ctypes.c_int, n)
+        self.since: Any = ctx.RawArray(ctypes.c_double, n)
+        self.errors: Any = [ctx.RawArray(ctypes.c_char, _ERROR_CHARS) for _ in range(n)]
+        self.reached: Any = ctx.RawValue(ctypes.c_int, 0)
+
+    def set(self, slot: int, state: int, error: str = "") -> bool:
+        """Record ``slot``'s state; True when it changed."""
+        if error:
+            self.errors[slot].value = error.encode("utf-8", "replace")[: _ERROR_CHARS - 1]
+        if state == CONNECTED:
+            self.reached.value = 1
+        if self.state[slot] == state:
+            return False
+        self.since[slot] = time.time()
+        self.state[slot] = state
+        return True
+
+    def error(self, slot: int) -> str:
+        return bytes(self.errors[slot].value).decode("utf-8", "replace")
+
+
+class _KafkaLogTap(logging.Handler):
+    """Keeps kafka-python's last warning or error (the "last error" of a connection state)
+    instead of printing its lines (a closed port gives several per second)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last = ""
+        self.at = 0.0
+        self.connection = ""  # the last "Connection failed/lost: ..." (more telling than a timeout)
+        self.connection_at = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            text = record.getMessage()
+            self.last, self.at = text, time.monotonic()
+            if "Connection failed" in text or "Connection lost" in text:
+                self.connection, self.connection_at = text.split(">: ")[-1], self.at
+
+    def cause(self) -> str:
+        """The last connection error if it is recent (it says more than a timeout), else the last error."""
+        if self.connection and self.at - self.connection_at < 30:
+            return self.connection
+        return self.last
+
+    def install(self) -> _KafkaLogTap:
+        kafka_log = logging.getLogger("kafka")
+        kafka_log.handlers[:] = [self]
+        kafka_log.propagate = False
+        kafka_log.setLevel(logging.WARNING)
+        return self
+
+
+class _AbortedError(Exception):
+    """The parent said abort (or is gone) while a forwarder waited."""
+
 
 class _Drain:
-    """The loop inside one forwarder process."""
+    """The loop inside one forwarder process. It only returns when its lanes are drained at the
+    end of a run, when the broker was never reachable at the end of a run, or when told to abort."""
 
     def __init__(
         self,
         path: Path,
         bootstrap: str,
         config: dict[str, Any],
+        slot: int,
         lanes: list[int],
-        stopping: Event,
-        abort: Event,
-        parent: int,
+        links: _Links,
+        parent: Parent,
     ) -> None:
-        self.box = Outbox(path)
+        self.path = path
         self.bootstrap = bootstrap
-        self.config = config
+        self.config = {"bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS, **config}
+        self.slot = slot
         self.lanes = lanes
-        self.stopping = stopping
-        self.abort = abort
+        self.links = links
         self.parent = parent
         self.name = f"forwarder lanes {','.join(map(str, lanes))}"
+        self.kafka_log = _KafkaLogTap().install()
+        self.box: Outbox | None = None
+        self.producer: Any = None
         self.created: set[str] = set()
         self.partitions: dict[str, list[int]] = {}
         self.partition_of: dict[tuple[str, bytes], int] = {}
+        self.failing: dict[str, str] = {}  # what -> the error last logged for it
 
-    def alive(self) -> bool:
-        return not self.abort.is_set() and os.getppid() == self.parent
+    # -- errors and connection state --------------------------------------------------------
+    def status(self, name: str, value: str) -> None:
+        """Best effort: a status entry is information, never a reason to stop."""
+        if self.box is not None:
+            with contextlib.suppress(Exception):
+                self.box.set_status(name, value)
 
     def error(self, text: str) -> None:
         log.warning("%s: %s", self.name, text)
-        with contextlib.suppress(Exception):
-            self.box.set_status(
+        self.status(f"error.{self.lanes[0]}", f"{utc(time.time())} {text}")
+
+    def unreachable(self, exc: BaseException | None = None) -> None:
+        cause = self.kafka_log.cause() or (f"{type(exc).__name__}: {exc}" if exc else "no answer")
+        if self.links.set(self.slot, UNREACHABLE, cause):
+            self.status(
                 f"error.{self.lanes[0]}",
-                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {text}",
+                f"{utc(time.time())} Kafka at {self.bootstrap} unreachable: {cause}",
             )
 
-    def run(self) -> None:
-        self.box.release(self.lanes, 1)  # whatever a dead forwarder had in flight is queued again
-        after = 0
-        producer = None
-        backoff = 0.1
-        while self.alive():
-            if producer is None:
-                try:
-                    from kafka import KafkaProducer
+    def connected(self) -> None:
+        was, since = self.links.state[self.slot], self.links.since[self.slot]
+        if self.links.set(self.slot, CONNECTED) and was == UNREACHABLE:
+            now = time.time()
+            self.status(
+                f"error.{self.lanes[0]}",
+                f"{utc(now)} Kafka at {self.bootstrap} was unreachable for {now - since:.0f}s "
+                f"from {utc(since)}: {self.links.error(self.slot)}",
+            )
 
-                    producer = KafkaProducer(bootstrap_servers=self.bootstrap, **self.config)
+    def retry(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, retried with backoff (up to 5 s) while it raises; one log line per new error
+        and one when it works again. Raises :class:`_AbortedError` when told to abort meanwhile."""
+        backoff = 0.1
+        while True:
+            if not self.parent.running():
+                raise _AbortedError
+            try:
+                result = fn(*args)
+            except (sqlite3.Error, OSError) as exc:
+                text = f"{type(exc).__name__}: {exc}"
+                if self.failing.get(what) != text:
+                    self.failing[what] = text
+                    log.warning(
+                        "%s: outbox %s: cannot %s (%s); retrying every few seconds, nothing "
+                        "is lost meanwhile",
+                        self.name, self.path, what, text,
+                    )  # fmt: skip
+                self.parent.pause(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if self.failing.pop(what, None) is not None:
+                log.warning("%s: the outbox works again (%s)", self.name, what)
+            return result
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        backoff = 0.1
+        while self.parent.running():
+            try:
+                self._drain()
+                return
+            except _AbortedError:
+                return
+            except Exception as exc:  # never die: say it once and start over
+                text = f"{type(exc).__name__}: {exc}"
+                if self.failing.get("run") != text:
+                    self.failing["run"] = text
+                    self.error(f"unexpected error, starting over: {text}")
+                self._close_producer(0)
+                self.parent.pause(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self._close_producer(0)
+
+    def _drain(self) -> None:
+        if self.box is None:
+            self.box = self.retry("open it", Outbox, self.path)
+        box = self.box
+        # whatever a dead forwarder (or an earlier pass) had in flight is queued again
+        self.retry("re-queue records in flight", box.release, self.lanes, 1)
+        after = 0
+        backoff = 0.1
+        while self.parent.running():
+            if self.producer is None:
+                if self._connect():
                     backoff = 0.1
-                except Exception as exc:
-                    self.error(
-                        f"cannot connect to Kafka at {self.bootstrap}: {type(exc).__name__}: {exc}"
-                    )
-                    if self.stopping.is_set():
-                        return  # records stay in the outbox for the next run
-                    self.abort.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
                     continue
-            rows, newest = self.box.fetch(self.lanes, after, 20_000)
+                if self.parent.stopping() and not self.links.reached.value:
+                    return  # never reachable in this run: the records stay for the next one
+                # at a stop, wake up for one last attempt
+                self.parent.pause(backoff, wake_on_stop=not self.parent.stopping())
+                backoff = min(backoff * 2, 5.0)
+                continue
+            rows, newest = self.retry("read records", box.fetch, self.lanes, after, FETCH_LIMIT)
             if not rows:
                 after = max(after, newest)
-                if self.stopping.is_set():
+                if self.parent.stopping():
                     break
-                self.abort.wait(0.02)
+                self.parent.pause(0.02)
                 continue
-            if self._send(producer, rows):
-                self.box.delivered(self.lanes, rows)
+            if self._send(rows):
+                # retried on its own: sending the rows again would duplicate them
+                self.retry("delete delivered records", box.delivered, self.lanes, rows)
                 after = rows[-1].seq
             else:
-                self.box.release(self.lanes, rows[0].seq)
-                producer.close(0)
-                producer = None
-                self.partitions.clear()
-                self.partition_of.clear()
+                self.retry("re-queue records in flight", box.release, self.lanes, rows[0].seq)
+                self._close_producer(0)
+        self._close_producer(5 if self.parent.running() else 0)
+
+    def _connect(self) -> bool:
+        from kafka import KafkaProducer
+
+        try:
+            self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, **self.config)
+        except Exception as exc:
+            self.unreachable(exc)
+            return False
+        self.connected()
+        return True
+
+    def _close_producer(self, timeout: float) -> None:
+        producer, self.producer = self.producer, None
+        self.partitions.clear()
+        self.partition_of.clear()
         if producer is not None:
-            producer.close(5)
+            with contextlib.suppress(Exception):
+                producer.close(timeout)
 
     def _ensure_topic(self, topic: str) -> None:
         if topic in self.created:
             return
-        spec = self.box.status().get(f"topic.{topic}")
+        box = self.box
+        assert box is not None
+        spec = self.retry("read the status", box.status).get(f"topic.{topic}")
         if spec:
             from kafka.admin import KafkaAdminClient, NewTopic
             from kafka.errors import TopicAlreadyExistsError
 
             parts, repl = (int(x) for x in spec.split(","))
-            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000)
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap,
+                request_timeout_ms=10_000,
+                bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+            )
             try:
                 with contextlib.suppress(TopicAlreadyExistsError):
                     admin.create_topics([NewTopic(topic, parts, repl)])
@@ -126,7 +338,7 @@ class _Drain:
                 admin.close()
         self.created.add(topic)
 
-    def _partition(self, producer: Any, topic: str, key: bytes | None) -> int | None:
+    def _partition(self, topic: str, key: bytes | None) -> int | None:
         """The default partitioner's choice, computed once per key (murmur2 is slow in Python)."""
         if key is None:
             return None
@@ -136,20 +348,23 @@ class _Drain:
 
             parts = self.partitions.get(topic)
             if parts is None:
-                parts = self.partitions[topic] = sorted(producer.partitions_for(topic))
+                parts = self.partitions[topic] = sorted(self.producer.partitions_for(topic))
             # exactly kafka-python's (and the Java client's) DefaultPartitioner for keyed records
             p = self.partition_of[(topic, key)] = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
         return p
 
-    def _send(self, producer: Any, rows: list[Stored]) -> bool:
+    def _send(self, rows: list[Stored]) -> bool:
         from kafka.errors import KafkaError, MessageSizeTooLargeError
 
+        producer = self.producer
+        box = self.box
+        assert box is not None
         futures = []
         for r in rows:
             headers = [(k, v.encode()) for k, v in orjson.loads(r.headers)]
             try:
                 self._ensure_topic(r.topic)
-                part = self._partition(producer, r.topic, r.key)
+                part = self._partition(r.topic, r.key)
                 futures.append(
                     producer.send(
                         r.topic, key=r.key, value=r.value, headers=headers, partition=part
@@ -160,20 +375,31 @@ class _Drain:
                 self.error(
                     f"record {r.seq} of {r.sink} is too large for Kafka and is discarded: {exc}"
                 )
-                self.box.record_count(r.sink)
+                self.retry("count a rejected record", box.record_count, r.sink)
             except KafkaError as exc:
-                self.error(f"{type(exc).__name__}: {exc}")
+                self.unreachable(exc)
                 return False
-        while not all(f.is_done for f in futures):
+        progress, last_progress = 0, time.monotonic()
+        while True:
+            done = sum(1 for f in futures if f.is_done)
+            if done == len(futures):
+                break
+            now = time.monotonic()
+            if done > progress:
+                progress, last_progress = done, now
+                self.connected()
+            elif now - last_progress > 3 and self.kafka_log.at > last_progress:
+                self.unreachable()  # no acknowledgement for a while, and connection errors
             # still waiting means the broker may be down: the producer keeps retrying
             with contextlib.suppress(KafkaError):
                 producer.flush(timeout=0.5)
-            if not self.alive():
+            if not self.parent.running():
                 return False
         failed = [f for f in futures if f.failed()]
         if failed:
             self.error(f"{type(failed[0].exception).__name__}: {failed[0].exception}")
             return False
+        self.connected()
         return True
 
 
@@ -181,16 +407,31 @@ def _process_main(
     path: str,
     bootstrap: str,
     config: dict[str, Any],
+    slot: int,
     lanes: list[int],
-    stopping: Event,
-    abort: Event,
+    links: _Links,
+    command: Command,
     parent: int,
 ) -> None:
     die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    ignore_termination()  # the parent decides when to stop (a signal to the group reaches it too)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.ERROR)  # our own warnings say what matters
-    _Drain(Path(path), bootstrap, config, lanes, stopping, abort, parent).run()
+    _Drain(Path(path), bootstrap, config, slot, lanes, links, Parent(command, parent)).run()
+
+
+@dataclass
+class _Slot:
+    """One forwarder process and its lanes, as the monitor sees it."""
+
+    index: int
+    lanes: list[int]
+    proc: SpawnProcess | None = None
+    started: float = 0.0
+    restart_at: float = 0.0
+    deaths: int = 0
+    quick_deaths: int = 0
+    done: bool = False  # exited by itself at the end of the run
+    logged: float = field(default=-1e9)
 
 
 class Forwarder:
@@ -221,35 +462,30 @@ class Forwarder:
     def __init__(
         self, path: Path, bootstrap: str, config: dict[str, Any], processes: int = 2
     ) -> None:
-        ctx = mp.get_context("spawn")  # no fork: the engine runs threads
+        self.ctx = mp.get_context("spawn")  # no fork: the engine runs threads
         self.path = path
         self.bootstrap = bootstrap
+        self.config = config
         self.users = 0
-        self.stopping = ctx.Event()
-        self.abort = ctx.Event()
         n = max(1, min(processes, LANES))
-        self.procs = [
-            ctx.Process(
-                target=_process_main,
-                args=(
-                    str(path),
-                    bootstrap,
-                    config,
-                    [lane for lane in range(LANES) if lane % n == i],
-                    self.stopping,
-                    self.abort,
-                    os.getpid(),
-                ),
-                name=f"edgeflow-forwarder-{i}",
-                daemon=True,
-            )
-            for i in range(n)
-        ]
-        for p in self.procs:
-            p.start()
+        self.command = Command(self.ctx)
+        self.links = _Links(self.ctx, n)
+        self.slots = [_Slot(i, lanes_of(i, n)) for i in range(n)]
+        self.link = CONNECTING  # the state last logged
+        self.stopped = False
+        # the monitor starts the processes: PR_SET_PDEATHSIG ties a child to the thread that
+        # started it, and the monitor outlives every child
+        self.monitor = threading.Thread(
+            target=self._monitor, name=f"edgeflow-forwarder-monitor {path.name}", daemon=True
+        )
+        self.monitor.start()
 
     def alive(self) -> bool:
-        return any(p.is_alive() for p in self.procs)
+        return not self.stopped
+
+    def pids(self) -> list[int | None]:
+        """The process id of each forwarder (None while it is being restarted)."""
+        return [s.proc.pid if s.proc is not None else None for s in self.slots]
 
     def release(self, drain_timeout: float) -> None:
         """One user is done; the last one lets the processes drain (up to ``drain_timeout`` s) and stops them."""
@@ -261,12 +497,154 @@ class Forwarder:
         self.stop(drain_timeout)
 
     def stop(self, drain_timeout: float) -> None:
-        self.stopping.set()
-        deadline = time.monotonic() + drain_timeout
-        for p in self.procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        self.abort.set()
-        for p in self.procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
+        """Drain for up to ``drain_timeout`` s (not at all when the broker was never reachable),
+        then end the processes. Bounded: it never waits on anything a dead process holds."""
+        if self.stopped:
+            return
+        self.command.set(DRAIN)
+        start = time.monotonic()
+        deadline = start + drain_timeout
+        while time.monotonic() < deadline and not all(s.done for s in self.slots):
+            if self._never_reached() and time.monotonic() - start > LAST_ATTEMPT_S:
+                break  # every forwarder tried and failed, and made one last attempt
+            time.sleep(0.05)
+        self.command.set(ABORT)
+        self.monitor.join(EXIT_GRACE_S + 10)  # the monitor ends (kills) every process first
+        self.stopped = True
+        self._say_what_stays()
+
+    def _never_reached(self) -> bool:
+        """No forwarder reached the broker in this run, and each one tried at least once."""
+        n = len(self.slots)
+        return not self.links.reached.value and all(
+            self.links.state[i] == UNREACHABLE for i in range(n)
+        )
+
+    # -- the monitor thread -----------------------------------------------------------------
+    def _monitor(self) -> None:
+        while True:
+            command = self.command.value
+            try:
+                for s in self.slots:
+                    self._watch(s, command)
+                self._watch_link()
+            except Exception as exc:  # the monitor must outlive the children: never end here
+                log.warning("edgeflow: kafka forwarder monitor: %s: %s", type(exc).__name__, exc)
+            if command == ABORT:
+                break
+            time.sleep(0.1)
+        self._end_processes()
+
+    def _watch(self, s: _Slot, command: int) -> None:
+        now = time.monotonic()
+        if s.proc is None:
+            wanted = command == RUN or (command == DRAIN and not s.done)
+            if wanted and now >= s.restart_at:
+                try:
+                    self._start(s)
+                except Exception as exc:
+                    s.restart_at = now + 5
+                    log.warning(
+                        "edgeflow: cannot start a kafka forwarder: %s: %s", type(exc).__name__, exc
+                    )
+            return
+        code = s.proc.exitcode
+        if code is None:
+            return
+        s.proc = None
+        if code == 0 and self.command.value != RUN:  # read again: it may have changed meanwhile
+            s.done = True  # drained its lanes (or gave up on a broker never reached)
+            return
+        if command == ABORT:
+            return
+        s.deaths += 1
+        s.quick_deaths = s.quick_deaths + 1 if now - s.started < 5 else 0
+        s.restart_at = now + (min(10.0, 0.5 * 2 ** (s.quick_deaths - 1)) if s.quick_deaths else 0)
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        if now - s.logged > 60:
+            s.logged = now
+            log.warning(
+                "edgeflow: kafka forwarder for lanes %s died (%s, %d time(s) in this run); starting it "
+                "again: it re-sends what it had in flight (consumers drop those by edgeflow-id)",
+                ",".join(map(str, s.lanes)), how, s.deaths,
+            )  # fmt: skip
+
+    def _start(self, s: _Slot) -> None:
+        proc = self.ctx.Process(
+            target=_process_main,
+            args=(
+                str(self.path), self.bootstrap, self.config, s.index, s.lanes, self.links,
+                self.command, os.getpid(),
+            ),
+            name=f"edgeflow-forwarder-{s.index}",
+            daemon=True,
+        )  # fmt: skip
+        # the resource tracker unblocks signals in the thread that starts it: start it first
+        resource_tracker.ensure_running()
+        with termination_blocked():  # until the child ignores SIGTERM itself
+            proc.start()
+        s.proc = proc
+        s.started = time.monotonic()
+        self._status(
+            f"forwarder.{s.index}",
+            f"pid {proc.pid} lanes {','.join(map(str, s.lanes))} started {utc(time.time())}"
+            + (f" (restart {s.deaths})" if s.deaths else ""),
+        )
+
+    def _watch_link(self) -> None:
+        """One log line (and the ``kafka.connection`` status) per change of the connection state."""
+        n = len(self.slots)
+        down = [i for i in range(n) if self.links.state[i] == UNREACHABLE]
+        up = [i for i in range(n) if self.links.state[i] == CONNECTED]
+        state = UNREACHABLE if down else CONNECTED if up else CONNECTING
+        if state == self.link:
+            return
+        before, self.link = self.link, state
+        if state == UNREACHABLE:
+            first = min(down, key=lambda i: self.links.since[i])
+            since, error = self.links.since[first], self.links.error(first)
+            log.warning(
+                "edgeflow: Kafka at %s is unreachable (%s); records wait in the outbox %s and are sent "
+                "when it is back",
+                self.bootstrap, error, self.path,
+            )  # fmt: skip
+            self._status(CONNECTION_KEY, f"unreachable since {utc(since)}: {error}")
+        elif state == CONNECTED:
+            since = max(self.links.since[i] for i in up)
+            if before == UNREACHABLE:
+                log.warning(
+                    "edgeflow: Kafka at %s is reachable again; sending the backlog", self.bootstrap
+                )
+            self._status(CONNECTION_KEY, f"connected since {utc(since)}")
+
+    def _end_processes(self) -> None:
+        """Bounded: wait up to EXIT_GRACE_S in all for the processes to exit, then kill them."""
+        end = time.monotonic() + EXIT_GRACE_S
+        for s in self.slots:
+            if s.proc is not None:
+                s.proc.join(max(0.0, end - time.monotonic()))
+        for s in self.slots:
+            if s.proc is not None and s.proc.exitcode is None:
+                s.proc.kill()
+                s.proc.join(5)
+        if self.link == CONNECTED:
+            self._status(CONNECTION_KEY, f"disconnected at {utc(time.time())}: the run ended")
+
+    def _status(self, name: str, value: str) -> None:
+        with contextlib.suppress(Exception):
+            Outbox.at(self.path).set_status(name, value)
+
+    def _say_what_stays(self) -> None:
+        with contextlib.suppress(Exception):
+            n, _ = Outbox.at(self.path).depth()
+            if not n:
+                return
+            why = (
+                "was not reachable during this run"
+                if not self.links.reached.value
+                else "did not take the backlog within the drain timeout"
+            )
+            log.warning(
+                "edgeflow: Kafka at %s %s: %d records stay in the outbox %s and are sent by the next run",
+                self.bootstrap, why, n, self.path,
+            )  # fmt: skip
