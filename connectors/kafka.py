@@ -24,10 +24,12 @@ runs at many sites.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -46,12 +48,14 @@ from edgeflow.connectors.outbox import (
     DEFAULT_BUDGET,
     PRIORITIES,
     Outbox,
+    OutboxError,
     OutRecord,
     priority_of,
 )
-from edgeflow.connectors.parse import BatchBuilder, RecordParser
+from edgeflow.connectors.parse import BatchBuilder
+from edgeflow.connectors.payloads import Decoder, Limits, PayloadError, Schema
 from edgeflow.errors import EdgeflowError
-from edgeflow.timeutil import Duration, parse_duration
+from edgeflow.timeutil import Duration, now_ns, parse_duration
 
 log = logging.getLogger("edgeflow.kafka")
 
@@ -108,16 +112,64 @@ def _record_key(batch: RecordBatch) -> list[bytes | None]:
     return [str(k).encode() for k in col]
 
 
+#: set to 1 to go on when the outbox lost records its last snapshot says were waiting
+ACCEPT_LOSS_ENV = "EDGEFLOW_ACCEPT_OUTBOX_LOSS"
+
+#: (outbox path, sink step) -> the sink's counters when this run opened it, for the summary
+_AT_START: dict[tuple[Path, str], dict[str, int]] = {}
+
+
+def _resume_position(resume: Any) -> tuple[str | None, int, int]:
+    """(outbox id, last seq, records waiting) of a snapshot; an older edgeflow's is a bare seq."""
+    if isinstance(resume, dict):
+        return str(resume.get("outbox") or "") or None, int(resume["seq"]), int(resume["waiting"])
+    return None, int(resume), 0
+
+
+def _fatal(message: str) -> NoReturn:
+    """Stop the whole flow with one error line. Raised from here, the error would reach the
+    engine as a bare "error resuming StatefulSink" panic without its reason; the flow has
+    taken no snapshot since it started, so the next run resumes from the same one."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
 class _KafkaSinkPartition(SinkPartition):
+    """Appends to the outbox. Its snapshot is ``{"outbox": id, "seq": last seq, "waiting": n}``:
+    on resume, an outbox that is not the snapshot's, or ends before its seq, while records
+    were waiting, stops the flow (:class:`OutboxError`) unless ``EDGEFLOW_ACCEPT_OUTBOX_LOSS=1``
+    (then the loss is counted). Records appended after the snapshot (or, in a state
+    directory without any snapshot yet, all of this sink's) are removed: the run replays them."""
+
     def __init__(self, spec: KafkaSink, resume: Any, ctx: SinkContext) -> None:
         self.spec = spec
         self.ctx = ctx
         self.outbox = Outbox.at(outbox_path(ctx), spec.budget)
-        self.last = int(resume) if resume is not None else self.outbox.last_seq()
+        lost = 0
         if resume is not None:
-            self.outbox.truncate_after(ctx.step, int(resume))
-        self.forwarder: Forwarder | None = None
+            ident, seq, waiting = _resume_position(resume)
+            lost, intact = self._check_outbox(ident, seq, waiting)
+            self.outbox.truncate_after(ctx.step, seq)
+            self.last = seq if intact else self.outbox.last_seq()
+        elif ctx.state_dir is not None:
+            # no snapshot yet: what this sink appended came from an attempt that never took
+            # one, and this run replays it
+            n = self.outbox.truncate_after(ctx.step, 0)
+            if n:
+                log.warning(
+                    "kafka sink %r: removed %d records an interrupted earlier attempt (before its "
+                    "first snapshot) left in the outbox %s; this run produces them again",
+                    ctx.step,
+                    n,
+                    self.outbox.path,
+                )
+            self.last = self.outbox.last_seq()
+        else:
+            self.last = self.outbox.last_seq()
         bootstrap = resolve_bootstrap(spec.bootstrap)
+        self._note_start(bootstrap, lost)
+        self.forwarder: Forwarder | None = None
         if bootstrap and spec.forwarders > 0:
             self.forwarder = Forwarder.ensure(
                 self.outbox,
@@ -157,8 +209,78 @@ class _KafkaSinkPartition(SinkPartition):
             timed.sort(key=lambda tr: tr[0])
             self.last = self.outbox.append(self.ctx.step, prio, [r for _, r in timed])
 
+    def _check_outbox(self, ident: str | None, seq: int, waiting: int) -> tuple[int, bool]:
+        """Stop (or, when accepted, count the loss) if the outbox lost records the snapshot
+        says were waiting. Returns (how many were counted as lost now, whether the outbox is
+        the snapshot's, whole)."""
+        box, step = self.outbox, self.ctx.step
+        accepted = f"accepted_loss.{step}"
+        if ident is None:  # a snapshot from an older edgeflow: nothing to check against
+            return 0, True
+        if box.status().get(accepted) == f"{ident}:{seq}":
+            return 0, False  # this loss was accepted and counted by an earlier run
+        if ident != box.identity:
+            what = "is not the outbox the last snapshot was taken with (it was deleted, emptied or replaced)"
+            present = 0
+        elif box.last_seq() < seq:
+            what = (
+                f"ends at record {box.last_seq()} while the last snapshot was taken at record "
+                f"{seq} (its -wal file was deleted or damaged)"
+            )
+            present = box.count_present(step, seq)
+        else:
+            return 0, True
+        lost = max(0, waiting - present)
+        if lost == 0:
+            log.warning(
+                "kafka sink %r: the outbox %s %s; none of the records waiting at that snapshot "
+                "are missing",
+                step,
+                box.path,
+                what,
+            )
+            return 0, False
+        if os.environ.get(ACCEPT_LOSS_ENV, "").strip().lower() in ("1", "true", "yes"):
+            box.count_lost(step, lost)
+            box.set_status(accepted, f"{ident}:{seq}")
+            log.warning(
+                "kafka sink %r: the outbox %s %s: up to %d records that were waiting for Kafka "
+                "are lost; going on because %s is set (counted as lost in the summary)",
+                step,
+                box.path,
+                what,
+                lost,
+                ACCEPT_LOSS_ENV,
+            )
+            return lost, False
+        raise OutboxError(
+            f"the outbox {box.path} {what}: up to {lost} records that were waiting for Kafka "
+            "at the last snapshot are missing. Restore the outbox (with its -wal file) and run "
+            f"again; or, to go on without them (counted as lost), run again with {ACCEPT_LOSS_ENV}=1"
+        )
+
+    def _note_start(self, bootstrap: str | None, lost: int) -> None:
+        """Remember this sink's counters for the run's summary (``lost``: counted by this run
+        already); say what earlier runs left."""
+        box, step = self.outbox, self.ctx.step
+        stats = box.stats()
+        _AT_START[(box.path, step)] = {**stats, f"lost.{step}": stats.get(f"lost.{step}", 0) - lost}
+        waiting = stats.get(f"queued.{step}", 0)
+        if waiting > 0:
+            log.warning(
+                "kafka sink %r: %d records from earlier runs are waiting in the outbox %s; %s",
+                step,
+                waiting,
+                box.path,
+                "they are delivered first"
+                if bootstrap and self.spec.forwarders > 0
+                else "no Kafka is configured, so they stay there",
+            )
+
     def snapshot(self) -> Any:
-        return self.last  # appends are committed with fsync before write() returns
+        # appends are committed with fsync before write() returns
+        waiting = self.outbox.stats().get(f"queued.{self.ctx.step}", 0)
+        return {"outbox": self.outbox.identity, "seq": self.last, "waiting": waiting}
 
     def close(self) -> None:
         if self.forwarder is not None:
@@ -257,16 +379,33 @@ class KafkaSink(SinkSpec):
             "priority": self.priority,
         }
 
-    def open(self, partition: str, resume: Any, ctx: SinkContext) -> SinkPartition:
+    def open_partition(self, partition: str, resume: Any, ctx: SinkContext) -> SinkPartition:
+        """Open a partition; raises :class:`OutboxError` when the outbox is damaged or lost
+        records its snapshot says were waiting."""
         return _KafkaSinkPartition(self, resume, ctx)
 
+    def open(self, partition: str, resume: Any, ctx: SinkContext) -> SinkPartition:
+        """As :meth:`open_partition`, for the engine: an outbox error stops the flow."""
+        try:
+            return self.open_partition(partition, resume, ctx)
+        except OutboxError as exc:
+            _fatal(f"kafka sink {ctx.step!r}: {exc}")
+
     def report(self, ctx: SinkContext) -> list[str]:
+        """This run's figures of the sink (queued, delivered, rejected by Kafka, dropped by the
+        budget or a full disk, lost with a damaged outbox), and what waits in the outbox."""
         path = outbox_path(ctx)
         if not path.exists():
             return []
         box = Outbox.at(path)
         n, size = box.depth()
         st = box.stats()
+        start = _AT_START.get((box.path, ctx.step), {})
+
+        def this_run(name: str) -> int:
+            key = f"{name}.{ctx.step}"
+            return st.get(key, 0) - start.get(key, 0)
+
         where = (
             resolve_bootstrap(self.bootstrap) or "no Kafka configured: records stay in the outbox"
         )
@@ -275,10 +414,16 @@ class KafkaSink(SinkSpec):
             for k, v in sorted(box.status().items())
             if k.startswith("error.")
         ]
+        earlier = start.get(f"queued.{ctx.step}", 0)
+        lost = this_run("lost")
         return [
-            f"kafka sink {ctx.step!r} -> {self.topic}: {st.get(f'appended.{ctx.step}', 0)} queued, "
-            f"{st.get(f'delivered.{ctx.step}', 0)} delivered, {st.get(f'dropped.{ctx.step}', 0)} dropped (outbox full)",
-            f"outbox {path} ({where}): {n} records ({size / 1e6:.1f} MB) waiting",
+            f"kafka sink {ctx.step!r} -> {self.topic}: {this_run('appended')} queued, "
+            f"{this_run('delivered')} delivered, {this_run('dropped')} dropped (outbox full), "
+            f"{this_run('rejected')} rejected by Kafka (too large)"
+            + (f", {lost} lost (damaged outbox, {ACCEPT_LOSS_ENV})" if lost else "")
+            + (f"; {earlier} records were waiting from earlier runs" if earlier else ""),
+            f"outbox {path} ({where}): {n} records ({size / 1e6:.1f} MB) waiting; "
+            f"{box.disk_bytes() / 1e6:.1f} MB on disk of a {box.budget / 1e6:.1f} MB budget",
             *errors,
         ]
 
@@ -333,8 +478,12 @@ class _KafkaPartition(SourcePartition):
         self.position = self.consumer.position(self.tp)
         self.end = self.consumer.end_offsets([self.tp])[self.tp] if spec.stop_at_end else None
         fields = ctx.fields if ctx.fields is not None else tuple(spec.fields or ())
-        self.parser = RecordParser(ctx.key, ctx.time, fields, spec.time_unit)
         self.fields = fields
+        # the record parser all sources share; a missing or null field is "no value"
+        schema = Schema(
+            ctx.key, ctx.time, fields, {}, {f: math.nan for f in fields}, spec.time_unit
+        )
+        self.decoder = Decoder("json", schema, spec.limits())
 
     def next_batch(self) -> list[Item]:
         if self.end is not None and self.position >= self.end:
@@ -344,28 +493,14 @@ class _KafkaPartition(SourcePartition):
         if not msgs:
             return []
         out = BatchBuilder(self.fields, self.ctx.step)
+        received = now_ns()
         for m in msgs:
-            where = f"{self.tp.topic}/{self.tp.partition}@{m.offset}"
-            self.bytes_read += len(m.value or b"")
-            try:
-                obj = orjson.loads(m.value)
-            except orjson.JSONDecodeError as exc:
-                out.fail(where, m.value or b"", f"not valid JSON: {exc}")
-                continue
-            recs = obj if isinstance(obj, list) else [obj]
-            if not all(isinstance(rec, dict) for rec in recs):
-                kind = (
-                    type(obj).__name__ if not isinstance(obj, list) else "an array with non-objects"
-                )
-                out.fail(
-                    where, m.value, f"expected a JSON object (or an array of them), got {kind}"
-                )
-                continue
-            for rec in recs:
-                try:
-                    out.add(self.parser.parse(rec))
-                except ValueError as exc:
-                    out.fail(where, m.value, str(exc))
+            value = m.value or b""
+            self.bytes_read += len(value)
+            try:  # a message is one payload: all its readings, or one dead letter
+                out.add_all(self.decoder.decode(value, self.tp.topic, received))
+            except PayloadError as exc:
+                out.fail(f"{self.tp.topic}/{self.tp.partition}@{m.offset}", value, str(exc))
         self.position = msgs[-1].offset + 1
         return out.items()
 
@@ -391,6 +526,7 @@ class KafkaSource(SourceSpec):
         stop_at_end: bool,
         fields: list[str] | None,
         time_unit: str,
+        limits: dict[str, Any] | None = None,
     ) -> None:
         self.topic = topic
         self.bootstrap = bootstrap
@@ -398,6 +534,10 @@ class KafkaSource(SourceSpec):
         self.stop_at_end = stop_at_end
         self.fields = fields
         self.time_unit = time_unit
+        self.limits_args = {"max_past": None, **(limits or {})}
+
+    def limits(self) -> Limits:
+        return Limits.of(**self.limits_args)
 
     def resolved(self) -> str:
         b = resolve_bootstrap(self.bootstrap)
@@ -415,6 +555,10 @@ class KafkaSource(SourceSpec):
         out = []
         if self.start not in ("earliest", "latest"):
             out.append(f"start={self.start!r}: use 'earliest' or 'latest'")
+        try:
+            self.limits()
+        except (ValueError, TypeError) as exc:
+            out.append(str(exc))
         if not resolve_bootstrap(self.bootstrap):
             out.append(
                 f"kafka.source({self.topic!r}): no broker address; pass bootstrap= or set EDGEFLOW_KAFKA_BOOTSTRAP"
@@ -459,12 +603,22 @@ def source(
     stop_at_end: bool = False,
     fields: list[str] | None = None,
     time_unit: str = "auto",
+    max_payload: int = 256 * 1024,
+    max_depth: int = 8,
+    max_readings: int = 10_000,
+    max_future: Duration | None = "1h",
+    max_past: Duration | None = None,
 ) -> KafkaSource:
     """Readings from a Kafka topic whose messages are JSON objects (or arrays of them).
 
     Each topic partition is a flow partition; offsets live in the flow's snapshots (no
     consumer group). ``stop_at_end=True`` reads to the offsets at start-up and stops (replay).
     Give ``fields`` (the numeric fields to read); they cannot be learnt from the topic.
+    Messages are read by the record parser every source shares (see
+    :mod:`edgeflow.connectors.payloads`): a message is one payload, so a message with a bad
+    reading is one dead letter (source ``topic/partition@offset``). ``max_payload``,
+    ``max_depth``, ``max_readings``, ``max_future`` and ``max_past`` are the limits, as for
+    MQTT (``max_past`` is off by default so old topics replay).
     """
     return KafkaSource(
         topic,
@@ -473,6 +627,13 @@ def source(
         stop_at_end=stop_at_end,
         fields=fields,
         time_unit=time_unit,
+        limits={
+            "max_payload": max_payload,
+            "max_depth": max_depth,
+            "max_readings": max_readings,
+            "max_future": max_future,
+            "max_past": max_past,
+        },
     )
 
 

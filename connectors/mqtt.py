@@ -34,6 +34,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from edgeflow.connectors.base import Item, SourceContext, SourcePartition, SourceSpec
+from edgeflow.connectors.connection_state import CONNECTIONS
 from edgeflow.connectors.parse import BatchBuilder
 from edgeflow.connectors.payloads import (
     FORMATS,
@@ -45,7 +46,7 @@ from edgeflow.connectors.payloads import (
 )
 from edgeflow.connectors.process import die_with_parent
 from edgeflow.errors import MissingExtraError
-from edgeflow.timeutil import Duration, parse_duration
+from edgeflow.timeutil import Duration
 
 ACK_LAG_SNAPSHOTS = 2
 
@@ -88,8 +89,8 @@ class MqttSource(SourceSpec):
         max_payload: int = 256 * 1024,
         max_depth: int = 8,
         max_readings: int = 10_000,
-        max_future: Duration = "1h",
-        max_past: Duration = "365d",
+        max_future: Duration | None = "1h",
+        max_past: Duration | None = "365d",
     ) -> None:
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         self.fields = tuple(fields)
@@ -111,14 +112,7 @@ class MqttSource(SourceSpec):
         self.limits_args = (max_payload, max_depth, max_readings, max_future, max_past)
 
     def limits(self) -> Limits:
-        size, depth, n, fut, past = self.limits_args
-        return Limits(
-            size,
-            depth,
-            n,
-            parse_duration(fut, what="max_future"),
-            parse_duration(past, what="max_past"),
-        )
+        return Limits.of(*self.limits_args)
 
     def numeric_fields(self, key: str, time: str) -> tuple[str, ...]:
         return self.fields
@@ -168,13 +162,14 @@ class MqttSource(SourceSpec):
 
 
 Message = tuple[str, bytes, int, int, bool, int]  # topic, payload, mid, qos, dup, received ns
+Link = tuple[str, bool, str | None]  # ("link", connected, error)
 
 
 class _Receiver:
     """Runs in its own process: only the MQTT client. Forwards raw messages in batches
-    (``list[Message]``) over ``conn`` and sends the acks the flow asks for
-    (``("ack", [mid, ...])``); ``("stop",)`` ends it. A busy flow would otherwise starve
-    paho's network thread of the GIL."""
+    (``list[Message]``) and each connect or failed/lost connection (``Link``) over
+    ``conn``, and sends the acks the flow asks for (``("ack", [mid, ...])``); ``("stop",)``
+    ends it. A busy flow would otherwise starve paho's network thread of the GIL."""
 
     def __init__(self, spec: MqttSource, client_id: str, conn: Connection, parent: int) -> None:
         mqtt = _paho()
@@ -184,6 +179,8 @@ class _Receiver:
         self.conn = conn
         self.parent = parent
         self.inbox: collections.deque[Message] = collections.deque()
+        self.links: collections.deque[Link] = collections.deque()  # sent by the main loop
+        self.up = False  # connected now
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -201,18 +198,34 @@ class _Receiver:
             )
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
     def _on_connect(
         self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if getattr(reason, "is_failure", False):
-            print(
-                f"edgeflow mqtt: connect to {self.spec.host}:{self.spec.port} refused: {reason}",
-                file=sys.stderr,
-            )
+            self.links.append(("link", False, f"the broker refused the connection: {reason}"))
             return
         client.subscribe([(t, self.spec.qos) for t in self.spec.topics])
+        self.up = True
+        self.links.append(("link", True, None))
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        # paho calls this inside its ``except OSError``: the exception is the reason
+        exc = sys.exc_info()[1]
+        self.links.append(("link", False, str(exc) if exc else "connection failed"))
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if not self.up:  # a refused connect: _on_connect reported why
+            return
+        self.up = False
+        by_broker = getattr(flags, "is_disconnect_packet_from_server", False)
+        why = f"the broker disconnected: {reason}" if by_broker else "connection lost"
+        self.links.append(("link", False, why))
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self.inbox.append((msg.topic, msg.payload, msg.mid, msg.qos, msg.dup, time.time_ns()))
@@ -228,6 +241,8 @@ class _Receiver:
                         return
                     for mid in cmd[1]:
                         self.client.ack(mid, 1)
+                while self.links:
+                    self.conn.send(self.links.popleft())
                 if not self.inbox:
                     time.sleep(0.0005)
                     continue
@@ -265,7 +280,14 @@ class _MqttPartition(SourcePartition):
         # packet ids received since the last snapshot, and those of the last ACK_LAG_SNAPSHOTS
         self.current: list[int] = []
         self.unacked: collections.deque[list[int]] = collections.deque()
-        self.replayed = set(resume["pending"]) if resume else set()  # already in the restored state
+        # already in the restored state
+        self.replayed = set(resume.get("pending", ())) if resume else set()
+        # dead letters' source is "topic#<origin>-<n>": the n-th message since the state began
+        # (origin: ms when it began), one per message and the same when a crash replays it
+        self.origin = int(resume.get("origin", 0)) if resume else 0
+        self.origin = self.origin or time.time_ns() // 1_000_000
+        self.seq = int(resume.get("seq", 0)) if resume else 0
+        CONNECTIONS.open(ctx.step, "MQTT broker", f"{spec.host}:{spec.port}")
         mpctx = mp.get_context("spawn")  # no fork: the engine runs threads
         self.conn, child = mpctx.Pipe()
         client_id = spec.client_id or f"edgeflow-{ctx.flow}-{ctx.step}"
@@ -278,17 +300,26 @@ class _MqttPartition(SourcePartition):
         self.proc.start()
         child.close()
 
+    def _receive(self) -> list[Message] | None:
+        """The next batch of messages from the receiver, after any connection reports."""
+        while self.conn.poll(0):
+            got: list[Message] | Link = self.conn.recv()
+            if isinstance(got, list):
+                return got
+            CONNECTIONS.report(self.ctx.step, got[1], got[2])
+        return None
+
     def next_batch(self) -> list[Item]:
-        if not self.conn.poll(0):
+        msgs = self._receive()
+        if msgs is None:
             if not self.proc.is_alive():
                 raise RuntimeError(
                     f"the MQTT receiver process exited (code {self.proc.exitcode}); see its messages above"
                 )
             return []
-        msgs: list[Message] = self.conn.recv()
         out = BatchBuilder(self.spec.fields, self.ctx.step)
         decode = self.decoder.decode
-        add = out.add
+        add_all = out.add_all
         for topic, payload, mid, qos, dup, received in msgs:
             self.bytes_read += len(payload)
             if qos == 1 and self.manual_ack:
@@ -296,32 +327,25 @@ class _MqttPartition(SourcePartition):
                 if dup and mid in self.replayed:
                     self.replayed.discard(mid)  # a redelivery of what the restored state holds
                     continue
-            try:
-                for row in decode(payload, topic, received):
-                    add(row)
+            self.seq += 1
+            try:  # Decoder.decode turns every failure into a PayloadError
+                add_all(decode(payload, topic, received))
             except PayloadError as exc:
-                out.fail(topic, payload, str(exc))
-            except (
-                ValueError,
-                TypeError,
-                OverflowError,
-                RecursionError,
-                UnicodeDecodeError,
-            ) as exc:
-                out.fail(topic, payload, f"unreadable payload: {type(exc).__name__}: {exc}")
+                out.fail(f"{topic}#{self.origin}-{self.seq}", payload, str(exc))
         return out.items()
 
     def next_awake(self) -> int | None:
         return None
 
     def snapshot(self) -> Any:
+        position = {"origin": self.origin, "seq": self.seq}
         if not self.manual_ack:
-            return None
+            return position
         self.unacked.append(self.current)
         self.current = []
         if len(self.unacked) > ACK_LAG_SNAPSHOTS:
             self.conn.send(("ack", self.unacked.popleft()))
-        return {"pending": [m for epoch in self.unacked for m in epoch]}
+        return {"pending": [m for epoch in self.unacked for m in epoch], **position}
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

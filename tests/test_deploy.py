@@ -67,9 +67,7 @@ r.window(window.tumbling("1s"), agg.count()).to(files.sink({str(out)!r}))
         "deploy", str(flow), "--name", "press", "--detach", "--root", str(root), check=False
     )
     assert again.returncode != 0 and "already running" in again.stderr
-    assert "press\trunning" in edgeflow("list", "--state-dir", str(root)).stdout, (
-        "--state-dir = --root"
-    )
+    assert "press\trunning" in edgeflow("list", "--root", str(root)).stdout
     assert "stopped press" in edgeflow("stop", "press", "--root", str(root)).stdout
     assert "stopped" in edgeflow("status", "press", "--root", str(root)).stdout
     logs = edgeflow("logs", "press", "--root", str(root)).stdout

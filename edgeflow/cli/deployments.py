@@ -10,15 +10,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from edgeflow.cli.supervisor import alive, read_json
-from edgeflow.engine.figures import outbox_figures, summary_line
+from edgeflow.connectors.connection_state import describe as describe_connection
+from edgeflow.engine.figures import kafka_connection, outbox_figures, summary_line
 
 DEFAULT_ROOT = Path(".edgeflow") / "deployments"
+RESTART_WINDOW_DEFAULT = "10m"
 _ROOT_HELP = "Where deployments live (or EDGEFLOW_DEPLOYMENTS)."
-#: deploy: ``--root`` (its ``--state-dir`` is the state of a foreground run)
+#: ``--root``: the deployments root, on every command that takes one
 DEPLOY_ROOT_OPTION = click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),
@@ -27,21 +30,35 @@ DEPLOY_ROOT_OPTION = click.option(
     envvar="EDGEFLOW_DEPLOYMENTS",
     help=_ROOT_HELP,
 )
-#: status, logs, stop, list: ``--root`` or its alias ``--state-dir``
-ROOT_OPTION = click.option(
-    "--root",
-    "--state-dir",
-    "root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_ROOT,
-    show_default=True,
-    envvar="EDGEFLOW_DEPLOYMENTS",
-    help=_ROOT_HELP,
-)
 
 
-def start_detached(flow_file: Path, name: str, root: Path, extra: list[str]) -> int:
-    """Copy the flow into ``root/name`` and start its supervisor in the background."""
+def _no_state_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        raise click.UsageError(
+            f"--state-dir is a flow's state directory (edgeflow run/deploy); for the "
+            f"deployments root use --root {value}"
+        )
+
+
+def ROOT_OPTION(f: Any) -> Any:  # noqa: N802 - used as a decorator, like click.option
+    """status, logs, stop, list: ``--root``; ``--state-dir`` is refused with the right word."""
+    f = click.option(
+        "--state-dir",
+        callback=_no_state_dir,
+        expose_value=False,
+        hidden=True,
+        is_eager=True,
+        default=None,
+    )(f)
+    return DEPLOY_ROOT_OPTION(f)
+
+
+def start_detached(
+    flow_file: Path, name: str, root: Path, extra: list[str], limits: list[str] | None = None
+) -> int:
+    """Copy the flow into ``root/name`` and start its supervisor in the background: ``extra``
+    are arguments of the worker's ``edgeflow run``, ``limits`` the supervisor's own
+    (``--max-restarts``, ``--restart-window``)."""
     d = root / name
     pid = alive(d / "supervisor.pid")
     if pid:
@@ -53,7 +70,7 @@ def start_detached(flow_file: Path, name: str, root: Path, extra: list[str]) -> 
     (d / "flow.sha256").write_text(hashlib.sha256(flow_file.read_bytes()).hexdigest() + "\n")
     log = (d / "edgeflow.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgeflow.cli.supervisor", str(d), *extra],
+        [sys.executable, "-m", "edgeflow.cli.supervisor", str(d), *(limits or []), "--", *extra],
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     (d / "supervisor.pid").write_text(str(proc.pid))
@@ -71,9 +88,25 @@ def _deployments(root: Path, name: str | None) -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / "flow.py").exists()) if root.is_dir() else []
 
 
+def _failed(d: Path) -> dict[str, Any] | None:
+    """status.json of a deployment whose supervisor gave up, or None."""
+    st = read_json(d / "status.json")
+    return st if st.get("state") == "failed" and not alive(d / "supervisor.pid") else None
+
+
 def _describe(d: Path) -> str:
     pid = alive(d / "supervisor.pid")
     st = read_json(d / "status.json")
+    if _failed(d):
+        window = st.get("restart_window_s", 0)
+        n = st.get("restarts", 0)
+        waiting = outbox_figures(d / "state" / "outbox.sqlite")["outbox_depth"]
+        outbox = f" | outbox {waiting} waiting" if waiting > 0 else ""
+        return (
+            f"{d.name}: failed (gave up after {st.get('exits_in_window')} exits within "
+            f"{window:.0f}s, {n} restart{'' if n == 1 else 's'}), last exit {st.get('last_exit')}: "
+            f"{st.get('error') or 'no error line'}; see: edgeflow logs {d.name}{outbox}"
+        )
     stats = read_json(d / "stats.json")
     state = f"running (pid {pid})" if pid else "stopped"
     up = f"up {time.time() - st['started_at']:.0f}s" if pid and "started_at" in st else ""
@@ -81,9 +114,18 @@ def _describe(d: Path) -> str:
     if not pid:  # rates of a stopped deployment are 0; its outbox may still hold records
         figs = {**figs, "readings_per_s": 0, "records_per_s": 0}
         figs.update(outbox_figures(d / "state" / "outbox.sqlite"))
+    links = ""
+    if pid:
+        links = "".join(
+            f" | source {name}: {describe_connection(c)}"
+            for name, c in sorted(stats.get("connections", {}).items())
+        )
+        kafka = kafka_connection(d / "state" / "outbox.sqlite")
+        if kafka:
+            links += f" | kafka: {kafka}"
     return (
         f"{d.name}: {state} {up} restarts {st.get('restarts', 0)} last exit {st.get('last_exit')} | "
-        f"{summary_line(figs)}"
+        f"{summary_line(figs)}{links}"
     )
 
 
@@ -91,12 +133,16 @@ def _describe(d: Path) -> str:
 @click.argument("name", required=False)
 @ROOT_OPTION
 def status_cmd(name: str | None, root: Path) -> None:
-    """Show deployments: running or not, uptime, restarts and the flow's figures."""
+    """Show deployments: running or not, uptime, restarts, the flow's figures and the
+    connection state of its sources. Exits 1 when a deployment has failed (its supervisor
+    gave up restarting it)."""
     found = _deployments(root, name)
     if not found:
         click.echo(f"no deployments under {root}")
     for d in found:
         click.echo(_describe(d))
+    if any(_failed(d) for d in found):
+        sys.exit(1)
 
 
 @click.command("list")
@@ -104,7 +150,8 @@ def status_cmd(name: str | None, root: Path) -> None:
 def list_cmd(root: Path) -> None:
     """List deployments on this node."""
     for d in _deployments(root, None):
-        click.echo(f"{d.name}\t{'running' if alive(d / 'supervisor.pid') else 'stopped'}\t{d}")
+        state = "running" if alive(d / "supervisor.pid") else "failed" if _failed(d) else "stopped"
+        click.echo(f"{d.name}\t{state}\t{d}")
 
 
 @click.command("logs")

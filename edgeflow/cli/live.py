@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgeflow.connectors.connection_state import CONNECTIONS
+from edgeflow.connectors.connection_state import describe as describe_connection
 from edgeflow.engine.counters import COUNTERS
 from edgeflow.engine.figures import figures, human_bytes
 from edgeflow.flow.plan import Plan
@@ -23,8 +25,15 @@ def wanted(plan: Plan, choice: bool | None, stderr_is_tty: bool) -> bool:
     return stderr_is_tty and not prints
 
 
-def render(plan: Plan, figs: dict[str, Any], c: dict[str, int], elapsed_s: float) -> Any:
-    """A rich renderable of the figures (a table per flow, a row per sink)."""
+def render(
+    plan: Plan,
+    figs: dict[str, Any],
+    c: dict[str, int],
+    elapsed_s: float,
+    links: dict[str, dict[str, Any]] | None = None,
+) -> Any:
+    """A rich renderable of the figures (a table per flow, a row per sink, a line per source
+    that connects to a broker: connected, or retrying since when and why)."""
     from rich.table import Table
 
     lag = figs.get("watermark_lag_s")
@@ -66,9 +75,16 @@ def render(plan: Plan, figs: dict[str, Any], c: dict[str, int], elapsed_s: float
         )
     from rich.console import Group
     from rich.panel import Panel
+    from rich.text import Text
 
+    parts: list[Any] = [top, "", sinks]
+    if links:
+        parts.append("")
+        for name, state in sorted(links.items()):
+            style = "green" if state.get("connected") else "bold red"
+            parts.append(Text(f"source {name}: {describe_connection(state)}", style=style))
     return Panel(
-        Group(top, "", sinks),
+        Group(*parts),
         title=f"edgeflow · {plan.name} · {elapsed_s:,.0f} s",
         expand=False,
     )
@@ -85,7 +101,7 @@ class LiveView:
     def _frame(self, prev: dict[str, int], dt: float, t0: float) -> tuple[Any, dict[str, int]]:
         c = COUNTERS.snapshot()
         figs = figures(c, prev, dt, outbox=self.outbox)
-        return render(self.plan, figs, c, time.time() - t0), c
+        return render(self.plan, figs, c, time.time() - t0, CONNECTIONS.snapshot()), c
 
     def _loop(self) -> None:
         from rich.console import Console

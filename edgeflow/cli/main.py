@@ -15,6 +15,7 @@ import orjson
 
 from edgeflow.cli.deployments import (
     DEPLOY_ROOT_OPTION,
+    RESTART_WINDOW_DEFAULT,
     list_cmd,
     logs_cmd,
     start_detached,
@@ -27,7 +28,9 @@ from edgeflow.cli.plot import plot_cmd
 from edgeflow.cli.score import score_cmd
 from edgeflow.cli.supervisor import alive
 from edgeflow.engine import RunOptions, run, stop
-from edgeflow.errors import FlowValidationError
+from edgeflow.engine.figures import outbox_figures
+from edgeflow.engine.runner import move_state_aside, state_mismatch
+from edgeflow.errors import FlowValidationError, UserInputError
 from edgeflow.flow.plan import Flow, Plan
 
 
@@ -51,6 +54,13 @@ def _run(
     # SIGTERM (docker stop, systemd, kill) stops gracefully: sources end, state is snapshotted
     signal.signal(signal.SIGTERM, lambda *_: stop())
     port = os.environ.get("EDGEFLOW_METRICS_PORT")
+    if port and not (port.strip().isdigit() and 1 <= int(port) <= 65535):
+        click.echo(
+            f"error: EDGEFLOW_METRICS_PORT={port!r} is not a port number; give one in "
+            "1-65535 (or use --metrics-port)",
+            err=True,
+        )
+        sys.exit(2)
     opts = RunOptions(
         workers=workers,
         state_dir=state_dir,
@@ -63,6 +73,9 @@ def _run(
         view.start()
     try:
         summary = run(plan, opts)
+    except UserInputError as exc:  # e.g. --metrics-port on a busy port
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     except RuntimeError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -71,6 +84,28 @@ def _run(
             view.stop()
     for line in summary.lines():
         click.echo(line, err=True)
+    for failure in summary.failures:
+        click.echo(f"error: {failure}", err=True)
+    if summary.failures:
+        sys.exit(1)
+
+
+def _fresh_state(plan: Plan, state_dir: Path, new_state: bool, how: str) -> None:
+    """Refuse snapshots of another flow (with the way out), or move them aside with
+    ``--new-state``."""
+    problem = state_mismatch(plan, state_dir)
+    if new_state:
+        moved = move_state_aside(state_dir)
+        if moved is not None:
+            queued = outbox_figures(moved / "outbox.sqlite")["outbox_depth"]
+            left = f"; its outbox still holds {queued} undelivered records" if queued > 0 else ""
+            click.echo(f"moved the old state aside to {moved}{left}", err=True)
+        return
+    if problem:
+        raise click.ClickException(
+            f"{problem}. {how} --new-state to start from fresh state (the old state is "
+            "moved aside, not deleted)."
+        )
 
 
 def _kafka_bootstrap(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -132,6 +167,13 @@ _common = [
 ]
 
 
+NEW_STATE_OPTION = click.option(
+    "--new-state",
+    is_flag=True,
+    help="Start from fresh state: move the existing state directory aside (to "
+    "STATE.old-<time>, not deleted) first. Needed when the flow changed since its state was written.",
+)
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -158,8 +200,9 @@ def main() -> None:
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Keep snapshots here and resume from them.",
+    help="The flow's state directory: keep snapshots here and resume from them.",
 )
+@NEW_STATE_OPTION
 def run_cmd(
     flow: Flow,
     run_for: int | None,
@@ -167,10 +210,16 @@ def run_cmd(
     snapshot_every: int,
     live: bool | None,
     state_dir: Path | None,
+    new_state: bool,
 ) -> None:
     """Run FLOW in the foreground."""
+    plan = _plan_or_exit(flow)
+    if state_dir is not None:
+        _fresh_state(plan, state_dir, new_state, "Run with")
+    elif new_state:
+        raise click.UsageError("--new-state needs --state-dir (a run without one keeps no state)")
     _run(
-        _plan_or_exit(flow),
+        plan,
         run_for=run_for,
         workers=workers,
         state_dir=state_dir,
@@ -193,7 +242,21 @@ def run_cmd(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="State directory for a foreground deploy (default ROOT/NAME/state).",
+    help="The flow's state directory, foreground only (default and with --detach: ROOT/NAME/state).",
+)
+@NEW_STATE_OPTION
+@click.option(
+    "--max-restarts",
+    type=click.IntRange(0, 1000),
+    default=None,
+    help="With --detach: give up (status: failed) when the flow dies more than this many "
+    "times within --restart-window [default: 5].",
+)
+@click.option(
+    "--restart-window",
+    type=DURATION,
+    default=None,
+    help=f"With --detach: the window --max-restarts counts in [default: {RESTART_WINDOW_DEFAULT}].",
 )
 def deploy_cmd(
     flow_ref: str,
@@ -205,11 +268,21 @@ def deploy_cmd(
     detach: bool,
     root: Path,
     state_dir: Path | None,
+    new_state: bool,
+    max_restarts: int | None,
+    restart_window: int | None,
 ) -> None:
     """Validate FLOW, print its plan, and run it with a state directory (resumes after a crash).
 
     With --detach, a supervisor runs it in the background from a copy of the flow file,
-    restarting it with backoff when it dies; see edgeflow status / logs / stop / list."""
+    restarting it with backoff when it dies, and giving up after --max-restarts deaths within
+    --restart-window; see edgeflow status / logs / stop / list."""
+    if detach:
+        _refuse_with_detach(state_dir=state_dir, live=live)
+    else:
+        for opt, value in (("--max-restarts", max_restarts), ("--restart-window", restart_window)):
+            if value is not None:
+                raise click.UsageError(f"{opt} applies to --detach (a supervised deployment) only")
     flow = FLOW.convert(flow_ref, None, click.get_current_context())
     plan = _plan_or_exit(flow)
     dep = name or re.sub(r"[^A-Za-z0-9_-]", "_", plan.name)
@@ -220,10 +293,21 @@ def deploy_cmd(
             raise click.UsageError(
                 f"--detach deploys a flow file (path/to/flow.py); {flow_ref!r} is not one"
             )
+        running = alive(root / dep / "supervisor.pid")
+        if running:
+            raise click.ClickException(
+                f"deployment {dep!r} is already running (supervisor pid {running}); stop it first with: edgeflow stop {dep}"
+            )
+        _fresh_state(plan, root / dep / "state", new_state, "Deploy with")
         extra = ["--snapshot-every", f"{snapshot_every}ns", "--workers", str(workers)]
         if run_for is not None:
             extra += ["--for", f"{run_for}ns"]
-        pid = start_detached(path, dep, root, extra)
+        limits = []
+        if max_restarts is not None:
+            limits += ["--max-restarts", str(max_restarts)]
+        if restart_window is not None:
+            limits += ["--restart-window", f"{restart_window / 1e9}"]
+        pid = start_detached(path, dep, root, extra, limits)
         click.echo(
             f"deployed {dep} (supervisor pid {pid}) in {root / dep}; see: edgeflow status {dep}"
         )
@@ -233,6 +317,7 @@ def deploy_cmd(
             f"deployment {dep!r} is already running in the background; stop it first with: edgeflow stop {dep}"
         )
     state = state_dir or root / dep / "state"
+    _fresh_state(plan, state, new_state, "Deploy with")
     click.echo(f"state directory: {state}", err=True)
     _run(
         plan,
@@ -242,6 +327,20 @@ def deploy_cmd(
         snapshot_every=snapshot_every,
         live=live,
     )
+
+
+def _refuse_with_detach(*, state_dir: Path | None, live: bool | None) -> None:
+    """Options a detached deployment cannot honour are refused, never ignored."""
+    if state_dir is not None:
+        raise click.UsageError(
+            "--state-dir applies to a foreground deploy; with --detach the state lives in "
+            "ROOT/NAME/state (choose ROOT with --root, NAME with --name)"
+        )
+    if live is not None:
+        raise click.UsageError(
+            "--live/--no-live apply to a foreground run; a detached deployment has no console "
+            "(see edgeflow status NAME, edgeflow logs NAME, or --metrics-port)"
+        )
 
 
 main.add_command(score_cmd)

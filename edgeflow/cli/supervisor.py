@@ -7,16 +7,21 @@ A deployment lives in ``<root>/<name>/``:
 * ``state/`` - recovery snapshots and the outbox;
 * ``edgeflow.log`` - supervisor and worker output;
 * ``supervisor.pid``, ``worker.pid`` - who is running;
-* ``status.json`` - started at, restarts, last exit code;
-* ``stats.json`` - the worker's counters, refreshed every second.
+* ``status.json`` - started at, restarts, last exit code, ``state`` (running, stopped,
+  finished, failed) and, when failed, the worker's last error line;
+* ``stats.json`` - the worker's counters and connection states, refreshed every second.
 
 The supervisor starts the worker (``edgeflow run``), restarts it with backoff (1 s doubling
 to 30 s) when it dies, and stops it on SIGTERM. A worker that exits 0 (its input ended, or
-``--for`` elapsed) ends the deployment.
+``--for`` elapsed) ends the deployment. A worker that dies more than ``--max-restarts``
+times (default 5) within ``--restart-window`` seconds (default 600) is not restarted again:
+the deployment is ``failed`` with the last error line, for ``edgeflow status`` to show.
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
 import contextlib
 import json
 import os
@@ -57,15 +62,45 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def supervise(deploy_dir: Path, extra: list[str]) -> int:
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600.0
+
+
+def last_error(log: Path, offset: int) -> str | None:
+    """The last ``error:`` (or click's ``Error:``) line the worker wrote to ``log`` after ``offset`` (else its last
+    line), for ``status`` to show why it died."""
+    try:
+        with log.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(offset, size - 65536))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    found = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    found = [ln for ln in found if not ln.startswith("[supervisor]")]
+    errors = [ln for ln in found if ln.lower().startswith("error:")]
+    last = errors or found
+    return last[-1] if last else None
+
+
+def supervise(
+    deploy_dir: Path,
+    extra: list[str],
+    max_restarts: int = MAX_RESTARTS,
+    restart_window_s: float = RESTART_WINDOW_S,
+) -> int:
     """The supervisor's loop (runs in its own process)."""
     status_path = deploy_dir / "status.json"
-    log = (deploy_dir / "edgeflow.log").open("ab", buffering=0)
+    log_path = deploy_dir / "edgeflow.log"
+    log = log_path.open("ab", buffering=0)
     status: dict[str, Any] = {
         "started_at": time.time(),
         "restarts": 0,
         "last_exit": None,
         "pid": os.getpid(),
+        "state": "running",
+        "max_restarts": max_restarts,
+        "restart_window_s": restart_window_s,
     }
     write_json(status_path, status)
     stopping = False
@@ -80,6 +115,7 @@ def supervise(deploy_dir: Path, extra: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     backoff = 1.0
+    deaths: collections.deque[float] = collections.deque()  # monotonic times, in the window
     env = {**os.environ, "EDGEFLOW_STATS_FILE": str(deploy_dir / "stats.json")}
     while not stopping:
         cmd = [
@@ -93,16 +129,33 @@ def supervise(deploy_dir: Path, extra: list[str]) -> int:
             *extra,
         ]
         log.write(f"[supervisor] starting worker: {' '.join(cmd)}\n".encode())
+        offset = log_path.stat().st_size
         worker = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
         (deploy_dir / "worker.pid").write_text(str(worker.pid))
         started = time.monotonic()
         code = worker.wait()
         status["last_exit"] = code
         if code == 0 or stopping:
+            status["state"] = "stopped" if stopping else "finished"
             write_json(status_path, status)
             break
-        if time.monotonic() - started > 60:
+        now = time.monotonic()
+        if now - started > 60:
             backoff = 1.0
+        deaths.append(now)
+        while deaths and now - deaths[0] > restart_window_s:
+            deaths.popleft()
+        status["error"] = last_error(log_path, offset)
+        status["exits_in_window"] = len(deaths)
+        if len(deaths) > max_restarts:
+            status.update(state="failed", failed_at=time.time())
+            write_json(status_path, status)
+            log.write(
+                f"[supervisor] worker exited with {code}: {len(deaths)} exits within "
+                f"{restart_window_s:.0f}s, more than --max-restarts {max_restarts}; "
+                f"giving up (failed): {status['error']}\n".encode()
+            )
+            break
         status["restarts"] += 1
         write_json(status_path, status)
         log.write(
@@ -112,6 +165,9 @@ def supervise(deploy_dir: Path, extra: list[str]) -> int:
         while time.monotonic() < deadline and not stopping:
             time.sleep(0.1)
         backoff = min(backoff * 2, 30.0)
+    if stopping and status["state"] == "running":
+        status["state"] = "stopped"
+        write_json(status_path, status)
     log.write(b"[supervisor] stopped\n")
     for name in ("worker.pid", "supervisor.pid"):
         with contextlib.suppress(OSError):
@@ -119,5 +175,17 @@ def supervise(deploy_dir: Path, extra: list[str]) -> int:
     return 0
 
 
+def main(argv: list[str]) -> int:
+    """``python -m edgeflow.cli.supervisor DIR [--max-restarts N] [--restart-window S] -- RUN-ARGS``"""
+    split = argv.index("--") if "--" in argv else len(argv)
+    head, extra = argv[:split], argv[split + 1 :]
+    p = argparse.ArgumentParser(prog="edgeflow.cli.supervisor")
+    p.add_argument("deploy_dir", type=Path)
+    p.add_argument("--max-restarts", type=int, default=MAX_RESTARTS)
+    p.add_argument("--restart-window", type=float, default=RESTART_WINDOW_S)
+    a = p.parse_args(head)
+    return supervise(a.deploy_dir, extra, a.max_restarts, a.restart_window)
+
+
 if __name__ == "__main__":
-    sys.exit(supervise(Path(sys.argv[1]), sys.argv[2:]))
+    sys.exit(main(sys.argv[1:]))

@@ -17,16 +17,19 @@ path nothing. Labels are bounded: ``flow``, and ``sink`` for per-sink figures (n
 | ``edgeflow_bytes_written_total`` | counter | flow, sink |
 | ``edgeflow_watermark_lag_seconds`` | gauge | flow, step (wall clock - newest watermark) |
 | ``edgeflow_outbox_depth`` / ``edgeflow_outbox_dropped_total`` | gauge / counter | flow |
+| ``edgeflow_source_connected`` | gauge | flow, source (1 connected to its broker, 0 not) |
 """
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from edgeflow.engine.counters import COUNTERS
 from edgeflow.engine.figures import outbox_figures
+from edgeflow.errors import MetricsPortError
 
 SIMPLE = {
     "readings_in": ("edgeflow_readings_in", "Readings read from sources"),
@@ -96,12 +99,42 @@ class _Collector:
         )
         dropped.add_metric([self.flow], box["outbox_dropped"])
         yield dropped
+        yield _source_connected(self.flow)
+
+
+def _source_connected(flow: str) -> object:
+    """1/0 per source that reads from a broker (see connectors/connection_state.py)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    from edgeflow.connectors.connection_state import CONNECTIONS
+
+    fam = GaugeMetricFamily(
+        "edgeflow_source_connected",
+        "1 while the source is connected to its broker, 0 while it retries",
+        labels=["flow", "source"],
+    )
+    for name, state in sorted(CONNECTIONS.snapshot().items()):
+        fam.add_metric([flow, name], 1 if state["connected"] else 0)
+    return fam
 
 
 def serve(flow: str, port: int, outbox: Path | None = None) -> None:
-    """Expose the metrics of ``flow`` on http://0.0.0.0:<port>/metrics (a daemon thread)."""
+    """Expose the metrics of ``flow`` on http://0.0.0.0:<port>/metrics (a daemon thread).
+
+    Raises :class:`~edgeflow.errors.MetricsPortError` (one line saying what to do) when the
+    port cannot be listened on: in use by another process, or not allowed."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
     registry.register(_Collector(flow, outbox))  # type: ignore[arg-type]
-    start_http_server(port, registry=registry)
+    try:
+        start_http_server(port, registry=registry)
+    except (OSError, OverflowError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        if getattr(exc, "errno", None) == errno.EADDRINUSE:
+            why = "the port is already in use by another process"
+        raise MetricsPortError(
+            f"--metrics-port {port}: cannot serve metrics on 0.0.0.0:{port} ({why}); "
+            "choose a free port with --metrics-port (or EDGEFLOW_METRICS_PORT), or stop what "
+            "listens on it"
+        ) from None

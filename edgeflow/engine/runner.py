@@ -8,9 +8,11 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from edgeflow.connectors.base import SinkContext
+from edgeflow.connectors.connection_state import CONNECTIONS
 from edgeflow.engine.counters import COUNTERS
 from edgeflow.engine.figures import figures
 from edgeflow.flow.plan import Plan
@@ -33,6 +35,9 @@ class RunSummary:
     counters: dict[str, int] = field(default_factory=dict)
     unrouted: list[str] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)
+    #: why the run failed although the engine ended cleanly (a source never reached its
+    #: broker); the CLI prints each as an error line and exits non-zero
+    failures: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         c = self.counters
@@ -64,6 +69,7 @@ def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
         opts.state_dir.mkdir(parents=True, exist_ok=True)
         _check_plan_unchanged(plan, opts.state_dir)
     COUNTERS.reset()
+    CONNECTIONS.reset()
     if opts.metrics_port is not None:
         from edgeflow.engine.metrics import serve
 
@@ -89,6 +95,7 @@ def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
     finally:
         done.set()
     summary = RunSummary(plan.name, (now_ns() - t0) / 1e9, COUNTERS.snapshot(), plan.unrouted)
+    summary.failures = [c.never_reached() for c in CONNECTIONS.never_connected()]
     for k in plan.sinks:
         summary.reports.extend(
             k.spec.report(SinkContext(plan.name, k.name, plan.version, opts.state_dir))
@@ -104,7 +111,10 @@ def _write_stats(path: Path, outbox: Path | None, done: threading.Event) -> None
         figs = figures(c, last_c, now - last_t, outbox=outbox, now=now)
         last_t, last_c = now, c
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"at": now, "figures": figs, "counters": c}))
+        links = CONNECTIONS.snapshot()
+        tmp.write_text(
+            json.dumps({"at": now, "figures": figs, "counters": c, "connections": links})
+        )
         tmp.replace(path)
 
 
@@ -115,16 +125,47 @@ def stop() -> None:
     bytewax_adapter.request_stop()
 
 
+def state_mismatch(plan: Plan, state_dir: Path) -> str | None:
+    """Why the snapshots in ``state_dir`` do not fit ``plan`` (it is not the flow that wrote
+    them), or None when they fit or there are none."""
+    path = state_dir / "plan.json"
+    if not path.exists():
+        return None
+    if path.read_text() == _plan_text(plan):
+        return None
+    return (
+        f"the flow changed since the state in {state_dir} was written; its snapshots do not "
+        "fit the new flow"
+    )
+
+
+def move_state_aside(state_dir: Path) -> Path | None:
+    """Rename ``state_dir`` to ``<name>.old-<UTC time>`` beside it (kept, never deleted: its
+    outbox may hold records not yet delivered) so a run starts from fresh state."""
+    if not state_dir.exists():
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = state_dir.with_name(f"{state_dir.name}.old-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = state_dir.with_name(f"{state_dir.name}.old-{stamp}-{n}")
+    state_dir.rename(target)
+    return target
+
+
+def _plan_text(plan: Plan) -> str:
+    return json.dumps(plan.to_dict(), sort_keys=True, default=str)
+
+
 def _check_plan_unchanged(plan: Plan, state_dir: Path) -> None:
     """Resuming a different flow from old snapshots gives wrong results: refuse it."""
+    problem = state_mismatch(plan, state_dir)
+    if problem:
+        raise RuntimeError(
+            f"{problem}. Run with --new-state to move it aside and start from fresh state, "
+            "or give another --state-dir."
+        )
     path = state_dir / "plan.json"
-    current = json.dumps(plan.to_dict(), sort_keys=True, default=str)
-    if path.exists():
-        saved = path.read_text()
-        if saved != current:
-            raise RuntimeError(
-                f"the flow changed since the state in {state_dir} was written; its snapshots "
-                "do not fit the new flow. Use a new --state-dir (or delete this one to start over)."
-            )
-    else:
-        path.write_text(current)
+    if not path.exists():
+        path.write_text(_plan_text(plan))
