@@ -8,6 +8,7 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+import numpy.typing as npt
 
 from edgeflow.batch import Batch, stable_argsort
 
@@ -16,6 +17,8 @@ class Sharder:
     def __init__(self, shards: int) -> None:
         self.shards = shards
         self._cache: dict[str, int] = {}
+        self._last_keys: tuple[str, ...] | None = None
+        self._last_layout = _Layout(np.zeros(0, np.int32))
 
     def shard_of(self, key: str) -> int:
         s = self._cache.get(key)
@@ -25,21 +28,44 @@ class Sharder:
             s = self._cache[key] = zlib.crc32(key.encode()) % self.shards
         return s
 
+    def _layout(self, keys: tuple[str, ...]) -> _Layout:
+        """Each key's shard, and each shard's keys, for a key tuple; the last tuple's is
+        kept, so a source that reuses its key tuple costs no Python per key per batch."""
+        if keys is not self._last_keys or not isinstance(keys, tuple):
+            lut = np.fromiter((self.shard_of(k) for k in keys), np.int32, len(keys))
+            self._last_keys, self._last_layout = keys, _Layout(lut)
+        return self._last_layout
+
     def split(self, batch: Batch) -> list[tuple[str, Batch]]:
         """(shard id, sub-batch) pairs; each sub-batch lists only the keys it holds."""
         if len(batch) == 0:
             return []
-        lut = np.fromiter((self.shard_of(k) for k in batch.keys), np.int32, len(batch.keys))
-        if self.shards == 1 or (lut == lut[0]).all():
+        layout = self._layout(batch.keys)
+        lut = layout.lut
+        if self.shards == 1 or layout.one_shard:
             return [(str(int(lut[0])), batch)]
         shard = lut[batch.key_idx]
         order = stable_argsort(shard, self.shards)
         s_sorted = shard[order]
         bounds = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1], True])
+        present = np.bincount(batch.key_idx, minlength=len(batch.keys)) > 0
+        every_key = bool(present.all())
         out = []
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             rows = order[a:b]
-            idx = batch.key_idx[rows]
+            idx = batch.key_idx.take(rows)
+            sid = int(s_sorted[a])
+            if every_key:  # the shard holds all of its keys: the kept tuple and codes
+                keys, remap = layout.of_shard(sid, batch.keys)
+                sub = Batch(
+                    batch.fields,
+                    keys,
+                    remap.take(idx),
+                    batch.t.take(rows),
+                    batch.values.take(rows, axis=1),
+                )
+                out.append((str(sid), sub))
+                continue
             used = np.zeros(len(batch.keys), bool)
             used[idx] = True
             remap = (np.cumsum(used) - 1).astype(np.int32)
@@ -47,3 +73,26 @@ class Sharder:
             sub = Batch(batch.fields, keys, remap[idx], batch.t[rows], batch.values[:, rows])
             out.append((str(int(s_sorted[a])), sub))
         return out
+
+
+class _Layout:
+    """Shards of one key tuple: each key's shard, and per shard its keys and codes."""
+
+    def __init__(self, lut: npt.NDArray[np.int32]) -> None:
+        self.lut = lut
+        self.one_shard = bool(len(lut) == 0 or (lut == lut[0]).all())
+        self._shards: dict[int, tuple[tuple[str, ...], npt.NDArray[np.int32]]] = {}
+
+    def of_shard(
+        self, sid: int, keys: tuple[str, ...]
+    ) -> tuple[tuple[str, ...], npt.NDArray[np.int32]]:
+        """The shard's keys (in tuple order) and each tuple index's code among them."""
+        got = self._shards.get(sid)
+        if got is None:
+            mine = self.lut == sid
+            remap = (np.cumsum(mine) - 1).astype(np.int32)
+            got = self._shards[sid] = (
+                tuple(k for k, m in zip(keys, mine.tolist(), strict=True) if m),
+                remap,
+            )
+        return got

@@ -141,7 +141,7 @@ class EWMA(Detector):
 
     def _prefix(self, st: dict[str, Any], x: F64) -> tuple[F64, F64]:
         """Mean and variance *before* each point, learning all previous points of x."""
-        from scipy.signal import lfilter
+        from edgeflow.ops.scipy_lazy import lfilter
 
         a = self.alpha
         m0 = x[0] if st["m"] is None else st["m"]
@@ -536,7 +536,7 @@ class _VarianceChange(Detector):
         return {"prev": None, "vf": None, "vs": None, "n": 0}
 
     def _prefix(self, st: dict[str, Any], x: F64) -> tuple[F64, F64]:
-        from scipy.signal import lfilter
+        from edgeflow.ops.scipy_lazy import lfilter
 
         prev = x[0] if st["prev"] is None else st["prev"]
         d2 = np.diff(np.concatenate([[prev], x])) ** 2
@@ -558,7 +558,7 @@ class _VarianceChange(Detector):
     def learn(self, st: dict[str, Any], x: F64) -> None:
         if not len(x):
             return
-        from scipy.signal import lfilter
+        from edgeflow.ops.scipy_lazy import lfilter
 
         prev = x[0] if st["prev"] is None else st["prev"]
         d2 = np.diff(np.concatenate([[prev], x])) ** 2

@@ -27,7 +27,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy.signal import lfilter
 
 from edgeflow.batch import F64
 from edgeflow.ops.detect import (
@@ -43,6 +42,7 @@ from edgeflow.ops.detect import (
     calibrate,
 )
 from edgeflow.ops.detect import _VarianceChange as VarianceChange
+from edgeflow.ops.scipy_lazy import lfilter
 
 Arr = np.ndarray
 SUPPORTED = (ZScore, EWMA, CUSUM, MAD, Seasonal, VarianceChange)

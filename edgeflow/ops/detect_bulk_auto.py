@@ -14,12 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.signal import lfilter
 
 from edgeflow.batch import F64
 from edgeflow.ops.detect import Detector, Driver, Seasonal, seasonal_estimate
 from edgeflow.ops.detect import _VarianceChange as VarianceChange
 from edgeflow.ops.detect_bulk import Arr, Events, Model, Stacked, _pack, _slide, _unpad, run_stacked
+from edgeflow.ops.scipy_lazy import lfilter
 
 
 def _nan_or(values: list[float | None]) -> F64:

@@ -236,9 +236,22 @@ class WindowState:
         self.buf_k: I64 = np.empty(0, np.int64)
         self.buf_vals: F64 = np.empty((n_fields, 0), np.float64)
         self.last_expiry: int = 0
+        # the last batch's key tuple and its codes: a source that keeps its key tuple
+        # (simulators, a steady set of devices) is looked up once, not once per batch
+        self._lut_keys: Sequence[str] | None = None
+        self._lut: I32 = np.empty(0, np.int32)
+        # readings appended since the buffer was last laid out in one piece: appending
+        # is O(batch), not a copy of everything buffered; :meth:`consolidate` joins them
+        self._pending: list[tuple[I32, I64, I64, F64]] = []
+        self._n_pending = 0
+        # each key's smallest buffered window index (I64_MAX: none), or None when not
+        # known: tells in O(keys) whether a window can close without reading the buffer
+        self._kmin_key: I64 | None = None
 
     def lookup(self, names: Sequence[str]) -> I32:
         """Local codes for key names, adding unseen keys."""
+        if names is self._lut_keys:
+            return self._lut
         out = np.empty(len(names), np.int32)
         added = 0
         for i, name in enumerate(names):
@@ -249,14 +262,64 @@ class WindowState:
                 added += 1
             out[i] = code
         if added:
+            self._kmin_key = None
             self.max_t = np.r_[self.max_t, np.full(added, I64_MIN, np.int64)]
             self.floor = np.r_[self.floor, np.full(added, I64_MIN, np.int64)]
             self.last_seen = np.r_[self.last_seen, np.zeros(added, np.int64)]
             self.seen = np.r_[self.seen, np.zeros(added, np.int64)]
+        if isinstance(names, tuple):  # immutable: the same object means the same keys
+            self._lut_keys, self._lut = names, out
         return out
 
+    def forget_lookup(self) -> None:
+        """Key codes changed (keys expired): the cached lookup no longer holds."""
+        self._lut_keys, self._lut = None, np.empty(0, np.int32)
+
+    def persistent(self) -> dict[str, Any]:
+        """The state a snapshot keeps (buffer in one piece; no caches)."""
+        self.consolidate()
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
     def buffered(self) -> int:
-        return int(self.buf_t.shape[0])
+        return int(self.buf_t.shape[0]) + self._n_pending
+
+    def append(self, codes: I32, t: I64, k: I64, vals: F64) -> None:
+        """Buffer readings (arrays the state may keep: not shared with a batch)."""
+        if not len(t):
+            return
+        self._pending.append((codes, t, k, vals))
+        self._n_pending += len(t)
+        if self._kmin_key is not None:
+            np.minimum.at(self._kmin_key, codes, k)
+
+    def consolidate(self) -> None:
+        """Lay the buffer out in one piece (the readings in arrival order)."""
+        if not self._pending:
+            return
+        parts = self._pending
+        if self.buf_t.shape[0]:
+            parts = [(self.buf_code, self.buf_t, self.buf_k, self.buf_vals), *parts]
+        if len(parts) == 1:
+            self.buf_code, self.buf_t, self.buf_k, self.buf_vals = parts[0]
+        else:
+            self.buf_code = np.concatenate([p[0] for p in parts])
+            self.buf_t = np.concatenate([p[1] for p in parts])
+            self.buf_k = np.concatenate([p[2] for p in parts])
+            self.buf_vals = np.concatenate([p[3] for p in parts], axis=1)
+        self._pending, self._n_pending = [], 0
+
+    def changed(self) -> None:
+        """The buffer or the key codes changed other than by :meth:`append`."""
+        self._kmin_key = None
+
+    def kmin_per_key(self) -> I64:
+        """Each key's smallest buffered window index (I64_MAX for keys with none)."""
+        if self._kmin_key is None:
+            self.consolidate()
+            kmin = np.full(len(self.names), I64_MAX, np.int64)
+            np.minimum.at(kmin, self.buf_code, self.buf_k)
+            self._kmin_key = kmin
+        return self._kmin_key
 
 
 @dataclass
@@ -289,13 +352,15 @@ class WindowKernel:
         self.lateness = 0 if self.processing else lateness_ns
         self.idle = idle_ns
         self.key_ttl = key_ttl_ns
+        # only first/last read the order of readings within a window
+        self._time_ordered = any(a.func in ("first", "last") for a in self.aggs)
 
     # -- state ---------------------------------------------------------------------------
     def init(self) -> WindowState:
         return WindowState(len(self.fields))
 
     def snapshot(self, state: WindowState) -> bytes:
-        return pickle.dumps(state.__dict__, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(state.persistent(), protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, blob: bytes, now_ns: int) -> WindowState:
         state = WindowState(len(self.fields))
@@ -315,7 +380,7 @@ class WindowKernel:
         else:
             vals = batch.values
         lut = state.lookup(batch.keys)
-        codes = lut[batch.key_idx]
+        codes = lut.take(batch.key_idx)
         t = np.full(len(batch), now_ns, np.int64) if self.processing else batch.t
         state.last_seen[lut] = now_ns
         if state.last_expiry == 0:
@@ -324,38 +389,51 @@ class WindowKernel:
         late_rb = None
         if kind == "count":
             k = self._count_index(state, codes)
-            self._append(state, codes, t, k, vals)
+            self._append(state, batch, codes, t, k, vals)
         else:
+            s = self.spec
+            wm_key: I64 | None = None
             if bool(np.all(t[1:] >= t[:-1])):
                 # In time order: a reading's in-batch predecessors never close its own
                 # windows (they end after it), so the watermark from before the batch
-                # decides exactly as the per-reading one would.
-                excl = state.max_t[codes]
+                # decides exactly as the per-reading one would: one per key.
+                wm_key = np.maximum(_sat_sub(state.max_t, self.lateness), state.floor)
                 np.maximum.at(state.max_t, codes, t)
             else:
                 excl, state.max_t = group_exclusive_cummax(codes, t, state.max_t)
-            wm_row = np.maximum(_sat_sub(excl, self.lateness), state.floor[codes])
+                wm_rows = np.maximum(_sat_sub(excl, self.lateness), state.floor[codes])
             if kind == "session":
+                wm_row = wm_key[codes] if wm_key is not None else wm_rows
                 late = t < wm_row
                 k = np.zeros(len(t), np.int64)
+            elif wm_key is not None and s.size == s.slide:
+                # tumbling in time order: late exactly when the reading's window starts
+                # before the key's first open one (k_open > k), and then k is its window
+                open_start = self._first_open_k(wm_key) * s.slide + s.offset
+                late = t < open_start.take(codes)
+                k = _floor_div(t - s.offset if s.offset else t, s.slide)
             else:
-                kmax = _floor_div(t - self.spec.offset, self.spec.slide)
-                kmin = _floor_div(t - self.spec.offset - self.spec.size, self.spec.slide) + 1
-                k_open = self._first_open_k(wm_row)
+                kmax = _floor_div(t - s.offset, s.slide)
+                kmin = _floor_div(t - s.offset - s.size, s.slide) + 1
+                if wm_key is not None:
+                    k_open = self._first_open_k(wm_key).take(codes)
+                else:
+                    k_open = self._first_open_k(wm_rows)
                 k = np.maximum(kmin, k_open)
                 late = k > kmax
             if late.any():
-                late_rb = self._late_records(
-                    state, codes[late], t[late], vals[:, late], wm_row[late]
-                )
-                keep = ~late
-                codes, t, k, vals = codes[keep], t[keep], k[keep], vals[:, keep]
-            self._append(state, codes, t, k, vals)
+                late_wm = wm_key[codes[late]] if wm_key is not None else wm_rows[late]
+                late_rb = self._late_records(state, codes[late], t[late], vals[:, late], late_wm)
+                keep = np.flatnonzero(~late)
+                codes, t, k = codes.take(keep), t.take(keep), k.take(keep)
+                vals = vals.take(keep, axis=1)
+            self._append(state, batch, codes, t, k, vals)
         windows = self._close(state, self._watermarks(state, now_ns))
         return StepOutput(windows, late_rb)
 
     def on_time(self, state: WindowState, now_ns: int) -> StepOutput:
         """Wall clock moved: close processing-time windows and idle keys; expire old keys."""
+        state.consolidate()
         parts: list[RecordBatch | None] = []
         if self.processing:
             parts.append(self._close(state, self._watermarks(state, now_ns)))
@@ -370,16 +448,25 @@ class WindowKernel:
 
     def flush(self, state: WindowState) -> StepOutput:
         """End of input: close every open window."""
+        state.consolidate()
         return StepOutput(self._flush_keys(state, np.ones(len(state.names), bool)))
 
     def next_wakeup(self, state: WindowState) -> int | None:
-        """Wall-clock ns at which :meth:`on_time` has work, or None."""
+        """Wall-clock ns at which :meth:`on_time` has work, or None.
+
+        O(keys), not O(buffered readings): the engine asks after every batch."""
         times: list[int] = []
-        if state.buffered():
+        if state.buffered() and (self.idle is not None or self.processing):
+            kmin = state.kmin_per_key()
+            holding = kmin < I64_MAX  # keys with buffered readings
             if self.idle is not None:
-                times.append(int(state.last_seen[state.buf_code].min()) + self.idle)
+                times.append(int(state.last_seen[holding].min()) + self.idle)
             if self.processing:
-                times.append(int(self._window_end(state.buf_k.min(), state.buf_t.min())))
+                if self.spec.kind in ("tumbling", "hopping"):
+                    times.append(int(self._window_end(kmin[holding].min(), None)))
+                else:
+                    state.consolidate()
+                    times.append(int(state.buf_t.min()))
         if self.key_ttl is not None and state.names:
             times.append(state.last_expiry + min(self.key_ttl, 60 * 10**9))
         return min(times) if times else None
@@ -419,23 +506,32 @@ class WindowKernel:
         np.add.at(state.seen, c[starts], np.diff(np.r_[starts, len(c)]))
         return pos // self.spec.n
 
-    def _append(self, state: WindowState, codes: I32, t: I64, k: I64, vals: F64) -> None:
-        if not len(t):
-            return
-        if state.buffered():
-            state.buf_code = np.concatenate([state.buf_code, codes])
-            state.buf_t = np.concatenate([state.buf_t, t])
-            state.buf_k = np.concatenate([state.buf_k, k])
-            state.buf_vals = np.concatenate([state.buf_vals, vals], axis=1)
-        else:
-            state.buf_code, state.buf_t, state.buf_k = codes.copy(), t.copy(), k.copy()
-            state.buf_vals = vals.copy()
+    def _append(
+        self, state: WindowState, batch: Batch, codes: I32, t: I64, k: I64, vals: F64
+    ) -> None:
+        """Buffer the rows; arrays still shared with the batch are copied."""
+        state.append(
+            codes,
+            t.copy() if t is batch.t else t,
+            k,
+            vals.copy() if vals is batch.values else vals,
+        )
+
+    def _clear(self, state: WindowState) -> None:
+        state.buf_code = np.empty(0, np.int32)
+        state.buf_t = np.empty(0, np.int64)
+        state.buf_k = np.empty(0, np.int64)
+        state.buf_vals = np.empty((len(self.fields), 0), np.float64)
+        state.changed()
 
     def _take(self, state: WindowState, keep: npt.NDArray[np.bool_]) -> None:
-        state.buf_code = state.buf_code[keep]
-        state.buf_t = state.buf_t[keep]
-        state.buf_k = state.buf_k[keep]
-        state.buf_vals = state.buf_vals[:, keep]
+        """Keep only the buffered rows in the mask ``keep`` (in their order)."""
+        state.changed()
+        rows = np.flatnonzero(keep)  # then take(): much faster than boolean indexing
+        state.buf_code = state.buf_code.take(rows)
+        state.buf_t = state.buf_t.take(rows)
+        state.buf_k = state.buf_k.take(rows)
+        state.buf_vals = state.buf_vals.take(rows, axis=1)
 
     def _close(self, state: WindowState, wm: I64, *, flush: bool = False) -> RecordBatch | None:
         """Emit every window whose end the per-key watermark ``wm`` has reached."""
@@ -443,37 +539,61 @@ class WindowKernel:
             return None
         kind = self.spec.kind
         if kind == "count":
+            state.consolidate()
             return self._close_count(state, flush)
         if kind == "session":
+            state.consolidate()
             return self._close_session(state, wm)
         s = self.spec
-        row_wm = wm[state.buf_code]
-        kc = self._first_open_k(row_wm) - 1  # last closed window index
+        kc_key = self._first_open_k(wm) - 1  # each key's last closed window index
+        if not bool(np.any(state.kmin_per_key() <= kc_key)):
+            return None  # no key has a buffered reading in a closed window
+        state.consolidate()
+        kc = kc_key.take(state.buf_code)
         if s.slide == s.size:  # tumbling: one window per reading
             emit = state.buf_k <= kc
-            if not emit.any():
+            n_emit = int(np.count_nonzero(emit))
+            if n_emit == 0:
                 return None
-            out = (
-                state.buf_code[emit],
-                state.buf_k[emit],
-                state.buf_t[emit],
-                state.buf_vals[:, emit],
-            )
-            self._take(state, ~emit)
+            if n_emit == state.buffered():  # everything buffered closes: no copies
+                out = (state.buf_code, state.buf_k, state.buf_t, state.buf_vals)
+                self._clear(state)
+            elif bool(emit[:n_emit].all()):  # the oldest readings (in order): slices
+                out = (
+                    state.buf_code[:n_emit],
+                    state.buf_k[:n_emit],
+                    state.buf_t[:n_emit],
+                    state.buf_vals[:, :n_emit],
+                )
+                state.buf_code = state.buf_code[n_emit:]
+                state.buf_t = state.buf_t[n_emit:]
+                state.buf_k = state.buf_k[n_emit:]
+                state.buf_vals = state.buf_vals[:, n_emit:]
+                state.changed()
+            else:
+                emitted = np.flatnonzero(emit)
+                out = (
+                    state.buf_code.take(emitted),
+                    state.buf_k.take(emitted),
+                    state.buf_t.take(emitted),
+                    state.buf_vals.take(emitted, axis=1),
+                )
+                self._take(state, ~emit)
             return self._records(state, *out, None, None)
         kmax = _floor_div(state.buf_t - s.offset, s.slide)
         upto = np.minimum(kmax, kc)
-        n_emit = np.maximum(upto - state.buf_k + 1, 0)
-        total = int(n_emit.sum())
+        per_row = np.maximum(upto - state.buf_k + 1, 0)  # windows each row closes in
+        total = int(per_row.sum())
         if total == 0:
             return None
-        rows = np.repeat(np.arange(len(n_emit)), n_emit)
-        first = np.repeat(np.cumsum(n_emit) - n_emit, n_emit)
+        rows = np.repeat(np.arange(len(per_row)), per_row)
+        first = np.repeat(np.cumsum(per_row) - per_row, per_row)
         kk = state.buf_k[rows] + (np.arange(total) - first)
         codes = state.buf_code[rows]
         t = state.buf_t[rows]
         vals = state.buf_vals[:, rows]
         done = kmax <= kc
+        state.changed()
         if done.any():
             state.buf_k = np.where(done, state.buf_k, np.maximum(state.buf_k, kc + 1))
             self._take(state, ~done)
@@ -536,27 +656,36 @@ class WindowKernel:
         seq: bool = False,
     ) -> RecordBatch:
         """Group rows by (key, window) and aggregate."""
-        order = np.arange(len(t)) if presorted else _group_time_order(codes, k, t, len(state.names))
-        c_s, k_s, t_s = codes[order], k[order], t[order]
-        brk = np.r_[True, (c_s[1:] != c_s[:-1]) | (k_s[1:] != k_s[:-1])]
-        gid = np.cumsum(brk) - 1
-        heads = np.flatnonzero(brk)
-        n_groups = len(heads)
+        if presorted:  # sessions: rows come grouped by (key, session) in time order
+            order: npt.NDArray[np.intp] | None = None
+            brk = np.r_[True, (codes[1:] != codes[:-1]) | (k[1:] != k[:-1])]
+            heads = np.flatnonzero(brk)
+            counts = np.diff(np.r_[heads, len(t)])
+            g_code, g_k = codes[heads], k[heads]
+        else:
+            order, counts, g_code, g_k = _group(codes, k, len(state.names))
+            if self._time_ordered or seq:
+                order = _by_time_within_groups(order, counts, t)
+            heads = np.cumsum(counts) - counts
+        n_groups = len(counts)
         cols: dict[str, Any] = {}
         names = state.names
-        cols["key"] = [names[i] for i in c_s[heads].tolist()]
+        cols["key"] = [names[i] for i in g_code.tolist()]
         if seq:  # count windows: span of the readings
+            t_s = t[order] if order is not None else t
             cols["window_start"] = np.minimum.reduceat(t_s, heads)
             cols["window_end"] = np.maximum.reduceat(t_s, heads)
         elif start is None or end is None:  # tumbling / hopping: from the window index
-            cols["window_start"] = k_s[heads] * self.spec.slide + self.spec.offset
+            cols["window_start"] = g_k * self.spec.slide + self.spec.offset
             cols["window_end"] = cols["window_start"] + self.spec.size
         else:
-            cols["window_start"] = start[order][heads]
-            cols["window_end"] = end[order][heads]
+            first = heads if order is None else order[heads]
+            cols["window_start"] = start[first]
+            cols["window_end"] = end[first]
         if seq:
-            cols["window_seq"] = k_s[heads]
-        cols.update(aggmod.compute(self.aggs, self.fields, gid, vals[:, order], n_groups))
+            cols["window_seq"] = g_k
+        grouped = vals if order is None else vals.take(order, axis=1)
+        cols.update(aggmod.compute_groups(self.aggs, self.fields, counts, grouped))
         ids = ("key", "window_seq") if seq else ("key", "window_start")
         return RecordBatch("window", self.step, cols, n_groups, ids)
 
@@ -572,6 +701,7 @@ class WindowKernel:
 
     def _flush_keys(self, state: WindowState, which: npt.NDArray[np.bool_]) -> RecordBatch | None:
         """Close every open window of the keys in ``which`` (a mask over key codes)."""
+        state.consolidate()
         if not state.buffered():
             return None
         rows = which[state.buf_code]
@@ -614,6 +744,7 @@ class WindowKernel:
         self._take(state, rows)
         out: RecordBatch | None = fn()
         state.buf_code, state.buf_t, state.buf_k, state.buf_vals = rest
+        state.changed()
         return out
 
     def _expire(self, state: WindowState, now_ns: int) -> None:
@@ -626,27 +757,45 @@ class WindowKernel:
         remap = np.cumsum(active) - 1
         state.names = [n for n, a in zip(state.names, active.tolist(), strict=True) if a]
         state.codes = {n: i for i, n in enumerate(state.names)}
+        state.forget_lookup()
         for attr in ("max_t", "floor", "last_seen", "seen"):
             setattr(state, attr, getattr(state, attr)[active])
         state.buf_code = remap[state.buf_code].astype(np.int32)
+        state.changed()
 
 
-def _group_time_order(codes: I32, k: I64, t: I64, n_keys: int) -> npt.NDArray[np.intp]:
-    """Row order grouped by (window, key), by event time within a group (ties: arrival).
-
-    Window-major, so a batch of results lists older windows first."""
+def _group(
+    codes: I32, k: I64, n_keys: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], I32, I64]:
+    """Rows grouped by (window, key), window-major (older windows first), arrival order
+    within a group. Returns (row order, rows per group, each group's key code and window)."""
     kmin = int(k.min())
     span = int(k.max()) - kmin + 1
-    if n_keys * span <= 1 << 16:
-        g = (k - kmin) * n_keys + codes.astype(np.int64)
-        order = stable_argsort(g, n_keys * span)
-        g_s, t_s = g[order], t[order]
-        # rows usually arrive in time order per key; if not, sort by time first
-        if bool(np.all((t_s[1:] >= t_s[:-1]) | (g_s[1:] != g_s[:-1]))):
-            return order
-        by_t = np.argsort(t, kind="stable")
-        return by_t[stable_argsort(g[by_t], n_keys * span)]
-    return np.lexsort((t, codes, k))
+    cells = n_keys * span
+    if cells <= max(1 << 16, 4 * len(k)):  # a dense (window, key) grid: counting sort
+        g = (k - kmin) * n_keys + codes
+        order = stable_argsort(g, cells)
+        per_cell = np.bincount(g, minlength=cells)
+        used = np.flatnonzero(per_cell)
+        return order, per_cell[used], (used % n_keys).astype(np.int32), used // n_keys + kmin
+    order = np.lexsort((codes, k))
+    c_s, k_s = codes[order], k[order]
+    heads = np.flatnonzero(np.r_[True, (c_s[1:] != c_s[:-1]) | (k_s[1:] != k_s[:-1])])
+    return order, np.diff(np.r_[heads, len(k)]), c_s[heads], k_s[heads]
+
+
+def _by_time_within_groups(
+    order: npt.NDArray[np.intp], counts: npt.NDArray[np.intp], t: I64
+) -> npt.NDArray[np.intp]:
+    """``order`` with each group's rows by event time (ties: arrival order)."""
+    t_s = t[order]
+    heads = np.cumsum(counts) - counts
+    new_group = np.zeros(len(t_s), bool)
+    new_group[heads] = True
+    if bool(np.all((t_s[1:] >= t_s[:-1]) | new_group[1:])):
+        return order  # rows usually arrive in time order per key
+    gid = np.repeat(np.arange(len(counts)), counts)
+    return order[np.lexsort((t_s, gid))]
 
 
 def _concat_records(parts: list[RecordBatch]) -> RecordBatch | None:

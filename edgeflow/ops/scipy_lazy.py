@@ -1,0 +1,82 @@
+"""scipy functions imported on first use, not when edgeflow is imported.
+
+``import scipy.signal`` costs ~0.3-1 s and ~50 MB of resident memory (it loads scipy's own
+BLAS and its thread pool). A flow pays that only when a step that needs it runs, and the
+detectors' first-order filters on short inputs (a live tick, ``edgeflow score`` on a small
+file) never pay it: they run the same recurrence here, with the same floating-point
+operations in the same order as scipy's ``lfilter``, so the results are bit-for-bit equal.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+#: the longest filtered axis run here instead of importing scipy (1-D input / rows of a 2-D one)
+SHORT_1D = 4096
+SHORT_2D = 64
+
+
+def lfilter(b: Any, a: Any, x: Any, axis: int = -1, zi: Any = None) -> Any:
+    """:func:`scipy.signal.lfilter`; scipy.signal is imported only for inputs this module
+    does not filter itself (anything but a short first-order filter with ``a[0] == 1``)."""
+    if "scipy.signal" not in sys.modules:
+        out = _first_order(b, a, x, axis, zi)
+        if out is not None:
+            return out
+    from scipy.signal import lfilter as _lfilter
+
+    return _lfilter(b, a, x, axis=axis, zi=zi)
+
+
+def _first_order(b: Any, a: Any, x: Any, axis: int, zi: Any) -> Any:
+    """y[n] = b0*x[n] + z; z = b1*x[n] - a1*y[n] (scipy's direct form II transposed), or
+    None when the call is not a short float64 first-order filter."""
+    bb = np.asarray(b, np.float64).ravel()
+    aa = np.asarray(a, np.float64).ravel()
+    xx = np.asarray(x)
+    if (
+        xx.dtype != np.float64
+        or xx.ndim not in (1, 2)
+        or len(aa) != 2
+        or len(bb) > 2
+        or aa[0] != 1.0
+        or (zi is not None and np.asarray(zi).dtype.kind not in "fiu")
+    ):
+        return None
+    ax = axis % xx.ndim
+    n = xx.shape[ax]
+    if n > (SHORT_1D if xx.ndim == 1 else SHORT_2D):
+        return None
+    b0, b1 = float(bb[0]), float(bb[1]) if len(bb) == 2 else 0.0
+    a1 = float(aa[1])
+    if xx.ndim == 1:
+        z = 0.0 if zi is None else float(np.asarray(zi, np.float64).ravel()[0])
+        ys = []
+        for v in xx.tolist():
+            y = z + b0 * v
+            z = v * b1 - y * a1
+            ys.append(y)
+        y1 = np.array(ys, np.float64)
+        return y1 if zi is None else (y1, np.array([z]))
+    rows = xx if ax == 1 else xx.T
+    m = rows.shape[0]
+    zz = (
+        np.zeros(m)
+        if zi is None
+        else np.broadcast_to(np.asarray(zi, np.float64).reshape(m if ax == 1 else 1, -1), (m, 1))
+        .ravel()
+        .copy()
+    )
+    out = np.empty((m, n))
+    with np.errstate(invalid="ignore", over="ignore"):  # scipy's C loop does not warn
+        for j in range(n):
+            col = rows[:, j]
+            y2 = zz + b0 * col
+            zz = col * b1 - y2 * a1
+            out[:, j] = y2
+    if ax == 0:
+        out = out.T
+    return out if zi is None else (out, zz.reshape((m, 1) if ax == 1 else (1, m)))
