@@ -74,6 +74,26 @@ def test_kill_9_and_resume_gives_the_uninterrupted_output(tmp_path: Path) -> Non
         assert got == want, k
 
 
+def test_ctrl_c_stops_like_sigterm_and_the_next_run_resumes_exactly(tmp_path: Path) -> None:
+    ref_flow, ref = make_flow(tmp_path, "ref")
+    edgeflow("run", str(ref_flow))
+    flow, outs = make_flow(tmp_path, "int", speed="15")
+    args = ("run", str(flow), "--state-dir", str(tmp_path / "state"))
+    proc = popen_edgeflow(*args)
+    deadline = time.monotonic() + 180
+    while len(lines(outs["out"])) < 400 and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)  # Ctrl-C
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "panicked" not in err and "Traceback" not in err, err
+    assert len(lines(outs["out"])) < len(lines(ref["out"])), "stopped mid-stream"
+    edgeflow(*args)
+    for k in ("out", "late", "trend"):
+        assert sorted(lines(outs[k])) == sorted(lines(ref[k])), k
+
+
 def test_files_source_routes_bad_lines_to_dead_letters(tmp_path: Path) -> None:
     data = tmp_path / "in.csv"
     data.write_text(

@@ -42,6 +42,18 @@ def _plan_or_exit(flow: Flow) -> Plan:
         sys.exit(2)
 
 
+_interrupts = [0]
+
+
+def _on_interrupt(_signum: int, _frame: object) -> None:
+    _interrupts[0] += 1
+    if _interrupts[0] == 1:
+        click.echo("stopping (Ctrl-C again to quit at once)...", err=True)
+        stop()
+    else:
+        os._exit(130)
+
+
 def _run(
     plan: Plan,
     *,
@@ -51,8 +63,11 @@ def _run(
     snapshot_every: int,
     live: bool | None = None,
 ) -> None:
-    # SIGTERM (docker stop, systemd, kill) stops gracefully: sources end, state is snapshotted
+    # SIGTERM (docker stop, systemd, kill) and Ctrl-C (SIGINT) stop gracefully: sources end,
+    # state is snapshotted, the summary is printed. A second Ctrl-C ends the process at once
+    # (exit 130); what the last snapshot holds resumes on the next run.
     signal.signal(signal.SIGTERM, lambda *_: stop())
+    signal.signal(signal.SIGINT, _on_interrupt)
     port = os.environ.get("EDGEFLOW_METRICS_PORT")
     if port and not (port.strip().isdigit() and 1 <= int(port) <= 65535):
         click.echo(
