@@ -13,10 +13,21 @@ Delivery guarantee. QoS 1 with a persistent session (the default: fixed client i
 session off): a message is acknowledged to the broker only after two snapshots of the
 flow's state that include it, so a crash never loses what the broker handed over - the
 broker redelivers it. Redeliveries of messages already in the restored state are
-recognised (MQTT keeps their packet id and sets DUP) and not counted twice. The broker
+recognised (MQTT keeps their packet id and sets DUP) and not counted twice; a message's id
+stays in the snapshot taken when its ack is sent, in case a crash loses the ack. The broker
 must allow enough unacknowledged messages in flight: rate x 2 x ``--snapshot-every``
 (mosquitto: ``max_inflight_messages 0``). With ``ack="on_receive"`` messages are acked at
 once (at-most-once across a crash, no in-flight limit). QoS 0 is at-most-once.
+
+Scale-out. ``receivers=N`` (default 1, at most :data:`MAX_RECEIVERS`) runs N receiver
+processes, each its own broker connection and persistent session (client ids ``<id>``,
+``<id>-r1``, ...), subscribed through one shared subscription ``$share/<id>/<filter>``: the
+broker hands each message to exactly one receiver. Each receiver is a source partition with
+the guarantee above (its own acks after snapshots, its own redelivery bookkeeping). Order:
+one receiver keeps each topic's order; several interleave a topic's messages, so readings
+of a key may arrive out of order by up to the receivers' lag (windows take them within
+``lateness``). A persistent receiver drops the subscription of the other mode (plain or
+shared) that its session may still hold from a run with another ``receivers``.
 """
 
 from __future__ import annotations
@@ -25,13 +36,14 @@ import collections
 import contextlib
 import multiprocessing as mp
 import os
+import re
 import signal
 import ssl
 import sys
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, cast
 
 from edgeflow.connectors.base import Item, SourceContext, SourcePartition, SourceSpec
 from edgeflow.connectors.connection_state import CONNECTIONS
@@ -46,9 +58,20 @@ from edgeflow.connectors.payloads import (
 )
 from edgeflow.connectors.process import die_with_parent
 from edgeflow.errors import MissingExtraError
+from edgeflow.ops.args import Arg, check
 from edgeflow.timeutil import Duration
 
 ACK_LAG_SNAPSHOTS = 2
+#: how long a partition that found nothing waits before it looks again (instead of spinning
+#: on the CPU its receivers need)
+IDLE_WAIT_NS = 1_000_000
+#: the most receiver processes (broker connections) one MQTT source may run
+MAX_RECEIVERS = 16
+ARGS = (
+    Arg("receivers", "int", 1, MAX_RECEIVERS, hint="receiver processes, each its own connection"),
+)
+#: bytes read from the socket at a time (paho reads each packet in 3 or more reads)
+READ_CHUNK = 256 * 1024
 
 
 def _paho() -> Any:
@@ -91,6 +114,7 @@ class MqttSource(SourceSpec):
         max_readings: int = 10_000,
         max_future: Duration | None = "1h",
         max_past: Duration | None = "365d",
+        receivers: int = 1,
     ) -> None:
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         self.fields = tuple(fields)
@@ -110,6 +134,26 @@ class MqttSource(SourceSpec):
         self.tls = (tls_ca, tls_cert, tls_key)
         self.keepalive = keepalive
         self.limits_args = (max_payload, max_depth, max_readings, max_future, max_past)
+        self.receivers = receivers
+
+    def receiver_count(self) -> int:
+        """How many receivers run (1 while ``receivers`` is not valid: validation says why)."""
+        n = self.receivers
+        ok = isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_RECEIVERS
+        return n if ok else 1
+
+    def base_client_id(self, flow: str, step: str) -> str:
+        return self.client_id or f"edgeflow-{flow}-{step}"
+
+    def filters(self, base_client_id: str) -> tuple[list[str], list[str]]:
+        """The topic filters to subscribe, and those a persistent session of the other mode
+        (plain vs shared) may still hold, to unsubscribe."""
+        group = re.sub(r"[/+#]", "_", base_client_id)
+        shared = [t if t.startswith("$share/") else f"$share/{group}/{t}" for t in self.topics]
+        plain = list(self.topics)
+        if self.receiver_count() > 1:
+            return shared, [t for t in plain if t not in shared]
+        return plain, [t for t in shared if t not in plain]
 
     def limits(self) -> Limits:
         return Limits.of(*self.limits_args)
@@ -139,6 +183,7 @@ class MqttSource(SourceSpec):
             self.limits()
         except ValueError as exc:
             out.append(str(exc))
+        out += check("mqtt.source", ARGS, {"receivers": self.receivers})
         return out
 
     def check_context(self, key: str, time: str) -> list[str]:
@@ -152,36 +197,128 @@ class MqttSource(SourceSpec):
             "qos": self.qos,
             "format": self.format,
             "fields": list(self.fields),
+            "receivers": self.receiver_count(),
         }
 
     def partitions(self) -> list[str]:
-        return ["0"]  # one connection; a persistent session cannot be shared
+        """One partition per receiver (a persistent session cannot be shared)."""
+        return [str(i) for i in range(self.receiver_count())]
 
     def open(self, partition: str, resume: Any, ctx: SourceContext) -> SourcePartition:
-        return _MqttPartition(self, resume, ctx)
+        return _MqttPartition(self, int(partition), resume, ctx)
 
 
 Message = tuple[str, bytes, int, int, bool, int]  # topic, payload, mid, qos, dup, received ns
 Link = tuple[str, bool, str | None]  # ("link", connected, error)
+#: ("batch", items, packet ids to ack, dead-letter sequence after them, payload bytes)
+Decoded = tuple[str, list[Item], list[int], int, int]
+
+
+def _schema(spec: MqttSource, ctx: SourceContext) -> Schema:
+    return Schema(
+        ctx.key, ctx.time, spec.fields, spec.types, spec.defaults, spec.time_unit, spec.csv_columns
+    )
+
+
+class _Decoding:
+    """Runs in the receiver process, so that N receivers decode on N cores: turns raw
+    messages into a batch of readings and dead letters. Skips redeliveries of messages the
+    restored state already holds (MQTT keeps their packet id and sets DUP) and numbers the
+    messages for the dead letters' ids, continuing the restored sequence."""
+
+    def __init__(
+        self, spec: MqttSource, ctx: SourceContext, replayed: set[int], seq: int, dl_prefix: str
+    ) -> None:
+        self.fields = spec.fields
+        self.step = ctx.step
+        self.decoder = Decoder(spec.format, _schema(spec, ctx), spec.limits())
+        self.manual_ack = spec.qos == 1 and spec.ack == "after_snapshot"
+        self.replayed = replayed
+        self.seq = seq
+        self.dl_prefix = dl_prefix
+
+    def decode(self, msgs: list[Message]) -> Decoded:
+        out = BatchBuilder(self.fields, self.step)
+        decode = self.decoder.decode
+        add_all = out.add_all
+        mids: list[int] = []
+        nbytes = 0
+        for topic, payload, mid, qos, dup, received in msgs:
+            nbytes += len(payload)
+            if qos == 1 and self.manual_ack:
+                mids.append(mid)
+                if self.replayed and mid in self.replayed:
+                    self.replayed.discard(mid)
+                    if dup:  # a redelivery of what the restored state holds
+                        continue
+                    # a new message under that id: the one restored was acked and is done
+            self.seq += 1
+            try:  # Decoder.decode turns every failure into a PayloadError
+                add_all(decode(payload, topic, received))
+            except PayloadError as exc:
+                out.fail(f"{topic}#{self.dl_prefix}{self.seq}", payload, str(exc))
+        return ("batch", out.items(), mids, self.seq, nbytes)
+
+
+def _buffered_client(mqtt: Any) -> Any:
+    """paho's ``Client`` reading the socket :data:`READ_CHUNK` bytes at a time. paho reads
+    each packet with one ``recv`` for the command byte, one per length byte and one for the
+    rest, and goes back to ``select`` after each packet: for small messages that is most of
+    a receiver's time. Same packets, same order, same callbacks."""
+
+    class BufferedClient(mqtt.Client):  # type: ignore[misc]
+        _rbuf = b""
+        _rpos = 0
+        _rsock: Any = None  # the socket the buffered bytes came from
+
+        def _sock_recv(self, bufsize: int) -> bytes:
+            if self._rsock is not self._sock:  # a new connection: nothing buffered is its
+                self._rbuf, self._rpos, self._rsock = b"", 0, self._sock
+            if self._rpos >= len(self._rbuf):
+                data: bytes = super()._sock_recv(max(bufsize, READ_CHUNK))
+                if len(data) <= bufsize:
+                    return data
+                self._rbuf, self._rpos = data, 0
+            out = self._rbuf[self._rpos : self._rpos + bufsize]
+            self._rpos += len(out)
+            return out
+
+        def loop_read(self, max_packets: int = 1) -> Any:
+            rc = super().loop_read(max_packets)
+            while rc == 0 and self._rsock is self._sock and self._rpos < len(self._rbuf):
+                rc = super().loop_read(max_packets)  # what is buffered: select cannot see it
+            return rc
+
+    return BufferedClient
 
 
 class _Receiver:
-    """Runs in its own process: only the MQTT client. Forwards raw messages in batches
-    (``list[Message]``) and each connect or failed/lost connection (``Link``) over
-    ``conn``, and sends the acks the flow asks for (``("ack", [mid, ...])``); ``("stop",)``
-    ends it. A busy flow would otherwise starve paho's network thread of the GIL."""
+    """Runs in its own process: the MQTT client and the decoding. Forwards decoded batches
+    (``Decoded``) and each connect or failed/lost connection (``Link``) over ``conn``, and
+    sends the acks the flow asks for (``("ack", [mid, ...])``); ``("stop",)`` ends it. A busy
+    flow would otherwise starve paho's network thread of the GIL."""
 
-    def __init__(self, spec: MqttSource, client_id: str, conn: Connection, parent: int) -> None:
+    def __init__(
+        self,
+        spec: MqttSource,
+        client_id: str,
+        filters: tuple[list[str], list[str]],
+        decoding: _Decoding,
+        conn: Connection,
+        parent: int,
+    ) -> None:
         mqtt = _paho()
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.spec = spec
+        self.decoding = decoding
+        self.subscribe, self.stale = filters
         self.conn = conn
         self.parent = parent
         self.inbox: collections.deque[Message] = collections.deque()
         self.links: collections.deque[Link] = collections.deque()  # sent by the main loop
         self.up = False  # connected now
-        self.client = mqtt.Client(
+        self.client = _buffered_client(mqtt)(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=not spec.persistent,
@@ -208,7 +345,9 @@ class _Receiver:
         if getattr(reason, "is_failure", False):
             self.links.append(("link", False, f"the broker refused the connection: {reason}"))
             return
-        client.subscribe([(t, self.spec.qos) for t in self.spec.topics])
+        client.subscribe([(t, self.spec.qos) for t in self.subscribe])
+        if self.spec.persistent and self.stale:  # new subscription first: never a gap
+            client.unsubscribe(self.stale)
         self.up = True
         self.links.append(("link", True, None))
 
@@ -247,95 +386,97 @@ class _Receiver:
                     time.sleep(0.0005)
                     continue
                 pop = self.inbox.popleft
-                self.conn.send([pop() for _ in range(min(len(self.inbox), 20_000))])
+                msgs = [pop() for _ in range(min(len(self.inbox), 20_000))]
+                self.conn.send(self.decoding.decode(msgs))
         finally:
             self.client.disconnect()
             self.client.loop_stop()
 
 
-def _receiver_main(spec: MqttSource, client_id: str, conn: Connection, parent: int) -> None:
+def _receiver_main(
+    spec: MqttSource,
+    client_id: str,
+    filters: tuple[list[str], list[str]],
+    decoding: tuple[SourceContext, set[int], int, str],
+    conn: Connection,
+    parent: int,
+) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _Receiver(spec, client_id, conn, parent).run()
+    _Receiver(spec, client_id, filters, _Decoding(spec, *decoding), conn, parent).run()
 
 
 class _MqttPartition(SourcePartition):
-    """The flow's side: decodes what the receiver process hands over; acks after snapshots."""
+    """The flow's side of receiver ``index``: takes the batches its process decoded; acks
+    after snapshots. Every receiver has its own partition, session, packet ids and position."""
 
-    def __init__(self, spec: MqttSource, resume: Any, ctx: SourceContext) -> None:
+    def __init__(self, spec: MqttSource, index: int, resume: Any, ctx: SourceContext) -> None:
         _paho()  # fail here, with the install hint, rather than in the child
         self.spec = spec
         self.ctx = ctx
-        schema = Schema(
-            ctx.key,
-            ctx.time,
-            spec.fields,
-            spec.types,
-            spec.defaults,
-            spec.time_unit,
-            spec.csv_columns,
-        )
-        self.decoder = Decoder(spec.format, schema, spec.limits())
+        self.member = str(index)
+        self.idle = False  # the last look found nothing
+        Decoder(spec.format, _schema(spec, ctx), spec.limits())  # fail here, not in the child
         self.manual_ack = spec.qos == 1 and spec.ack == "after_snapshot"
         # packet ids received since the last snapshot, and those of the last ACK_LAG_SNAPSHOTS
         self.current: list[int] = []
         self.unacked: collections.deque[list[int]] = collections.deque()
-        # already in the restored state
-        self.replayed = set(resume.get("pending", ())) if resume else set()
+        # already in the restored state (the receiver skips their redeliveries)
+        replayed = set(resume.get("pending", ())) if resume else set()
         # dead letters' source is "topic#<origin>-<n>": the n-th message since the state began
         # (origin: ms when it began), one per message and the same when a crash replays it
         self.origin = int(resume.get("origin", 0)) if resume else 0
         self.origin = self.origin or time.time_ns() // 1_000_000
         self.seq = int(resume.get("seq", 0)) if resume else 0
-        CONNECTIONS.open(ctx.step, "MQTT broker", f"{spec.host}:{spec.port}")
+        # receivers after the first mark their dead letters' ids (they count on their own)
+        dl_prefix = f"{self.origin}-" if index == 0 else f"{self.origin}-r{index}-"
+        self.who = "the MQTT receiver process" if index == 0 else f"MQTT receiver {index}"
+        CONNECTIONS.open(ctx.step, "MQTT broker", f"{spec.host}:{spec.port}", self.member)
         mpctx = mp.get_context("spawn")  # no fork: the engine runs threads
         self.conn, child = mpctx.Pipe()
-        client_id = spec.client_id or f"edgeflow-{ctx.flow}-{ctx.step}"
+        base = spec.base_client_id(ctx.flow, ctx.step)
+        client_id = base if index == 0 else f"{base}-r{index}"
         self.proc = mpctx.Process(
             target=_receiver_main,
-            args=(spec, client_id, child, os.getpid()),
-            name="edgeflow-mqtt",
+            args=(
+                spec,
+                client_id,
+                spec.filters(base),
+                (ctx, replayed, self.seq, dl_prefix),
+                child,
+                os.getpid(),
+            ),
+            name=f"edgeflow-mqtt-{index}",
             daemon=True,
         )
         self.proc.start()
         child.close()
 
-    def _receive(self) -> list[Message] | None:
-        """The next batch of messages from the receiver, after any connection reports."""
+    def _receive(self) -> Decoded | None:
+        """The next decoded batch from the receiver, after any connection reports."""
         while self.conn.poll(0):
-            got: list[Message] | Link = self.conn.recv()
-            if isinstance(got, list):
-                return got
-            CONNECTIONS.report(self.ctx.step, got[1], got[2])
+            got: Any = self.conn.recv()  # Decoded | Link
+            if got[0] == "batch":
+                return cast(Decoded, got)
+            CONNECTIONS.report(self.ctx.step, got[1], got[2], self.member)
         return None
 
     def next_batch(self) -> list[Item]:
-        msgs = self._receive()
-        if msgs is None:
+        got = self._receive()
+        self.idle = got is None
+        if got is None:
             if not self.proc.is_alive():
                 raise RuntimeError(
-                    f"the MQTT receiver process exited (code {self.proc.exitcode}); see its messages above"
+                    f"{self.who} exited (code {self.proc.exitcode}); see its messages above"
                 )
             return []
-        out = BatchBuilder(self.spec.fields, self.ctx.step)
-        decode = self.decoder.decode
-        add_all = out.add_all
-        for topic, payload, mid, qos, dup, received in msgs:
-            self.bytes_read += len(payload)
-            if qos == 1 and self.manual_ack:
-                self.current.append(mid)
-                if dup and mid in self.replayed:
-                    self.replayed.discard(mid)  # a redelivery of what the restored state holds
-                    continue
-            self.seq += 1
-            try:  # Decoder.decode turns every failure into a PayloadError
-                add_all(decode(payload, topic, received))
-            except PayloadError as exc:
-                out.fail(f"{topic}#{self.origin}-{self.seq}", payload, str(exc))
-        return out.items()
+        _, items, mids, self.seq, nbytes = got
+        self.current += mids
+        self.bytes_read += nbytes
+        return items
 
     def next_awake(self) -> int | None:
-        return None
+        return time.time_ns() + IDLE_WAIT_NS if self.idle else None
 
     def snapshot(self) -> Any:
         position = {"origin": self.origin, "seq": self.seq}
@@ -343,9 +484,14 @@ class _MqttPartition(SourcePartition):
             return position
         self.unacked.append(self.current)
         self.current = []
+        acking: list[int] = []
         if len(self.unacked) > ACK_LAG_SNAPSHOTS:
-            self.conn.send(("ack", self.unacked.popleft()))
-        return {"pending": [m for epoch in self.unacked for m in epoch], **position}
+            acking = self.unacked.popleft()
+            self.conn.send(("ack", acking))
+        # the acks just sent may not reach the broker before a crash right after this
+        # snapshot is saved: keep their ids too, so that a redelivery is recognised
+        pending = acking + [m for epoch in self.unacked for m in epoch]
+        return {"pending": pending, **position}
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
