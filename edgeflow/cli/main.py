@@ -91,7 +91,10 @@ def _run(
     except UserInputError as exc:  # e.g. --metrics-port on a busy port
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # the runner's one line (state directory, engine failure)
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:  # e.g. a sink's end-of-run report on a full disk
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     finally:

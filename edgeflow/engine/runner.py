@@ -5,16 +5,30 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
+import sys
+import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from edgeflow.connectors.base import SinkContext
 from edgeflow.connectors.connection_state import CONNECTIONS
+from edgeflow.engine import wal_keeper
 from edgeflow.engine.counters import COUNTERS
-from edgeflow.engine.figures import figures
+from edgeflow.engine.engine_output import EngineOutputGuard, debug_wanted
+from edgeflow.engine.figures import RateWindow, figures
+from edgeflow.engine.state_faults import (
+    StateError,
+    check_free_space,
+    check_recovery_store,
+    disk_full_line,
+    is_disk_full,
+    recovery_failure_line,
+)
 from edgeflow.flow.plan import Plan
 from edgeflow.timeutil import now_ns
 
@@ -66,10 +80,9 @@ def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
 
     opts = options or RunOptions()
     if opts.state_dir is not None:
-        opts.state_dir.mkdir(parents=True, exist_ok=True)
-        _check_plan_unchanged(plan, opts.state_dir)
+        _prepare_state_dir(plan, opts.state_dir)
     COUNTERS.reset()
-    CONNECTIONS.reset()
+    CONNECTIONS.run_started(opts.run_for_ns)
     if opts.metrics_port is not None:
         from edgeflow.engine.metrics import serve
 
@@ -90,10 +103,16 @@ def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
     # the cyclic collector's full passes, which would otherwise pause the flow for ms
     gc.collect()
     gc.freeze()
+    guard = EngineOutputGuard()
+    keeper = wal_keeper.start(opts.state_dir) if opts.state_dir is not None else None
     try:
-        bytewax_adapter.execute(plan, opts)
+        with guard:
+            bytewax_adapter.execute(plan, opts)
+    except Exception as exc:  # the engine failed: one line for the user, detail in a file
+        raise EngineError(_failure_line(plan, opts, exc, guard.text())) from exc
     finally:
         done.set()
+        wal_keeper.stop(keeper)
     summary = RunSummary(plan.name, (now_ns() - t0) / 1e9, COUNTERS.snapshot(), plan.unrouted)
     summary.failures = [c.never_reached() for c in CONNECTIONS.never_connected()]
     for k in plan.sinks:
@@ -105,11 +124,12 @@ def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
 
 def _write_stats(path: Path, outbox: Path | None, done: threading.Event) -> None:
     """Every second: the run's figures (see :mod:`edgeflow.engine.figures`) and counters."""
-    last_t, last_c = time.time(), COUNTERS.snapshot()
+    rates = RateWindow()  # rates over the last 10 s: 2-s windows do not show 0 records/s
+    rates.push(time.time(), COUNTERS.snapshot())
     while not done.wait(1.0):
         now, c = time.time(), COUNTERS.snapshot()
-        figs = figures(c, last_c, now - last_t, outbox=outbox, now=now)
-        last_t, last_c = now, c
+        prev, span_s = rates.push(now, c)
+        figs = figures(c, prev, span_s, outbox=outbox, now=now)
         tmp = path.with_suffix(".tmp")
         links = CONNECTIONS.snapshot()
         tmp.write_text(
@@ -122,6 +142,9 @@ def stop() -> None:
     """Ask the flow running in this process to stop gracefully (as at the end of ``--for``)."""
     from edgeflow.engine import bytewax_adapter
 
+    _STOP_WAITING.set()
+
+    CONNECTIONS.request_stop()  # connectors stop waiting for brokers, forwarders for the drain
     bytewax_adapter.request_stop()
 
 
@@ -131,7 +154,17 @@ def state_mismatch(plan: Plan, state_dir: Path) -> str | None:
     path = state_dir / "plan.json"
     if not path.exists():
         return None
-    if path.read_text() == _plan_text(plan):
+    try:
+        text = path.read_bytes().decode("utf-8")
+        written = json.loads(text)
+    except (OSError, ValueError):
+        written = None
+    if not isinstance(written, dict):
+        return (
+            f"{path} is damaged (not the plan edgeflow writes there; a write cut short?), so "
+            "the snapshots beside it cannot be matched to the flow"
+        )
+    if text == _plan_text(plan):
         return None
     return (
         f"the flow changed since the state in {state_dir} was written; its snapshots do not "
@@ -168,4 +201,168 @@ def _check_plan_unchanged(plan: Plan, state_dir: Path) -> None:
         )
     path = state_dir / "plan.json"
     if not path.exists():
-        path.write_text(_plan_text(plan))
+        _write_atomically(path, _plan_text(plan).encode())
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` so that it holds all of ``data`` or stays as it was: a temporary file,
+    fsynced, renamed over it, and the directory fsynced."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _prepare_state_dir(plan: Plan, state_dir: Path) -> None:
+    """Refuse a state directory the engine would fail on, with one line saying what to do:
+    a full disk, a damaged or incomplete snapshot store, another flow's state."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        if os.environ.get("EDGEFLOW_STATS_FILE"):  # a managed deployment: wait, do not die
+            _wait_for_space(state_dir)
+        problem = check_free_space(state_dir) or check_recovery_store(state_dir)
+        if problem:
+            raise StateError(problem)
+        _check_plan_unchanged(plan, state_dir)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise StateError(disk_full_line(state_dir)) from exc
+        raise StateError(
+            f"the state directory {state_dir} cannot be used: {exc.strerror or exc}"
+        ) from exc
+
+
+#: set by :func:`stop`: a run waiting for disk space gives up waiting
+_STOP_WAITING = threading.Event()
+
+
+def _wait_for_space(state_dir: Path) -> None:
+    """Under a supervisor, a state directory on a full disk is waited for (one line when
+    the wait starts, one when it ends) instead of a crash loop that gives up; a stop request
+    ends the wait (the run then fails with the disk-full line)."""
+    problem = check_free_space(state_dir)
+    if problem is None:
+        return
+    print(f"waiting: {problem}; the flow starts by itself once space frees", file=sys.stderr)
+    sys.stderr.flush()
+    while check_free_space(state_dir) and not _STOP_WAITING.wait(1.0):
+        pass
+    if not check_free_space(state_dir):
+        print(f"space freed on the disk of {state_dir}: starting", file=sys.stderr)
+
+
+class EngineError(RuntimeError):
+    """The engine stopped with an error; the message is one line (step, file, what to do)
+    and the full detail is in the file it names."""
+
+
+def _failure_line(plan: Plan, opts: RunOptions, exc: BaseException, engine_text: str) -> str:
+    """One line for an engine failure; the detail (engine output, traceback) goes to a file."""
+    text = f"{engine_text}\n{type(exc).__name__}: {exc}"
+    step = _failed_step(exc)
+    resume = (
+        "the run resumes from the last snapshot"
+        if opts.state_dir is not None
+        else "the run starts over (it keeps no state without --state-dir)"
+    )
+    line: str | None = None
+    path = getattr(exc, "filename", None)
+    if is_disk_full(exc, text):
+        if isinstance(exc, OSError) and path:
+            where = f"step {step!r} " if step else ""
+            line = f"{where}cannot write {path}: its disk is full: free space, then run again; {resume}"
+        elif opts.state_dir is not None:
+            line = disk_full_line(opts.state_dir)
+        else:
+            line = f"a disk is full: free space, then run again; {resume}"
+    elif opts.state_dir is not None:
+        line = recovery_failure_line(opts.state_dir, text)
+    if line is None:
+        reason = _first_line(exc)
+        where = f"in step {step!r}" if step else "in the engine"
+        line = f"the flow {plan.name!r} stopped {where}: {reason}"
+    if debug_wanted():
+        return line
+    detail = _write_detail(plan, opts, exc, engine_text)
+    return f"{line} (details: {detail})" if detail else line
+
+
+def _failed_step(exc: BaseException) -> str | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        step = getattr(seen, "edgeflow_step", None)
+        if isinstance(step, str):
+            return step
+        m = re.search(r"in step '?([\w.-]+)", str(seen))
+        if m:
+            return m.group(1)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _engine_wrapper(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith("bytewax") or bool(
+        re.match(r"\(src/[\w/.]+:\d+:\d+\)", str(exc))
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of the step's own error, at most 300 characters: the engine wraps it
+    in errors of its own (``error resuming StatefulSink``), which are skipped; an edgeflow
+    error raised ``from`` a library's error is kept (it names the file)."""
+    root = exc
+    while _engine_wrapper(root):
+        inner = root.__cause__ or (None if root.__suppress_context__ else root.__context__)
+        if inner is None:
+            break
+        root = inner
+    text = str(root).strip().splitlines()
+    if not text:
+        return type(root).__name__
+    first = re.sub(r"^\(src/[\w/.]+:\d+:\d+\):?\s*", "", text[0])  # the engine's source line
+    return first[:300] + "..." if len(first) > 300 else first
+
+
+def _write_detail(
+    plan: Plan, opts: RunOptions, exc: BaseException, engine_text: str
+) -> Path | None:
+    """The engine's own output and the Python traceback, for a bug report; in the state
+    directory, else (no state directory, or its disk full) in the temporary directory."""
+    body = (
+        f"{datetime.now(timezone.utc).isoformat()} flow {plan.name!r} failed\n"
+        + engine_text
+        + "".join(traceback.format_exception(exc))
+    ).encode("utf-8", "replace")
+    places = [opts.state_dir] if opts.state_dir is not None else []
+    places.append(Path(tempfile.gettempdir()))
+    for place in places:
+        name = (
+            "engine-error.log"
+            if place == opts.state_dir
+            else f"edgeflow-{_safe(plan.name)}-error.log"
+        )
+        try:
+            (place / name).write_bytes(body)
+            return place / name
+        except OSError:
+            continue
+    return None
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)

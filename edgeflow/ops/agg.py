@@ -249,6 +249,14 @@ def compute_groups(
     """
     out: dict[str, npt.NDArray[Any]] = {}
     per_field: dict[str, _FieldGroups] = {}
+    # linear in the number of aggregations and fields (a flow with 100,000 of them)
+    column: dict[str, int] = {}
+    for j, f in enumerate(fields):
+        column.setdefault(f, j)
+    qs_of: dict[str, list[float]] = {}
+    for b in aggs:
+        if b.field is not None and b.func in ("median", "percentile"):
+            qs_of.setdefault(b.field, []).append(_q(b))
     for a in aggs:
         if a.func == "count" and a.field is None:
             out[a.output_name] = counts.astype(np.int64)
@@ -256,8 +264,8 @@ def compute_groups(
         assert a.field is not None
         fg = per_field.get(a.field)
         if fg is None:
-            qs = [_q(b) for b in aggs if b.field == a.field and b.func in ("median", "percentile")]
-            fg = per_field[a.field] = _FieldGroups(counts, values[fields.index(a.field)], qs)
+            qs = qs_of.get(a.field, [])
+            fg = per_field[a.field] = _FieldGroups(counts, values[column[a.field]], qs)
         out[a.output_name] = fg.compute(a)
     return out
 
