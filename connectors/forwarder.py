@@ -21,7 +21,13 @@ Guarantees:
   joins and kills what is left. Forwarders ignore SIGTERM and SIGINT: on a signal to the
   whole process group they finish their batch and exit when the flow stops them, and they
   die with the flow's process.
-* At the end of a run the forwarders drain the outbox for up to ``drain_timeout``. When the
+* A record the broker refuses for good (over the topic's ``max.message.bytes``, invalid or
+  corrupt) is counted as rejected, named in one log line (sink, topic, id, reason) and removed
+  from the outbox; the rest of its batch is delivered. Every forwarder death is logged (a
+  crash loop at most once per ``DEATH_LOG_EVERY_S``, counting the deaths it stands for).
+* At the end of a run the forwarders drain the outbox for up to ``drain_timeout``; a run
+  stopped by a signal (SIGTERM, Ctrl-C, ``edgeflow stop``) stops them within
+  ``SIGNAL_STOP_S`` in all, and says how many records stay in the outbox. When the
   broker was never reachable during the run (every forwarder tried and failed) they do not
   wait beyond one last connection attempt (which gives up after ``BOOTSTRAP_TIMEOUT_MS``): the
   records stay in the outbox for the next run and the run summary says how many.
@@ -50,6 +56,7 @@ from typing import Any, ClassVar, TypeVar
 
 import orjson
 
+from edgeflow.connectors.connection_state import CONNECTIONS
 from edgeflow.connectors.outbox import LANES, Outbox, Stored
 from edgeflow.connectors.process import (
     ABORT,
@@ -74,7 +81,14 @@ BOOTSTRAP_TIMEOUT_MS = 2_000
 LAST_ATTEMPT_S = BOOTSTRAP_TIMEOUT_MS / 1000 + 2.0
 #: after the drain, how long forwarders get to close their producer before they are killed
 EXIT_GRACE_S = 5.0
+#: a run stopped by a signal (SIGTERM, Ctrl-C): the whole forwarder stop (drain included) takes at
+#: most this long, the last SIGNAL_EXIT_S of it for the processes to exit before they are killed;
+#: what is not delivered by then stays in the outbox for the next run
+SIGNAL_STOP_S = 6.0
+SIGNAL_EXIT_S = 1.5
 FETCH_LIMIT = 20_000
+#: a forwarder in a crash loop: at most one line per this many seconds about its deaths
+DEATH_LOG_EVERY_S = 1.0
 
 CONNECTING, CONNECTED, UNREACHABLE = 0, 1, 2
 _ERROR_CHARS = 300
@@ -154,6 +168,9 @@ class _KafkaLogTap(logging.Handler):
         return self
 
 
+KafkaLogTap = _KafkaLogTap
+
+
 class _AbortedError(Exception):
     """The parent said abort (or is gone) while a forwarder waited."""
 
@@ -187,6 +204,7 @@ class _Drain:
         self.partitions: dict[str, list[int]] = {}
         self.partition_of: dict[tuple[str, bytes], int] = {}
         self.failing: dict[str, str] = {}  # what -> the error last logged for it
+        self.refused_seen = False  # the producer saw a refused record: it fails what follows
 
     # -- errors and connection state --------------------------------------------------------
     def status(self, name: str, value: str) -> None:
@@ -365,23 +383,20 @@ class _Drain:
             try:
                 self._ensure_topic(r.topic)
                 part = self._partition(r.topic, r.key)
-                futures.append(
-                    producer.send(
-                        r.topic, key=r.key, value=r.value, headers=headers, partition=part
-                    )
+                future = producer.send(
+                    r.topic, key=r.key, value=r.value, headers=headers, partition=part
                 )
+                futures.append((r, future))
             except MessageSizeTooLargeError as exc:
-                # can never be delivered: count it and move on rather than block the queue
-                self.error(
-                    f"record {r.seq} of {r.sink} is too large for Kafka and is discarded: {exc}"
-                )
-                self.retry("count a rejected record", box.record_count, r.sink)
+                # over the producer's own limit: can never be delivered; count it and move on
+                # rather than block the queue
+                self._reject(r, exc)
             except KafkaError as exc:
                 self.unreachable(exc)
                 return False
         progress, last_progress = 0, time.monotonic()
         while True:
-            done = sum(1 for f in futures if f.is_done)
+            done = sum(1 for _, f in futures if f.is_done)
             if done == len(futures):
                 break
             now = time.monotonic()
@@ -395,12 +410,80 @@ class _Drain:
                 producer.flush(timeout=0.5)
             if not self.parent.running():
                 return False
-        failed = [f for f in futures if f.failed()]
-        if failed:
-            self.error(f"{type(failed[0].exception).__name__}: {failed[0].exception}")
+        failed = [(r, f) for r, f in futures if f.failed()]
+        self.refused_seen = bool(failed)
+        if any(not _refused(f.exception) for _, f in failed):
+            cause = next(f.exception for _, f in failed if not _refused(f.exception))
+            self.error(f"{type(cause).__name__}: {cause}")
             return False
         self.connected()
+        if not failed:
+            return True
+        # the broker refused these for good (too large for the topic, invalid). kafka-python's
+        # idempotent producer fails every record sent after a refused one with the same error,
+        # so each is sent again alone by a new producer; refused again, it is rejected
+        sent = all(self._send_alone(r) for r, _ in failed)
+        if self.refused_seen:  # it would fail the next batch: start the next one anew
+            self._close_producer(1)
+        return sent
+
+    def _send_alone(self, r: Stored) -> bool:
+        """Send one record and wait for its answer: True when it was delivered or refused for
+        good (then counted as rejected, with one log line); False on any other failure. Uses a
+        new producer when the last one saw a refusal (it fails whatever it sends next)."""
+        if self.refused_seen or self.producer is None:
+            self._close_producer(1)
+            if not self._connect():
+                return False
+        self.refused_seen = True
+        headers = [(k, v.encode()) for k, v in orjson.loads(r.headers)]
+        future = self.producer.send(
+            r.topic,
+            key=r.key,
+            value=r.value,
+            headers=headers,
+            partition=self._partition(r.topic, r.key),
+        )
+        while not future.is_done:
+            with contextlib.suppress(Exception):
+                self.producer.flush(timeout=0.5)
+            if not self.parent.running():
+                return False
+        if future.failed():
+            if not _refused(future.exception):
+                self.error(f"{type(future.exception).__name__}: {future.exception}")
+                return False
+            self._reject(r, future.exception)
+        else:
+            self.refused_seen = False
         return True
+
+    def _reject(self, r: Stored, exc: BaseException) -> None:
+        """Count ``r`` as rejected (it leaves the outbox with the batch it came in), in one line."""
+        rid = next((v for k, v in orjson.loads(r.headers) if k == "edgeflow-id"), f"seq {r.seq}")
+        log.warning(
+            "edgeflow: kafka sink %r -> topic %s: Kafka refused record %s for good (%s: %s); "
+            "it is counted as rejected and removed from the outbox",
+            r.sink, r.topic, rid, type(exc).__name__, exc,
+        )  # fmt: skip
+        assert self.box is not None
+        self.retry("count a rejected record", self.box.record_count, r.sink)
+
+
+def _refused(exc: BaseException | None) -> bool:
+    """Whether the broker refused a record for good (sending it again cannot succeed)."""
+    from kafka import errors
+
+    return isinstance(
+        exc,
+        (
+            errors.MessageSizeTooLargeError,
+            errors.RecordListTooLargeError,
+            errors.InvalidRecordError,
+            errors.CorruptRecordError,
+            errors.InvalidTopicError,
+        ),
+    )
 
 
 def _process_main(
@@ -432,6 +515,7 @@ class _Slot:
     quick_deaths: int = 0
     done: bool = False  # exited by itself at the end of the run
     logged: float = field(default=-1e9)
+    unlogged: int = 0  # deaths not logged yet (a crash loop)
 
 
 class Forwarder:
@@ -473,6 +557,7 @@ class Forwarder:
         self.slots = [_Slot(i, lanes_of(i, n)) for i in range(n)]
         self.link = CONNECTING  # the state last logged
         self.stopped = False
+        self.signalled = False  # the run is being stopped by a signal: bounded stop
         # the monitor starts the processes: PR_SET_PDEATHSIG ties a child to the thread that
         # started it, and the monitor outlives every child
         self.monitor = threading.Thread(
@@ -497,16 +582,29 @@ class Forwarder:
         self.stop(drain_timeout)
 
     def stop(self, drain_timeout: float) -> None:
-        """Drain for up to ``drain_timeout`` s (not at all when the broker was never reachable),
-        then end the processes. Bounded: it never waits on anything a dead process holds."""
+        """Drain for up to ``drain_timeout`` s (when the run was asked to end by ``--for`` or a
+        signal and the broker was never reachable: one last attempt only), then end the
+        processes. Bounded: it never waits on anything a dead process holds."""
         if self.stopped:
             return
         self.command.set(DRAIN)
         start = time.monotonic()
         deadline = start + drain_timeout
-        while time.monotonic() < deadline and not all(s.done for s in self.slots):
-            if self._never_reached() and time.monotonic() - start > LAST_ATTEMPT_S:
-                break  # every forwarder tried and failed, and made one last attempt
+        while not all(s.done for s in self.slots):
+            if CONNECTIONS.stop_requested():  # stopped by a signal: the whole stop is bounded
+                self.signalled = True
+                deadline = min(deadline, start + SIGNAL_STOP_S - SIGNAL_EXIT_S)
+            if time.monotonic() >= deadline:
+                break
+            if (
+                CONNECTIONS.run_over()
+                and self._never_reached()
+                and time.monotonic() - start > LAST_ATTEMPT_S
+            ):
+                # the run was asked to end (--for, a signal): every forwarder tried and failed,
+                # and made one last attempt; at the natural end of the input the backlog
+                # gets the whole drain_timeout instead (the uplink may come back)
+                break
             time.sleep(0.05)
         self.command.set(ABORT)
         self.monitor.join(EXIT_GRACE_S + 10)  # the monitor ends (kills) every process first
@@ -561,12 +659,17 @@ class Forwarder:
         s.quick_deaths = s.quick_deaths + 1 if now - s.started < 5 else 0
         s.restart_at = now + (min(10.0, 0.5 * 2 ** (s.quick_deaths - 1)) if s.quick_deaths else 0)
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        if now - s.logged > 60:
+        # every death is logged; a crash loop at most one line per DEATH_LOG_EVERY_S, which
+        # counts the deaths it stands for
+        s.unlogged += 1
+        if now - s.logged >= DEATH_LOG_EVERY_S:
             s.logged = now
+            more = f", {s.unlogged - 1} more since the last line" if s.unlogged > 1 else ""
+            s.unlogged = 0
             log.warning(
-                "edgeflow: kafka forwarder for lanes %s died (%s, %d time(s) in this run); starting it "
-                "again: it re-sends what it had in flight (consumers drop those by edgeflow-id)",
-                ",".join(map(str, s.lanes)), how, s.deaths,
+                "edgeflow: kafka forwarder for lanes %s died (%s, %d time(s) in this run%s); starting "
+                "it again: it re-sends what it had in flight (consumers drop those by edgeflow-id)",
+                ",".join(map(str, s.lanes)), how, s.deaths, more,
             )  # fmt: skip
 
     def _start(self, s: _Slot) -> None:
@@ -619,7 +722,7 @@ class Forwarder:
 
     def _end_processes(self) -> None:
         """Bounded: wait up to EXIT_GRACE_S in all for the processes to exit, then kill them."""
-        end = time.monotonic() + EXIT_GRACE_S
+        end = time.monotonic() + (SIGNAL_EXIT_S if self.signalled else EXIT_GRACE_S)
         for s in self.slots:
             if s.proc is not None:
                 s.proc.join(max(0.0, end - time.monotonic()))
@@ -642,6 +745,9 @@ class Forwarder:
             why = (
                 "was not reachable during this run"
                 if not self.links.reached.value
+                else f"did not take the backlog within the {SIGNAL_STOP_S:.0f}s a stop by a "
+                "signal allows"
+                if self.signalled
                 else "did not take the backlog within the drain timeout"
             )
             log.warning(

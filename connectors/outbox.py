@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import orjson
+
 from edgeflow.errors import EdgeflowError
 
 PRIORITIES = {"raw": 0, "trend": 1, "summary": 2, "alert": 3}
@@ -615,6 +617,18 @@ class Outbox:
             )
         return n
 
+    def ids_after(self, sink: str, seq: int) -> set[str]:
+        """The ``edgeflow-id`` headers of ``sink``'s records after ``seq`` (as many as there are
+        such records)."""
+        with self.lock:
+            out = set()
+            for (headers,) in self.db.execute(
+                "SELECT headers FROM outbox WHERE sink = ? AND seq > ?", (sink, seq)
+            ):
+                with contextlib.suppress(ValueError, TypeError, IndexError, KeyError):
+                    out.add(str(dict(orjson.loads(headers))["edgeflow-id"]))
+            return out
+
     def last_seq(self) -> int:
         row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         return int(row[0]) if row else 0
@@ -761,6 +775,39 @@ class Outbox:
             out = dict(self.db.execute("SELECT name, value FROM status").fetchall())
             out.update(self._pending.status)
             return out
+
+
+#: outbox path -> the open lock file this process holds for its run (see :func:`hold_for_run`)
+_RUN_LOCKS: dict[Path, int] = {}
+_RUN_LOCKS_LOCK = threading.Lock()
+
+
+def hold_for_run(path: Path) -> int | None:
+    """Take the run lock of the outbox at ``path`` (an ``flock`` on ``<path>.lock`` beside it,
+    held until this process exits; taking it again in the same process is a no-op). Returns
+    None when this process holds it, else the pid of the process that does (0: unknown)."""
+    import fcntl
+
+    path = path.resolve()
+    with _RUN_LOCKS_LOCK:
+        if path in _RUN_LOCKS:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = path.with_name(path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                return int(text) if text.isdigit() else 0
+            finally:
+                os.close(fd)
+        with contextlib.suppress(OSError):  # the pid is information only (a full disk)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _RUN_LOCKS[path] = fd
+        return None
 
 
 def read_stats(path: Path) -> dict[str, int]:

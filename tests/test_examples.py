@@ -170,6 +170,7 @@ def test_retail_sales_flow_into_the_outbox_while_the_uplink_is_down_and_drain_af
     own_broker.stop()  # the store's uplink is down when the flow starts
     env = sim_env("120", "40m")
     env["EDGEFLOW_KAFKA_BOOTSTRAP"] = own_broker.bootstrap
+    env["EDGEFLOW_DRAIN_TIMEOUT"] = "300s"  # a loaded CI machine may take long to restart Kafka
     proc = popen_edgeflow(
         "run", str(FLOWS / "retail_pos.py"), "--state-dir", str(tmp_path / "st"), env=env
     )

@@ -524,3 +524,125 @@ def test_forwarders_ignore_sigterm_but_die_with_the_flow(
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
     wait_for("the forwarders to die with the flow", lambda: not any(alive(p) for p in kids), 30)
+
+
+def forwarder_lines(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+def test_every_forwarder_death_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="edgeflow.forwarder")
+    box = Outbox(tmp_path / "o.sqlite")
+    box.append("s", 2, [OutRecord("t", f"k{i}".encode(), b"{}", b"[]") for i in range(20)])
+    fw = Forwarder(box.path, f"127.0.0.1:{free_port()}", KafkaSink("t").producer_config(), 1)
+    # deaths further apart than a crash loop's (one line per DEATH_LOG_EVERY_S at most)
+    apart = getattr(forwarder, "DEATH_LOG_EVERY_S", 1.0)
+    try:
+        for kill in range(4):
+            pids = wait_for("a running forwarder", lambda: children(os.getpid()), timeout=60)
+            assert isinstance(pids, list)
+            time.sleep(apart)
+            os.kill(pids[0], signal.SIGKILL)
+            wait_for(
+                f"death {kill + 1} to be logged",
+                lambda n=kill + 1: len(forwarder_lines(caplog, "died (")) >= n,  # type: ignore[misc]
+                timeout=30,
+            )
+    finally:
+        fw.stop(0)
+    died = forwarder_lines(caplog, "died (")
+    assert len(died) == 4, died
+    assert "4 time(s) in this run" in died[-1], died
+
+
+@pytest.fixture
+def signal_stop() -> Iterator[Callable[[], None]]:
+    """``runner.stop()`` as SIGTERM calls it, outside a run; the registry is reset afterwards."""
+    from edgeflow.connectors.connection_state import CONNECTIONS
+    from edgeflow.engine import runner
+
+    yield runner.stop
+    if hasattr(CONNECTIONS, "run_started"):
+        CONNECTIONS.run_started(None)
+
+
+def test_a_stop_by_signal_with_a_frozen_forwarder_ends_within_10s_saying_what_stays(
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    caplog: pytest.LogCaptureFixture,
+    signal_stop: Callable[[], None],
+) -> None:
+    from edgeflow.connectors.outbox import lane_of
+
+    caplog.set_level(logging.WARNING, logger="edgeflow.forwarder")
+    topic = f"fwd-frozen-{uuid.uuid4().hex[:8]}"
+    box = Outbox(tmp_path / "o.sqlite")
+    box.set_status(f"topic.{topic}", "1,1")
+    fw = Forwarder(box.path, kafka_bootstrap, KafkaSink(topic).producer_config(), 2)
+    frozen: list[int] = []
+    try:
+        pids = wait_for(
+            "two forwarders", lambda: len(forwarders(box.path)) == 2 and forwarders(box.path)
+        )
+        assert isinstance(pids, dict)
+        victim, lanes = next(iter(pids.items()))
+        os.kill(victim, signal.SIGSTOP)  # hangs, as a forwarder stuck in a system call would
+        frozen.append(victim)
+        recs = [OutRecord(topic, f"k{i}".encode(), b"{}", b"[]") for i in range(200)]
+        box.append("s", 2, recs)
+        stuck = sum(1 for r in recs if lane_of(r.key) in lanes)
+        assert 0 < stuck < 200
+        wait_for("the other forwarder's lanes to be delivered", lambda: box.depth()[0] == stuck)
+        signal_stop()  # SIGTERM / Ctrl-C / edgeflow stop
+        t0 = time.monotonic()
+        fw.stop(30)
+        took = time.monotonic() - t0
+        print(f"stop took {took:.1f}s")
+    finally:
+        for pid in children(os.getpid()):
+            os.kill(pid, signal.SIGKILL)
+    assert took < 10, f"a stop by a signal took {took:.1f}s"
+    assert not alive(frozen[0]), "the frozen forwarder was killed"
+    assert box.depth()[0] == stuck
+    stays = forwarder_lines(caplog, "stay in the outbox")
+    assert len(stays) == 1 and f"{stuck} records stay in the outbox" in stays[0], stays
+
+
+def test_a_record_the_topic_refuses_is_rejected_once_and_the_rest_delivered(
+    tmp_path: Path, kafka_bootstrap: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import base64
+
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    topic = f"fwd-small-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, request_timeout_ms=30_000)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "400"})])
+    finally:
+        admin.close()
+    box = Outbox(tmp_path / "o.sqlite")
+    recs = []
+    for i in range(30):  # every 10th record is over the topic's limit (and hardly compresses)
+        big = i % 10 == 3
+        value = orjson.dumps(
+            {"i": i, "v": base64.b64encode(os.urandom(900)).decode() if big else i}
+        )
+        hdrs = orjson.dumps([["edgeflow-id", f"f/s/{i}"]])
+        recs.append(OutRecord(topic, f"k{i % 4}".encode(), value, hdrs))
+    box.append("to_small", 2, recs)
+    fw = Forwarder(box.path, kafka_bootstrap, KafkaSink(topic).producer_config(), 2)
+    try:
+        wait_for("the outbox to be empty", lambda: box.depth()[0] == 0, timeout=60)
+    finally:
+        fw.stop(10)
+    stats = box.stats()
+    assert stats.get("rejected.to_small") == 3, stats
+    assert stats.get("delivered.to_small") == 27, stats
+    got = kafka_ids(kafka_bootstrap, topic, 27)
+    assert set(got) == {f"f/s/{i}" for i in range(30) if i % 10 != 3}, got
+    err = capfd.readouterr().err  # the forwarder processes' lines
+    rejected = [x for x in err.splitlines() if "refused record" in x]
+    assert len(rejected) == 3, rejected
+    assert all("to_small" in x and topic in x and "MessageSizeTooLarge" in x for x in rejected)
+    assert "Exception ignored" not in err and "Traceback" not in err, err[-3000:]

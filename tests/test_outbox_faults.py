@@ -290,3 +290,97 @@ def test_records_waiting_from_earlier_runs_are_announced_and_not_counted_as_this
     finally:
         for p in box.parent.glob(f"{name}.sqlite*"):
             p.unlink()
+
+
+LIVE_FLOW = """
+from edgeflow import Flow, agg, window
+from edgeflow.connectors import kafka, simulate
+
+flow = Flow({name!r})
+r = flow.source(simulate.sensors(devices=5, rate_hz=20, seed=11))  # live: the wall clock
+w = r.window(window.tumbling("1s"), agg.count(), name="summary")
+w.to(kafka.sink("t", bootstrap=None, drain_timeout="1s"), name="to_kafka")
+"""
+
+
+def outbox_ids(box: Path) -> list[str]:
+    db = sqlite3.connect(box)
+    try:
+        return [orjson.loads(h)[0][1] for (h,) in db.execute("SELECT headers FROM outbox")]
+    finally:
+        db.close()
+
+
+def test_a_crash_before_the_first_snapshot_of_a_live_source_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    flow = write_flow(tmp_path / "live.py", LIVE_FLOW.format(name="live-crash"))
+    state = tmp_path / "st"
+    args = ("run", str(flow), "--state-dir", str(state), "--snapshot-every", "600s")
+    proc = popen_edgeflow(*args)
+    box = state / "outbox.sqlite"
+    deadline = time.monotonic() + 90
+    while depth(box) < 10:
+        assert time.monotonic() < deadline and proc.poll() is None, "the flow queues records"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = outbox_ids(box)
+    res = edgeflow(*args[:4], "--for", "3s", timeout=180)  # a live source never replays them
+    after = outbox_ids(box)
+    assert not set(before) - set(after), "records of the interrupted attempt are lost"
+    assert len(after) == len(set(after)) > len(before), "nothing twice, and this run's records"
+    assert f"{len(before)} records an interrupted earlier attempt" in res.stderr, res.stderr
+
+
+def test_a_crash_after_a_snapshot_keeps_what_was_queued_since_once(
+    tmp_path: Path,
+) -> None:
+    """Records queued after the last snapshot stay in the outbox across a kill -9 (kept, not
+    truncated), and the records the resumed source produces again are not queued twice."""
+    flow = write_flow(tmp_path / "live.py", LIVE_FLOW.format(name="live-crash-later"))
+    state = tmp_path / "st"
+    args = ("run", str(flow), "--state-dir", str(state), "--snapshot-every", "5s")
+    proc = popen_edgeflow(*args)
+    box = state / "outbox.sqlite"
+    deadline = time.monotonic() + 120
+    while depth(box) < 40:  # 8 s of windows: a snapshot at 5 s, records queued after it
+        assert time.monotonic() < deadline and proc.poll() is None, "the flow queues records"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = outbox_ids(box)
+    edgeflow(*args[:4], "--for", "3s", timeout=180)
+    after = outbox_ids(box)
+    assert not set(before) - set(after), "records queued after the last snapshot are lost"
+    assert len(after) == len(set(after)) > len(before), "nothing twice, and this run's records"
+
+
+def test_a_second_run_of_a_flow_on_the_same_outbox_is_refused_with_the_way_out(
+    tmp_path: Path,
+) -> None:
+    name = f"twice-{os.getpid()}-{time.monotonic_ns()}"
+    flow = write_flow(tmp_path / "twice.py", LIVE_FLOW.format(name=name))
+    box = ROOT / ".edgeflow" / "outbox" / f"{name}.sqlite"  # no --state-dir: the shared outbox
+    first = popen_edgeflow("run", str(flow), "--for", "60s")
+    try:
+        deadline = time.monotonic() + 90
+        while depth(box) < 1:
+            assert time.monotonic() < deadline and first.poll() is None, "the first run queues"
+            time.sleep(0.1)
+        second = edgeflow("run", str(flow), "--for", "2s", check=False)
+        assert second.returncode == 1, second.stderr
+        errors = [ln for ln in second.stderr.splitlines() if ln.strip()]
+        assert len(errors) == 1, second.stderr
+        assert f"another run of {name} (pid {first.pid})" in errors[0], errors
+        assert str(box) in errors[0] and "--state-dir" in errors[0], errors
+        assert first.poll() is None, "the first run goes on"
+    finally:
+        first.kill()
+        first.communicate()
+        for p in box.parent.glob(f"{name}.sqlite*"):
+            p.unlink()
+    # once the first run is over, the flow runs again
+    edgeflow("run", str(flow), "--for", "2s")
+    for p in box.parent.glob(f"{name}.sqlite*"):
+        p.unlink()
