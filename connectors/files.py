@@ -8,7 +8,13 @@ skipped. Each line is read by the record parser every source shares
 (:class:`edgeflow.connectors.payloads.Decoder`): the same rules as Kafka and MQTT, the
 same limits (``max_payload`` bytes per line, JSON depth, keys of at most 256 bytes) and
 time bounds (``max_future``, default 1 h past the wall clock; ``max_past``, default none,
-so old files replay). A byte-order mark at the start of a file is skipped.
+so old files replay). A byte-order mark at the start of a file is skipped; one at the
+start of any other line makes that line a dead letter. Every field declared with
+``fields=`` is checked on every line, whether or not the flow uses it; without
+``fields=`` the fields the flow reads are checked, and other columns (text such as a
+status or a site name) are left alone. A CSV header that names a column twice makes every row
+of that file a dead letter whose reason names the file and the column (the other files
+are read): the same rule as a JSON key given twice.
 
 Sink delivery guarantee: exactly-once into the file. Lines are written and flushed
 as records arrive; before each snapshot the file is fsync'ed and its length is the
@@ -19,12 +25,13 @@ records only: a run with nothing to write leaves an empty file, not an earlier r
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -138,6 +145,28 @@ def _csv_header(first: bytes) -> list[str]:
     return [c.strip() for c in next(csv.reader(io.StringIO(text)), [])]
 
 
+def _header_problem(path: str, header: list[str] | None) -> str | None:
+    """Why a CSV header cannot be read: a column named twice (JSON refuses a key twice the
+    same way; "the last column wins" would lose data silently) or a byte-order mark that
+    is not at the start of the file. None when it is fine (or the file is not CSV)."""
+    if not header:
+        return None
+    seen: set[str] = set()
+    for c in header:
+        if "\ufeff" in c:
+            return (
+                f"the CSV header (line 1 of {path}) has a byte-order mark (U+FEFF) in column "
+                f"{c!r}; one is allowed only at the start of the file"
+            )
+        if c in seen:
+            return (
+                f"the CSV header (line 1 of {path}) names column {c!r} twice; "
+                "give every column its own name"
+            )
+        seen.add(c)
+    return None
+
+
 def _peek_columns(path: str, fmt: str) -> list[str] | None:
     try:
         with open(path, "rb") as f:
@@ -147,7 +176,7 @@ def _peek_columns(path: str, fmt: str) -> list[str] | None:
     if not first.strip():
         return None
     if fmt == "csv":
-        return _csv_header(first)
+        return list(dict.fromkeys(_csv_header(first)))  # a column twice: every row is dead
     try:
         obj = orjson.loads(first.removeprefix(BOM))
     except orjson.JSONDecodeError:
@@ -176,19 +205,24 @@ class _FilePartition(SourcePartition):
         self.f.seek(offset)
         self.offset = offset
         self.line_no = line_no
-        if ctx.fields is not None:
-            self.fields = ctx.fields
-        else:
-            cols = self.header if self.header is not None else (_peek_columns(path, self.fmt) or [])
-            self.fields = tuple(c for c in cols if c not in (ctx.key, ctx.time))
+        #: why every row of this file is a dead letter (a CSV header naming a column twice)
+        self.header_problem = _header_problem(path, self.header)
+        cols = self.header if self.header is not None else (_peek_columns(path, self.fmt) or [])
+        found = tuple(dict.fromkeys(c for c in cols if c not in (ctx.key, ctx.time)))
+        self.fields = ctx.fields if ctx.fields is not None else found
+        # every declared field is checked, also those the flow does not use (not carried);
+        # without fields=, the columns are not declared: text columns (a status, a site name)
+        # beside the numbers are fine, and the fields the flow reads are checked
+        checked = ctx.declared if ctx.declared is not None else ()
         schema = Schema(
             ctx.key,
             ctx.time,
             tuple(self.fields),
             {},
-            {f: math.nan for f in self.fields},  # a missing or empty field is "no value"
+            {f: math.nan for f in (*self.fields, *checked)},  # missing or empty: "no value"
             spec.time_unit,
             tuple(self.header or ()),
+            tuple(checked),
         )
         self.decoder = Decoder(self.fmt if self.fmt == "csv" else "json", schema, self.limits)
 
@@ -231,6 +265,9 @@ class _FilePartition(SourcePartition):
                     "(the source's max_payload)",
                     size,
                 )
+                continue
+            if self.header_problem:
+                out.fail(where, raw, self.header_problem)
                 continue
             try:
                 out.add_all(self.decoder.decode(raw, "", received))
@@ -277,29 +314,51 @@ def source(
 
 
 class _FileSinkPartition(SinkPartition):
+    """Appends JSON lines to one file. An error writing it (a full disk) is raised as an
+    ``OSError`` naming the file; after one, :meth:`close` does not raise again (the engine
+    closes partitions while it unwinds from the first error)."""
+
     def __init__(self, path: Path, resume: int | None, time_format: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(path, "ab")  # noqa: SIM115 - closed in close()
-        self.f.truncate(0 if resume is None else resume)
-        self.f.seek(0, os.SEEK_END)
+        self.path = path
+        self.failed = False
+        with self._named():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(path, "ab")  # noqa: SIM115 - closed in close()
+            self.f.truncate(0 if resume is None else resume)
+            self.f.seek(0, os.SEEK_END)
         self.time_format = time_format
+
+    @contextlib.contextmanager
+    def _named(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            self.failed = True
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from exc
 
     def write(self, batches: list[RecordBatch]) -> None:
         data = json_lines(batches, self.time_format)
         if data:
-            self.f.write(data)
-            self.f.flush()
+            with self._named():
+                self.f.write(data)
+                self.f.flush()
             self.bytes_written += len(data)
 
     def snapshot(self) -> Any:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        return self.f.tell()
+        with self._named():
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            return self.f.tell()
 
     def close(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
+        if self.failed:  # what was written stays; the next run truncates to its snapshot
+            with contextlib.suppress(OSError):
+                self.f.close()
+            return
+        with self._named():
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
 
 
 class FileSink(SinkSpec):

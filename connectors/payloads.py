@@ -4,8 +4,10 @@ The files source (each line a payload), the Kafka source (each message) and the 
 (each message) all read records through :class:`Decoder`, so the same input is accepted or
 refused the same way everywhere: valid UTF-8, no duplicate JSON keys (escaped spellings
 such as ``"\\u0076"`` included), no NaN/Infinity, numbers as numbers (CSV cells are
-numbers), keys of at most 256 bytes, times inside int64 nanoseconds and within
-``max_future`` / ``max_past`` of the receive time.
+numbers), no byte-order mark (the files source skips one at the start of a file), every
+declared field checked whether or not the flow uses it (``Schema.checked``), keys of at
+most 256 bytes, times inside int64 nanoseconds and within ``max_future`` / ``max_past`` of
+the receive time.
 
 Formats: ``json`` (one object per reading, or an array of them), ``senml`` (RFC 8428 JSON
 packs), ``csv`` (one line, columns declared), ``number`` (a bare number; key from the
@@ -31,6 +33,10 @@ from edgeflow.connectors.parse import check_key, parse_time, short_repr
 from edgeflow.timeutil import NS_MAX, NS_MIN, Duration, parse_duration
 
 FORMATS = ("json", "senml", "csv", "number")
+#: a UTF-8 byte-order mark: allowed at the start of a file (the files source skips it),
+#: refused at the start of any other line or payload
+BOM = b"\xef\xbb\xbf"
+_KIND = {"csv": "CSV", "number": "number"}
 FIELD_TYPES = ("float", "int", "bool")
 SENML_RELATIVE = 2**28  # RFC 8428: times below this are relative to now (seconds)
 
@@ -87,6 +93,10 @@ class Schema:
     defaults: Mapping[str, float]
     time_unit: str = "auto"
     csv_columns: tuple[str, ...] = ()
+    #: declared fields the flow does not use: checked like ``fields`` (a bad value makes the
+    #: payload a dead letter) but not carried, so what is a dead letter never depends on
+    #: which fields the steps downstream read
+    checked: tuple[str, ...] = ()
 
     def topic_level(self, topic: str, spec: str) -> str:
         idx = int(spec[len("topic[") : -1])
@@ -187,8 +197,12 @@ class Decoder:
         self.limits = limits
         self.key_from_topic = is_topic_ref(schema.key)
         self.key_level = int(schema.key[6:-1]) if self.key_from_topic else 0
-        self.plain_floats = all(schema.types.get(f, "float") == "float" for f in schema.fields)
-        self.numeric = frozenset(schema.fields)
+        declared = frozenset(schema.fields)  # (a set: linear in 100,000 fields)
+        self.unused = tuple(f for f in dict.fromkeys(schema.checked) if f not in declared)
+        self.plain_floats = all(
+            schema.types.get(f, "float") == "float" for f in (*schema.fields, *self.unused)
+        )
+        self.numeric = frozenset(schema.fields) | frozenset(self.unused)
 
     def decode(self, payload: bytes, topic: str, received_ns: int) -> list[Row]:
         """The readings of one payload, all good; else PayloadError with the reason (any
@@ -211,6 +225,11 @@ class Decoder:
         if len(payload) > self.limits.max_bytes:
             raise PayloadError(
                 f"payload of {len(payload)} bytes is over the {self.limits.max_bytes}-byte limit"
+            )
+        if payload[:3] == BOM:
+            raise PayloadError(
+                f"not valid {_KIND.get(self.fmt, 'JSON')}: it starts with a byte-order "
+                "mark (U+FEFF), which is allowed only at the start of a file"
             )
         if self.fmt == "number":
             rows = [self._number(payload, topic, received_ns)]
@@ -306,6 +325,10 @@ class Decoder:
                 values.append(v)
             else:
                 values.append(self._value(f, v))
+        for f in self.unused:  # checked the same way, not carried
+            v = rec.get(f)
+            if not (self.plain_floats and type(v) is float and v - v == 0.0):
+                self._value(f, v)
         return (self._key(topic, rec), self._time(rec, received_ns), values)
 
     def _json(self, obj: Any, topic: str, received_ns: int) -> list[Row]:
@@ -429,8 +452,8 @@ class Decoder:
                     raise PayloadError(
                         f"name {name!r} has no device part; use bn like 'urn:dev:mac:0024befffe804ff1:'"
                     )
-                if field not in self.schema.fields:
-                    continue  # a measurement the flow does not use
+                if field not in self.numeric:
+                    continue  # a measurement the source does not declare
                 if not math.isfinite(value):
                     raise PayloadError(f"value of {name!r} is not finite")
                 grouped.setdefault((device, t_ns), {})[field] = value

@@ -33,6 +33,11 @@ def _files(tmp_path: Path) -> dict[str, Path]:
         "ragged": "ts,temp\n2024-01-01T00:00:00Z,1.5,extra\n",
         "short": "ts,temp,device\n2024-01-01T00:00:00Z\n",
         "nul": "ts,temp\n2024-01-01T00:00:00Z,1\x00\n",
+        # hostile #9: the same rules as the sources
+        "infinite": "ts,temp\n2024-01-01T00:00:00Z,1\n2024-01-01T00:00:01Z,inf\n",
+        "nan": "ts,temp\n2024-01-01T00:00:00Z,NaN\n",
+        "duplicate_header": "ts,temp,temp\n2024-01-01T00:00:00Z,1,2\n",
+        "later_bom": "ts,temp,device\n2024-01-01T00:00:00Z,1,d1\n2024-01-01T00:00:01Z,1,\ufeffd1\n",
     }
     paths = {}
     for name, text in made.items():
@@ -66,6 +71,14 @@ CASES = {
     "too few cells": ("short", ["--key-col", "device"], "cells"),
     "not utf-8": ("latin1", ["--value-col", "température"], "UTF-8"),
     "nul byte": ("nul", [], "is not a number"),
+    "infinite value": ("infinite", [], ":3: column 'temp': 'inf' is not a finite number"),
+    "nan value": ("nan", [], ":2: column 'temp': 'NaN' is not a finite number"),
+    "duplicate header column": ("duplicate_header", [], ":1: the header names column 'temp' twice"),
+    "byte-order mark in a later row": (
+        "later_bom",
+        ["--key-col", "device"],
+        ":3: column 'device': a byte-order mark",
+    ),
     "threshold out of range": ("good", ["--threshold", "1.5"], "--threshold"),
     "unknown detector": ("good", ["--detector", "isolation"], "--detector"),
     "output is a directory": ("good", ["--out", "."], "--out"),

@@ -7,6 +7,7 @@ the files, MQTT and Kafka sources of one flow run as a subprocess and measures i
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -448,3 +449,120 @@ for name, spec in sources.items():
     check_dead_letters("kafka", records(dead["kafka"]), [r for _, r in bad_k])
     print(f"peak RSS of the flow (and its children): {peak_mb:.0f} MB")
     assert peak_mb < 400, f"peak RSS {peak_mb:.0f} MB"
+
+
+# -- hostile testing of item 19, round 2 -----------------------------------------------------------
+def _count_flow(tmp_path: Path, name: str, source: str, aggs: str, fields: str) -> Path:
+    return write_flow(
+        tmp_path / f"{name}.py",
+        f"""
+from edgeflow import Flow, agg, window
+from edgeflow.connectors import files, kafka
+flow = Flow({name!r})
+r = flow.source({source}, key="dev", time="ts", fields={fields})
+r.window(window.tumbling("10s"), {aggs}, idle="1s").to(files.sink({str(tmp_path / (name + "-out.jsonl"))!r}))
+r.dead_letters.to(files.sink({str(tmp_path / (name + "-dead.jsonl"))!r}))
+""",
+    )
+
+
+def test_a_declared_field_is_checked_whether_or_not_the_flow_uses_it(tmp_path: Path) -> None:
+    """Hostile #8: with fields=["v"], a line whose v is "xxx" is a dead letter whether the
+    flow counts readings only or also averages v: dead letters never depend on the steps
+    downstream (before, agg.count() alone let all 10 through and agg.mean("v") none)."""
+    p = tmp_path / "in.jsonl"
+    rows = [{"dev": "a", "ts": NOW_S + i, "v": "xxx", "w": 1} for i in range(10)]
+    rows += [{"dev": "a", "ts": NOW_S + i, "v": 2.5, "w": 1} for i in range(5)]
+    p.write_bytes(b"\n".join(orjson.dumps(r) for r in rows) + b"\n")
+    got = {}
+    for name, aggs in (("count_only", "agg.count()"), ("with_mean", 'agg.count(), agg.mean("v")')):
+        flow = _count_flow(tmp_path, name, f"files.source({str(p)!r})", aggs, '["v", "w"]')
+        edgeflow("run", str(flow))
+        dead = records(tmp_path / f"{name}-dead.jsonl")
+        out = records(tmp_path / f"{name}-out.jsonl")
+        got[name] = (sum(r["count"] for r in out), len(dead))
+        assert all("field 'v': 'xxx' is a str" in d["error"] for d in dead), dead
+    assert got == {"count_only": (5, 10), "with_mean": (5, 10)}
+
+
+def test_a_declared_field_is_checked_by_the_decoder_even_when_not_carried() -> None:
+    """The record parser every source shares: a checked (declared, unused) field refuses the
+    payload like a carried one, and is not in the readings."""
+    dec = Decoder(
+        "json", Schema("dev", "ts", (), {}, {"temp": math.nan}, checked=("temp",)), Limits()
+    )
+    t = NOW_S * 1000
+    good = b'[{"dev": "a", "ts": %d, "temp": 1}, {"dev": "a", "ts": %d}]' % (t, t)
+    assert [r[2] for r in dec.decode(good, "k", NOW_S * 10**9)] == [[], []]
+    with pytest.raises(PayloadError, match="reading 1: field 'temp': 'x' is a str"):
+        dec.decode(
+            b'[{"dev": "a", "ts": %d, "temp": 1}, {"dev": "a", "ts": %d, "temp": "x"}]' % (t, t),
+            "k",
+            NOW_S * 10**9,
+        )
+    csv_dec = Decoder(
+        "csv",
+        Schema("dev", "ts", (), {}, {"temp": math.nan}, "auto", ("dev", "ts", "temp"), ("temp",)),
+        Limits(),
+    )
+    with pytest.raises(PayloadError, match="field 'temp': 'x' is not a number"):
+        csv_dec.decode(b"a,%d,x" % NOW_S, "", NOW_S * 10**9)
+
+
+def test_kafka_checks_a_declared_field_the_flow_does_not_use(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """Hostile #8 at Kafka: the message [{temp: 1}, {temp: "x"}] is one dead letter, also
+    when the flow only counts (it gave two readings)."""
+    topic = f"declared8-{uuid.uuid4().hex[:8]}"
+    t = NOW_S * 1000
+    produce(
+        kafka_bootstrap,
+        topic,
+        [
+            b'[{"dev": "a", "ts": %d, "temp": 1}, {"dev": "a", "ts": %d, "temp": "x"}]' % (t, t),
+            line("a", t + 1),
+        ],
+    )
+    source = f"kafka.source({topic!r}, stop_at_end=True, start='earliest', fields=['temp'])"
+    flow = _count_flow(tmp_path, "kcount", source, "agg.count()", "None")
+    edgeflow("run", str(flow), "--kafka-bootstrap", kafka_bootstrap)
+    dead = records(tmp_path / "kcount-dead.jsonl")
+    assert [d["error"] for d in dead] == [
+        "reading 1: field 'temp': 'x' is a str, expected a number; send numbers as JSON numbers"
+    ]
+    assert sum(r["count"] for r in records(tmp_path / "kcount-out.jsonl")) == 1
+
+
+def test_a_csv_header_naming_a_column_twice_makes_every_row_a_dead_letter(tmp_path: Path) -> None:
+    """Hostile #9: `dev,ts,temp,temp` was read with the last column winning; like a JSON key
+    given twice it is refused: each row a dead letter naming the file and the column."""
+    c = tmp_path / "dup.csv"
+    c.write_text("dev,ts,temp,temp\n" + "".join(f"d{i},{NOW_S},{i},{i + 1}\n" for i in range(3)))
+    batches, dls = read_all(c)
+    assert batches == [] and len(dls) == 3
+    assert [d["source"] for d in dls] == [f"{c}:{i}" for i in (2, 3, 4)]
+    assert all(f"line 1 of {c}) names column 'temp' twice" in d["error"] for d in dls), dls
+
+
+def test_a_bom_at_the_start_of_a_later_line_is_a_dead_letter(tmp_path: Path) -> None:
+    """Hostile #9: a byte-order mark is allowed at the start of a file only; at the start of
+    row 2 it made the key "\\ufeffd1" silently. JSON lines and MQTT/Kafka payloads too."""
+    c = tmp_path / "bom.csv"
+    c.write_bytes(
+        b"\xef\xbb\xbfdev,ts,temp\nd0,%d,1\n\xef\xbb\xbfd1,%d,2\nd2,%d,3\n" % (NOW_S, NOW_S, NOW_S)
+    )
+    batches, dls = read_all(c)
+    assert keys_of(batches) == ["d0", "d2"]
+    assert [d["source"] for d in dls] == [f"{c}:3"]
+    assert "byte-order mark" in dls[0]["error"] and "start of a file" in dls[0]["error"]
+    j = tmp_path / "bom.jsonl"
+    j.write_bytes(b"\xef\xbb\xbf" + line("a", NOW_S) + b"\n\xef\xbb\xbf" + line("b", NOW_S) + b"\n")
+    batches, dls = read_all(j)
+    assert keys_of(batches) == ["a"] and len(dls) == 1
+    assert "byte-order mark" in dls[0]["error"]
+    mqtt = Decoder(
+        "csv", Schema("dev", "ts", ("temp",), {}, {}, "auto", ("dev", "ts", "temp")), Limits()
+    )
+    with pytest.raises(PayloadError, match="byte-order mark"):
+        mqtt.decode(b"\xef\xbb\xbfd1,%d,2" % NOW_S, "t", NOW_S * 10**9)

@@ -14,7 +14,7 @@ from typing import Any
 from edgeflow.connectors.connection_state import CONNECTIONS
 from edgeflow.connectors.connection_state import describe as describe_connection
 from edgeflow.engine.counters import COUNTERS
-from edgeflow.engine.figures import figures, human_bytes
+from edgeflow.engine.figures import RateWindow, figures, human_bytes
 from edgeflow.flow.plan import Plan
 
 
@@ -95,11 +95,13 @@ class LiveView:
         self.plan = plan
         self.outbox = state_dir / "outbox.sqlite" if state_dir is not None else None
         self.interval_s = interval_s
+        self.rates = RateWindow()  # rates over the last 10 s, as `edgeflow status` shows
         self.done = threading.Event()
         self.thread: threading.Thread | None = None
 
     def _frame(self, prev: dict[str, int], dt: float, t0: float) -> tuple[Any, dict[str, int]]:
         c = COUNTERS.snapshot()
+        prev, dt = self.rates.push(time.time(), c)
         figs = figures(c, prev, dt, outbox=self.outbox)
         return render(self.plan, figs, c, time.time() - t0, CONNECTIONS.snapshot()), c
 

@@ -1,7 +1,8 @@
 """``edgeflow score``: run a streaming detector over a recorded CSV, one score per row.
 
 Every mistake in the command line or the input (a missing or empty file, an unknown or
-non-numeric column, a bad time, a detector without its arguments, an output that cannot be
+non-numeric column, a value that is not a finite number, a header naming a column twice, a
+byte-order mark that is not at the start of the file, a bad time, a detector without its arguments, an output that cannot be
 written) is one line ``error: ...`` saying what to change, with exit code 2.
 """
 
@@ -109,12 +110,18 @@ def score_cmd(
             raise ScoreError(f"{input_path}:{i}: column {time_col!r}: {exc}") from None
         cell = (row[value_col] or "").strip()
         try:
-            values.append(float(cell) if cell else math.nan)
+            value = float(cell) if cell else math.nan
         except ValueError:
             raise ScoreError(
                 f"{input_path}:{i}: column {value_col!r}: {cell[:40]!r} is not a number; "
                 "--value-col must name a numeric column (an empty cell is scored as missing)"
             ) from None
+        if cell and not math.isfinite(value):  # the sources refuse NaN and infinities too
+            raise ScoreError(
+                f"{input_path}:{i}: column {value_col!r}: {cell[:40]!r} is not a finite number; "
+                "leave the cell empty for a missing value"
+            )
+        values.append(value)
         keys.append(row[key_col] if key_col else "")
     t = np.asarray(times, np.int64)
     x = np.asarray(values, np.float64)
@@ -177,6 +184,14 @@ def _read_csv(path: Path, needed: list[str]) -> tuple[list[str], list[dict[str, 
                     f"--input {path} is empty; give a CSV with a header row naming the "
                     "time and value columns, then one row per reading"
                 )
+            for col in header:
+                if header.count(col) > 1:
+                    raise ScoreError(
+                        f"{path}:1: the header names column {col!r} twice; give every column "
+                        "its own name"
+                    )
+                if "\ufeff" in col:
+                    raise ScoreError(f"{path}:1: column {col!r}: {_BOM_ONLY_AT_START}")
             for col in needed:
                 if col not in header:
                     raise ScoreError(
@@ -189,6 +204,11 @@ def _read_csv(path: Path, needed: list[str]) -> tuple[list[str], list[dict[str, 
                         f"{path}:{reader.line_num}: the row has {_cells(row)} cells, the "
                         f"header {len(header)}; give every row the header's columns"
                     )
+                for c in needed:
+                    if row[c].startswith("\ufeff"):
+                        raise ScoreError(
+                            f"{path}:{reader.line_num}: column {c!r}: {_BOM_ONLY_AT_START}"
+                        )
                 rows.append(row)
     except UnicodeDecodeError as exc:
         raise ScoreError(
@@ -199,6 +219,11 @@ def _read_csv(path: Path, needed: list[str]) -> tuple[list[str], list[dict[str, 
     except OSError as exc:
         raise ScoreError(f"--input {path}: cannot read it ({exc.strerror or exc})") from None
     return header, rows
+
+
+_BOM_ONLY_AT_START = (
+    "a byte-order mark (U+FEFF) is allowed only at the start of the file; remove it"
+)
 
 
 def _cells(row: dict[Any, Any]) -> int:

@@ -4,7 +4,8 @@ One definition serves ``edgeflow status`` (through ``stats.json``), the live con
 and the Prometheus endpoint, so they always agree:
 
 * ``readings_per_s`` / ``records_per_s``: readings read and records written per second
-  over the last interval;
+  over the last :data:`RATE_SPAN_S` seconds (:class:`RateWindow`), so a flow whose windows
+  close every 2 s shows its mean rate, not 0 every other second;
 * ``bytes_in`` / ``bytes_out`` and ``reduction``: raw bytes read by the sources (for
   simulators, the JSON their readings would be sent as) against bytes written by the
   sinks (lines, or Kafka keys + values), and their ratio;
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,31 @@ def kafka_connection(path: Path | None) -> str | None:
     except sqlite3.Error:  # busy, being created, or an older outbox without a status table
         return None
     return str(row[0]) if row else None
+
+
+#: rates are averaged over this many seconds of counters
+RATE_SPAN_S = 10.0
+
+
+class RateWindow:
+    """Counter snapshots of the last ``span_s`` seconds, for rates over that span.
+
+    ``push(t, c)`` records the counters ``c`` taken at ``t`` (seconds) and returns the
+    oldest snapshot kept (at least ``span_s`` old once the run is that old) and the seconds
+    since it: the ``prev`` and ``interval_s`` of :func:`figures`. Sampled every second, a
+    sink that writes every 2 s shows its mean rate instead of alternating with 0.
+    """
+
+    def __init__(self, span_s: float = RATE_SPAN_S) -> None:
+        self.span_s = span_s
+        self.samples: deque[tuple[float, dict[str, int]]] = deque()
+
+    def push(self, t: float, c: dict[str, int]) -> tuple[dict[str, int], float]:
+        self.samples.append((t, c))
+        while len(self.samples) > 2 and t - self.samples[1][0] >= self.span_s:
+            self.samples.popleft()
+        t0, c0 = self.samples[0]
+        return c0, t - t0
 
 
 def written(c: dict[str, int], prefix: str) -> int:
