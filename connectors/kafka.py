@@ -14,7 +14,13 @@ headers ``edgeflow-id``, ``edgeflow-flow``, ``edgeflow-version``, ``edgeflow-ste
 ``edgeflow-schema`` (``window/v1``, ``late/v1``, ``reading/v1``, ``dead_letter/v1``).
 
 **Source** (``kafka.source("topic")``). Delivery guarantee: exactly-once replay; each
-topic partition is one flow partition whose snapshot is the next offset to read.
+topic partition is one flow partition whose snapshot is the next offset to read. Its
+connection to the broker is in the connection state registry (:mod:`connection_state`, as
+MQTT's): one line when it cannot reach the broker, is lost or is back, ``status`` and the
+``edgeflow_source_connected`` gauge; a broker unreachable at start is retried until the run
+ends (``--for``, a signal), and a run that never reached it fails with one line naming it.
+
+One run of a flow at a time uses an outbox (a lock file beside it): a second one is refused.
 
 The broker address comes from ``bootstrap=``, else ``EDGEFLOW_KAFKA_BOOTSTRAP``, else
 ``KAFKA_BOOTSTRAP`` (``edgeflow run --kafka-bootstrap`` sets the first), so one flow file
@@ -28,9 +34,12 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from edgeflow.batch import RecordBatch
@@ -43,13 +52,15 @@ from edgeflow.connectors.base import (
     SourcePartition,
     SourceSpec,
 )
-from edgeflow.connectors.forwarder import Forwarder
+from edgeflow.connectors.connection_state import CONNECTIONS
+from edgeflow.connectors.forwarder import Forwarder, KafkaLogTap
 from edgeflow.connectors.outbox import (
     DEFAULT_BUDGET,
     PRIORITIES,
     Outbox,
     OutboxError,
     OutRecord,
+    hold_for_run,
     priority_of,
 )
 from edgeflow.connectors.parse import BatchBuilder
@@ -68,6 +79,7 @@ KIND_PRIORITY = {
     "anomaly": "alert",
 }
 ENV_VARS = ("EDGEFLOW_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP")
+DRAIN_TIMEOUT_ENV = "EDGEFLOW_DRAIN_TIMEOUT"  # a node-wide default for drain_timeout
 
 
 def resolve_bootstrap(explicit: str | None) -> str | None:
@@ -97,19 +109,79 @@ def outbox_path(ctx: SinkContext) -> Path:
 
 
 # -- the sink -----------------------------------------------------------------------------------
-def _event_times(batch: RecordBatch) -> list[int]:
+#: records encoded and appended to the outbox at a time: a write of many keys' windows is
+#: streamed in pieces of this many, so the sink's memory does not grow with the number of keys
+APPEND_CHUNK = 8192
+
+
+def _event_times(batch: RecordBatch) -> npt.NDArray[np.int64]:
+    """Each record's event time (ns; 0 when the records have none), for oldest-first order."""
     for col in ("window_start", "t", "received_at"):
         if col in batch.columns:
             v = batch.columns[col]
-            return [int(x) for x in (v.tolist() if hasattr(v, "tolist") else v)]
-    return [0] * batch.n
+            if isinstance(v, np.ndarray) and v.dtype.kind in "iu":
+                return v.astype(np.int64, copy=False)
+            return np.array([int(x) for x in (v.tolist() if hasattr(v, "tolist") else v)], np.int64)
+    return np.zeros(batch.n, np.int64)
 
 
-def _record_key(batch: RecordBatch) -> list[bytes | None]:
-    col = batch.columns.get("key") or batch.columns.get("source")
-    if col is None:
-        return [None] * batch.n
-    return [str(k).encode() for k in col]
+def _pick(col: Any, rows: slice | npt.NDArray[np.intp]) -> Any:
+    """The values of a column (list or array) at ``rows`` (a slice or an index array)."""
+    if isinstance(col, np.ndarray) or isinstance(rows, slice):
+        return col[rows]
+    return [col[i] for i in rows.tolist()]
+
+
+def _plain(col: Any) -> list[Any]:
+    """A column as Python values (ids, keys): as ``RecordBatch.record_ids`` reads it."""
+    return col.tolist() if isinstance(col, np.ndarray) else list(col)
+
+
+def _json_values(col: Any) -> list[Any]:
+    """A column as JSON-ready Python values, NaN ("no value") as None: as ``RecordBatch.rows``
+    gives them, without a per-value check for numeric arrays."""
+    if isinstance(col, np.ndarray):
+        if col.dtype.kind in "iub":
+            return list(col.tolist())
+        if col.dtype.kind == "f":
+            f64 = col.astype(np.float64, copy=False)
+            missing = np.isnan(f64)
+            if not missing.any():
+                return list(f64.tolist())
+            obj = f64.astype(object)
+            obj[missing] = None
+            return list(obj.tolist())
+        col = col.tolist()
+    return [None if isinstance(v, float) and v != v else v for v in col]
+
+
+def _encode(
+    flow: str, b: RecordBatch, rows: slice | npt.NDArray[np.intp], meta: bytes
+) -> list[tuple[bytes | None, bytes, bytes]]:
+    """(key, value, headers) of the records of ``b`` at ``rows``, in that order: the value is
+    the record as JSON, the headers ``[["edgeflow-id", id], *meta]`` as JSON (``meta`` is the
+    JSON of the batch's other headers). Each bytes object is exactly its length (orjson's own
+    results keep a 4 KiB buffer each: 8 KiB per record while a write is in memory)."""
+    cols = {name: _pick(col, rows) for name, col in b.columns.items()}
+    names = list(cols)
+    values = [_json_values(cols[name]) for name in names]
+    n = len(values[0]) if values else 0
+    ids = [_plain(cols[c]) for c in b.id_columns]
+    prefix = f"{flow}/{b.step}"
+    key_col = cols.get("key")
+    if key_col is None:
+        key_col = cols.get("source")
+    keys: list[bytes | None] = (
+        [None] * n if key_col is None else [str(k).encode() for k in _plain(key_col)]
+    )
+    tail = b"]," + meta[1:]
+    dumps = orjson.dumps
+    out = []
+    for i, row in enumerate(zip(*values, strict=True)):
+        rid = "/".join([prefix, *(str(c[i]) for c in ids)])
+        value = bytes(memoryview(dumps(dict(zip(names, row, strict=True)))))
+        out.append((keys[i], value, b'[["edgeflow-id",' + dumps(rid) + tail))
+    return out
 
 
 #: set to 1 to go on when the outbox lost records its last snapshot says were waiting
@@ -126,12 +198,34 @@ def _resume_position(resume: Any) -> tuple[str | None, int, int]:
     return None, int(resume), 0
 
 
+def _hold_outbox(ctx: SinkContext) -> None:
+    """Refuse (:class:`OutboxError`) a second run of the flow on the same outbox (each would
+    count and send the other's records): the run holds a lock beside the outbox until it exits."""
+    path = outbox_path(ctx)
+    holder = hold_for_run(path)
+    if holder is None:
+        return
+    who = f" (pid {holder})" if holder else ""
+    how = (
+        "give each run its own --state-dir"
+        if ctx.state_dir is not None
+        else "to run both, give each its own --state-dir"
+    )
+    raise OutboxError(
+        f"another run of {ctx.flow}{who} is using the outbox {path.resolve()}; stop it first, "
+        f"or {how}"
+    )
+
+
 def _fatal(message: str) -> NoReturn:
     """Stop the whole flow with one error line. Raised from here, the error would reach the
     engine as a bare "error resuming StatefulSink" panic without its reason; the flow has
     taken no snapshot since it started, so the next run resumes from the same one."""
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
+    # while the flow runs, fd 2 is a pipe a thread passes on to the terminal: give it the
+    # time to pass the line on before the process ends
+    time.sleep(0.5)
     os._exit(1)
 
 
@@ -140,28 +234,40 @@ class _KafkaSinkPartition(SinkPartition):
     on resume, an outbox that is not the snapshot's, or ends before its seq, while records
     were waiting, stops the flow (:class:`OutboxError`) unless ``EDGEFLOW_ACCEPT_OUTBOX_LOSS=1``
     (then the loss is counted). Records appended after the snapshot (or, in a state
-    directory without any snapshot yet, all of this sink's) are removed: the run replays them."""
+    directory without any snapshot yet, all of this sink's) are kept and delivered: a live
+    source never produces them again, and the records a replaying source produces again are
+    recognised by their ``edgeflow-id`` and not queued twice."""
 
     def __init__(self, spec: KafkaSink, resume: Any, ctx: SinkContext) -> None:
         self.spec = spec
         self.ctx = ctx
+        _hold_outbox(ctx)
         self.outbox = Outbox.at(outbox_path(ctx), spec.budget)
+        #: edgeflow-ids of the records an interrupted attempt appended after its last snapshot
+        #: (or before its first): they are kept (and delivered), and this run's records with
+        #: the same id (a replaying source produces them again) are not queued twice;
+        #: forgotten at the first snapshot
+        self._leftover: set[str] = set()
         lost = 0
         if resume is not None:
             ident, seq, waiting = _resume_position(resume)
             lost, intact = self._check_outbox(ident, seq, waiting)
-            self.outbox.truncate_after(ctx.step, seq)
-            self.last = seq if intact else self.outbox.last_seq()
+            # records appended after the snapshot: a replaying source produces them again, a
+            # live one never does; keep them (they are durable) and skip their replay by id
+            self._leftover = self.outbox.ids_after(ctx.step, seq) if intact else set()
+            self.last = self.outbox.last_seq()
         elif ctx.state_dir is not None:
             # no snapshot yet: what this sink appended came from an attempt that never took
-            # one, and this run replays it
-            n = self.outbox.truncate_after(ctx.step, 0)
-            if n:
+            # one. A replaying source produces those records again, a live one (a simulator,
+            # a broker's new messages) never does: keep them, and skip their replay by id
+            self._leftover = self.outbox.ids_after(ctx.step, 0)
+            if self._leftover:
                 log.warning(
-                    "kafka sink %r: removed %d records an interrupted earlier attempt (before its "
-                    "first snapshot) left in the outbox %s; this run produces them again",
+                    "kafka sink %r: %d records an interrupted earlier attempt (before its first "
+                    "snapshot) left in the outbox %s are kept and delivered; records this run "
+                    "produces again (same edgeflow-id) are not queued twice",
                     ctx.step,
-                    n,
+                    len(self._leftover),
                     self.outbox.path,
                 )
             self.last = self.outbox.last_seq()
@@ -182,32 +288,75 @@ class _KafkaSinkPartition(SinkPartition):
             )
 
     def write(self, batches: list[RecordBatch]) -> None:
-        by_priority: dict[int, list[tuple[int, OutRecord]]] = {}
+        """Append the records, highest priority first, each priority oldest first (stable: each
+        key keeps its order), in pieces of :data:`APPEND_CHUNK` records: memory stays that of
+        one piece however many records (keys) the batches hold."""
+        by_priority: dict[int, list[RecordBatch]] = {}
         for b in batches:
-            ids = b.record_ids(self.ctx.flow)
-            keys = _record_key(b)
-            meta = [
-                ["edgeflow-flow", self.ctx.flow],
-                ["edgeflow-version", self.ctx.version],
-                ["edgeflow-step", b.step],
-                ["edgeflow-schema", f"{b.kind}/v1"],
-            ]
             prio = priority_of(
                 self.spec.priority
                 if self.spec.priority is not None
                 else KIND_PRIORITY.get(b.kind, "summary")
             )
-            out = by_priority.setdefault(prio, [])
-            times = _event_times(b)
-            for row, rid, key, t in zip(b.rows(), ids, keys, times, strict=True):
-                headers = orjson.dumps([["edgeflow-id", rid], *meta])
-                value = orjson.dumps(row)
-                self.bytes_written += len(value) + len(key or b"")
-                out.append((t, OutRecord(self.spec.topic, key, value, headers)))
-        for prio, timed in sorted(by_priority.items(), reverse=True):
-            # oldest first (stable, so each key keeps its order): the outbox drops from the front
-            timed.sort(key=lambda tr: tr[0])
-            self.last = self.outbox.append(self.ctx.step, prio, [r for _, r in timed])
+            by_priority.setdefault(prio, []).append(b)
+        for prio, group in sorted(by_priority.items(), reverse=True):
+            for piece in self._oldest_first(group):
+                if self._leftover:
+                    piece = self._without_leftovers(piece)
+                self.last = self.outbox.append(self.ctx.step, prio, piece)
+
+    def _without_leftovers(self, piece: list[OutRecord]) -> list[OutRecord]:
+        """``piece`` without the records an interrupted attempt left in the outbox already."""
+        keep = []
+        for r in piece:
+            rid = dict(orjson.loads(r.headers)).get("edgeflow-id")
+            if rid in self._leftover:
+                self._leftover.discard(rid)
+            else:
+                keep.append(r)
+        return keep
+
+    def _oldest_first(self, group: list[RecordBatch]) -> Iterator[list[OutRecord]]:
+        """The records of ``group`` by event time (ties: as given), APPEND_CHUNK at a time."""
+        metas = [
+            orjson.dumps(
+                [
+                    ["edgeflow-flow", self.ctx.flow],
+                    ["edgeflow-version", self.ctx.version],
+                    ["edgeflow-step", b.step],
+                    ["edgeflow-schema", f"{b.kind}/v1"],
+                ]
+            )
+            for b in group
+        ]
+        times = [_event_times(b) for b in group]
+        all_t = np.concatenate(times) if times else np.zeros(0, np.int64)
+        if not len(all_t):
+            return
+        which = np.repeat(np.arange(len(group)), [b.n for b in group])
+        starts = np.cumsum([0] + [b.n for b in group])
+        if bool(np.all(all_t[1:] >= all_t[:-1])):
+            order: npt.NDArray[np.intp] | None = None  # in order already: plain slices
+        else:
+            order = np.argsort(all_t, kind="stable")
+        for lo in range(0, len(all_t), APPEND_CHUNK):
+            hi = min(len(all_t), lo + APPEND_CHUNK)
+            pos = np.arange(lo, hi) if order is None else order[lo:hi]
+            src = which[pos]
+            runs = np.flatnonzero(np.r_[True, src[1:] != src[:-1], True])
+            piece: list[OutRecord] = []
+            for a, z in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
+                j = int(src[a])
+                local = pos[a:z] - starts[j]
+                rows: slice | npt.NDArray[np.intp] = (
+                    slice(int(local[0]), int(local[-1]) + 1)
+                    if order is None or bool(np.all(np.diff(local) == 1))
+                    else local
+                )
+                for key, value, headers in _encode(self.ctx.flow, group[j], rows, metas[j]):
+                    self.bytes_written += len(value) + len(key or b"")
+                    piece.append(OutRecord(self.spec.topic, key, value, headers))
+            yield piece
 
     def _check_outbox(self, ident: str | None, seq: int, waiting: int) -> tuple[int, bool]:
         """Stop (or, when accepted, count the loss) if the outbox lost records the snapshot
@@ -278,7 +427,9 @@ class _KafkaSinkPartition(SinkPartition):
             )
 
     def snapshot(self) -> Any:
-        # appends are committed with fsync before write() returns
+        # appends are committed with fsync before write() returns; from now on a crash
+        # resumes from this snapshot, which the leftover records are part of
+        self._leftover = set()
         waiting = self.outbox.stats().get(f"queued.{self.ctx.step}", 0)
         return {"outbox": self.outbox.identity, "seq": self.last, "waiting": waiting}
 
@@ -303,7 +454,7 @@ class KafkaSink(SinkSpec):
         budget_bytes: int = DEFAULT_BUDGET,
         linger: Duration = "20ms",
         compression: str = "auto",
-        drain_timeout: Duration = "30s",
+        drain_timeout: Duration | None = None,
         producer_options: dict[str, Any] | None = None,
         forwarders: int = 2,
     ) -> None:
@@ -322,7 +473,14 @@ class KafkaSink(SinkSpec):
 
     @property
     def drain_timeout_s(self) -> float:
-        return parse_duration(self.drain_timeout) / 1e9
+        """How long the end of a run waits for the outbox to drain: ``drain_timeout=``, else
+        ``EDGEFLOW_DRAIN_TIMEOUT`` (for a whole node), else 30 s."""
+        return parse_duration(self._drain_timeout()) / 1e9
+
+    def _drain_timeout(self) -> Duration:
+        if self.drain_timeout is not None:
+            return self.drain_timeout
+        return os.environ.get(DRAIN_TIMEOUT_ENV, "").strip() or "30s"
 
     def problems(self) -> list[str]:
         out = []
@@ -333,11 +491,12 @@ class KafkaSink(SinkSpec):
                 priority_of(self.priority)
             except ValueError as exc:
                 out.append(str(exc))
-        for name in ("linger", "drain_timeout"):
+        for name, value in (("linger", self.linger), ("drain_timeout", self._drain_timeout())):
             try:
-                parse_duration(getattr(self, name), what=name)
+                parse_duration(value, what=name)
             except ValueError as exc:
-                out.append(str(exc))
+                env = self.drain_timeout is None and name == "drain_timeout"
+                out.append(f"{DRAIN_TIMEOUT_ENV}: {exc}" if env else str(exc))
         if self.compression not in ("auto", "lz4", "zstd", "gzip", "snappy", "none"):
             out.append(
                 f"compression={self.compression!r}: use auto, lz4, zstd, gzip, snappy or none"
@@ -438,14 +597,16 @@ def sink(
     replication: int = 1,
     budget_bytes: int = DEFAULT_BUDGET,
     compression: str = "auto",
-    drain_timeout: Duration = "30s",
+    drain_timeout: Duration | None = None,
     producer_options: dict[str, Any] | None = None,
     forwarders: int = 2,
 ) -> KafkaSink:
     """Publish records to ``topic`` through the durable outbox (see the module docstring).
 
     ``priority`` (raw < trend < summary < alert) decides what the outbox drops first when
-    it reaches ``budget_bytes`` (default 1 GiB); by default window summaries and dead
+    it reaches ``budget_bytes`` (default 1 GiB). At the end of a run the outbox drains for up
+    to ``drain_timeout`` (default: the environment variable ``EDGEFLOW_DRAIN_TIMEOUT``, else
+    30 s); by default window summaries and dead
     letters are ``summary`` and late/raw readings ``raw``. ``forwarders`` is the number of
     processes draining the outbox (each owns some keys, so per-key order holds).
     """
@@ -464,10 +625,14 @@ class _KafkaPartition(SourcePartition):
         self.spec = spec
         self.ctx = ctx
         self.tp = TopicPartition(spec.topic, partition)
+        # the connection state is the step's (found by partitions() under the spec's label)
+        CONNECTIONS.rename(spec.label, ctx.step)
+        CONNECTIONS.open(ctx.step, BROKER, spec.resolved(), member=str(partition), keep=True)
         self.consumer = KafkaConsumer(
             bootstrap_servers=spec.resolved(), enable_auto_commit=False, group_id=None,
             max_poll_records=ctx.batch_max, consumer_timeout_ms=0,
         )  # fmt: skip
+        self.link = _Link(self.consumer, self.tp, ctx.step, str(partition))
         self.consumer.assign([self.tp])
         if resume is not None:
             self.consumer.seek(self.tp, int(resume))
@@ -480,9 +645,12 @@ class _KafkaPartition(SourcePartition):
         fields = ctx.fields if ctx.fields is not None else tuple(spec.fields or ())
         self.fields = fields
         # the record parser all sources share; a missing or null field is "no value"
+        # every declared field is checked, also those the flow does not use (not carried)
+        declared = tuple(dict.fromkeys((*(ctx.declared or ()), *(spec.fields or ())))) or fields
         schema = Schema(
-            ctx.key, ctx.time, fields, {}, {f: math.nan for f in fields}, spec.time_unit
-        )
+            ctx.key, ctx.time, fields, {}, {f: math.nan for f in (*fields, *declared)},
+            spec.time_unit, checked=tuple(declared),
+        )  # fmt: skip
         self.decoder = Decoder("json", schema, spec.limits())
 
     def next_batch(self) -> list[Item]:
@@ -490,6 +658,7 @@ class _KafkaPartition(SourcePartition):
             raise StopIteration
         polled = self.consumer.poll(timeout_ms=0, max_records=self.ctx.batch_max)
         msgs = polled.get(self.tp, [])
+        self.link.check(bool(msgs))
         if not msgs:
             return []
         out = BatchBuilder(self.fields, self.ctx.step)
@@ -514,6 +683,75 @@ class _KafkaPartition(SourcePartition):
         self.consumer.close()
 
 
+BROKER = "Kafka broker"
+#: one attempt to reach the broker gives up after this long (then the next, with backoff)
+BOOTSTRAP_TIMEOUT_MS = 2_000
+#: how often a source partition looks at its connection, and how long a lost one may take to
+#: come back before it is reported (a broker's idle-connection close is not an outage)
+LINK_CHECK_S = 0.5
+LINK_GRACE_S = 2.0
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def kafka_log_tap() -> KafkaLogTap:
+    """kafka-python's log lines are kept as the "last error", never printed (a closed port
+    gives several a second)."""
+    global _TAP
+    if _TAP is None:
+        _TAP = KafkaLogTap().install()
+    return _TAP
+
+
+_TAP: KafkaLogTap | None = None
+
+
+class _Link:
+    """The connection of one source partition to the broker that leads its partition, as the
+    connection state registry sees it: lost when it has been down for LINK_GRACE_S."""
+
+    def __init__(self, consumer: Any, tp: Any, step: str, member: str) -> None:
+        self.consumer = consumer
+        self.tp = tp
+        self.step = step
+        self.member = member
+        self.tap = kafka_log_tap()
+        self.checked = 0.0
+        self.down_since: float | None = None
+        self.reported: bool | None = None
+
+    def up(self) -> bool:
+        client = self.consumer._client
+        node = client.cluster.leader_for_partition(self.tp)
+        if node is None or node == -1:
+            return False
+        return bool(client.connected(node))
+
+    def check(self, got_messages: bool) -> None:
+        now = time.monotonic()
+        if not got_messages and now - self.checked < LINK_CHECK_S:
+            return
+        self.checked = now
+        try:
+            up = got_messages or self.up()
+        except Exception:  # kafka-python internals: never a reason to stop reading
+            return
+        if up:
+            self.down_since = None
+            if self.reported is not True:
+                self.reported = True
+                CONNECTIONS.report(self.step, True, member=self.member)
+            return
+        if self.down_since is None:
+            self.down_since = now
+        if self.reported is not False and now - self.down_since >= LINK_GRACE_S:
+            self.reported = False
+            why = self.tap.cause() or "the connection to the broker was lost"
+            CONNECTIONS.report(self.step, False, why, member=self.member)
+
+
 class KafkaSource(SourceSpec):
     kind = "kafka"
 
@@ -535,6 +773,7 @@ class KafkaSource(SourceSpec):
         self.fields = fields
         self.time_unit = time_unit
         self.limits_args = {"max_past": None, **(limits or {})}
+        self._parts: tuple[int, list[str]] | None = None  # (run, its partitions): see partitions()
 
     def limits(self) -> Limits:
         return Limits.of(**self.limits_args)
@@ -573,10 +812,46 @@ class KafkaSource(SourceSpec):
             "stop_at_end": self.stop_at_end,
         }
 
+    @property
+    def label(self) -> str:
+        """The source's name in the connection state until its step opens it."""
+        return f"kafka.source({self.topic!r})"
+
     def partitions(self) -> list[str]:
+        """The topic's partitions. While the broker cannot be reached this retries (one line
+        per change of the connection state, see :mod:`connection_state`) until it answers or
+        the run is over (``--for``, a signal): then there are none, and the run fails naming
+        the broker."""
+        if self._parts is not None and self._parts[0] == CONNECTIONS.run_id:
+            return self._parts[1]
+        bootstrap = self.resolved()
+        tap = kafka_log_tap()
+        CONNECTIONS.open(self.label, BROKER, bootstrap)
+        backoff = 0.5
+        while True:
+            try:
+                parts = self._read_partitions(bootstrap)
+                break
+            except EdgeflowError:
+                raise
+            except Exception as exc:
+                CONNECTIONS.report(self.label, False, tap.cause() or _why(exc))
+            if CONNECTIONS.wait(backoff):
+                self._parts = (CONNECTIONS.run_id, [])
+                return []
+            backoff = min(backoff * 2, 5.0)
+        CONNECTIONS.report(self.label, True)
+        self._parts = (CONNECTIONS.run_id, [str(p) for p in sorted(parts)])
+        return self._parts[1]
+
+    def _read_partitions(self, bootstrap: str) -> set[int]:
         from kafka import KafkaConsumer
 
-        consumer = KafkaConsumer(bootstrap_servers=self.resolved(), request_timeout_ms=15_000)
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=15_000,
+            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        )
         try:
             deadline = time.monotonic() + 15
             parts = consumer.partitions_for_topic(self.topic)
@@ -587,9 +862,9 @@ class KafkaSource(SourceSpec):
             consumer.close()
         if not parts:
             raise EdgeflowError(
-                f"Kafka topic {self.topic!r} does not exist at {self.resolved()}; create it or check the name"
+                f"Kafka topic {self.topic!r} does not exist at {bootstrap}; create it or check the name"
             )
-        return [str(p) for p in sorted(parts)]
+        return set(parts)
 
     def open(self, partition: str, resume: Any, ctx: SourceContext) -> SourcePartition:
         return _KafkaPartition(self, int(partition), resume, ctx)

@@ -48,6 +48,7 @@ from edgeflow.connectors.base import (
     SourcePartition,
 )
 from edgeflow.engine.counters import COUNTERS
+from edgeflow.engine.engine_output import closing_part, in_step
 from edgeflow.engine.runner import RunOptions
 from edgeflow.engine.shard import Sharder
 from edgeflow.flow.plan import DetectPlan, FeaturesPlan, Plan, SourcePlan, WindowPlan
@@ -106,7 +107,8 @@ class _SourcePart(StatefulSourcePartition[Any, Any]):
             self.control.stopped_by_deadline.set()
             raise StopIteration
         before = self.part.bytes_read
-        items = self.part.next_batch()
+        with in_step(self.step):
+            items = self.part.next_batch()
         COUNTERS.add("bytes_in", self.part.bytes_read - before)
         alerts: list[Any] = []
         for it in items:
@@ -136,7 +138,8 @@ class _SourcePart(StatefulSourcePartition[Any, Any]):
         return {"source": self.part.snapshot(), "detect": states}
 
     def close(self) -> None:
-        self.part.close()
+        with closing_part():
+            self.part.close()
 
 
 def fusable(plan: Plan) -> dict[str, list[DetectPlan]]:
@@ -166,6 +169,7 @@ class _Source(FixedPartitionedSource[Any, Any]):
             src.read_fields,
             src.batch_max,
             src.batch_budget_ns,
+            declared=src.fields,
         )
 
     def list_parts(self) -> list[str]:
@@ -287,15 +291,18 @@ class _StatefulSinkPart(StatefulSinkPartition[RecordBatch, Any]):
 
     def write_batch(self, values: list[RecordBatch]) -> None:
         before = self.part.bytes_written
-        self.part.write(values)
+        with in_step(self.name):
+            self.part.write(values)
         COUNTERS.add(f"records_to.{self.name}", sum(v.n for v in values))
         COUNTERS.add(f"bytes_to.{self.name}", self.part.bytes_written - before)
 
     def snapshot(self) -> Any:
-        return self.part.snapshot()
+        with in_step(self.name):
+            return self.part.snapshot()
 
     def close(self) -> None:
-        self.part.close()
+        with closing_part():
+            self.part.close()
 
 
 class _StatefulSink(FixedPartitionedSink[RecordBatch, Any]):
@@ -310,7 +317,9 @@ class _StatefulSink(FixedPartitionedSink[RecordBatch, Any]):
         return 0 if len(self.spec.partitions()) == 1 else super().part_fn(item_key)
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StatefulSinkPart:
-        return _StatefulSinkPart(self.spec.open(for_part, resume_state, self.ctx), self.ctx.step)
+        with in_step(self.ctx.step):
+            part = self.spec.open(for_part, resume_state, self.ctx)
+        return _StatefulSinkPart(part, self.ctx.step)
 
 
 class _StatelessSinkPart(StatelessSinkPartition[tuple[str, RecordBatch]]):
@@ -321,12 +330,14 @@ class _StatelessSinkPart(StatelessSinkPartition[tuple[str, RecordBatch]]):
     def write_batch(self, items: list[tuple[str, RecordBatch]]) -> None:
         values = [v for _, v in items]
         before = self.part.bytes_written
-        self.part.write(values)
+        with in_step(self.name):
+            self.part.write(values)
         COUNTERS.add(f"records_to.{self.name}", sum(v.n for v in values))
         COUNTERS.add(f"bytes_to.{self.name}", self.part.bytes_written - before)
 
     def close(self) -> None:
-        self.part.close()
+        with closing_part():
+            self.part.close()
 
 
 class _StatelessSink(DynamicSink[tuple[str, RecordBatch]]):

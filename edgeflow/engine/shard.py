@@ -6,14 +6,22 @@ A key's shard is ``crc32(key) % shards``: stable across processes, runs and work
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from edgeflow.batch import Batch, stable_argsort
 
+#: keys whose shard is remembered (about 100 bytes each); past that the cache starts over,
+#: so memory does not grow with every key ever seen (crc32 of a key costs ~0.2 us)
+CACHE_KEYS = 1 << 18
+
 
 class Sharder:
+    """Splits batches by shard. Memory is bounded: a cache of at most :data:`CACHE_KEYS` keys
+    and the layout of the last key tuple seen."""
+
     def __init__(self, shards: int) -> None:
         self.shards = shards
         self._cache: dict[str, int] = {}
@@ -23,17 +31,30 @@ class Sharder:
     def shard_of(self, key: str) -> int:
         s = self._cache.get(key)
         if s is None:
-            if len(self._cache) > 1_000_000:
+            if len(self._cache) >= CACHE_KEYS:  # bounded: no memory per key ever seen
                 self._cache.clear()
             s = self._cache[key] = zlib.crc32(key.encode()) % self.shards
         return s
+
+    def _shards_of(self, keys: Sequence[str]) -> npt.NDArray[np.int32]:
+        """Each key's shard: known keys by one C-level pass over the cache."""
+        cache = self._cache
+        got: list[int | None] = list(map(cache.get, keys))
+        if None in got:
+            if len(cache) + len(keys) > CACHE_KEYS:
+                cache.clear()
+            shards = self.shards
+            for i, s in enumerate(got):
+                if s is None:
+                    key = keys[i]
+                    got[i] = cache[key] = zlib.crc32(key.encode()) % shards
+        return np.array(got, np.int32) if got else np.zeros(0, np.int32)
 
     def _layout(self, keys: tuple[str, ...]) -> _Layout:
         """Each key's shard, and each shard's keys, for a key tuple; the last tuple's is
         kept, so a source that reuses its key tuple costs no Python per key per batch."""
         if keys is not self._last_keys or not isinstance(keys, tuple):
-            lut = np.fromiter((self.shard_of(k) for k in keys), np.int32, len(keys))
-            self._last_keys, self._last_layout = keys, _Layout(lut)
+            self._last_keys, self._last_layout = keys, _Layout(self._shards_of(keys))
         return self._last_layout
 
     def split(self, batch: Batch) -> list[tuple[str, Batch]]:

@@ -252,15 +252,20 @@ class WindowState:
         """Local codes for key names, adding unseen keys."""
         if names is self._lut_keys:
             return self._lut
-        out = np.empty(len(names), np.int32)
+        codes = self.codes
+        got: list[int | None] = list(map(codes.get, names))  # no Python loop for known keys
         added = 0
-        for i, name in enumerate(names):
-            code = self.codes.get(name)
-            if code is None:
-                code = self.codes[name] = len(self.names)
-                self.names.append(name)
-                added += 1
-            out[i] = code
+        if None in got:
+            for i, code in enumerate(got):
+                if code is None:
+                    name = names[i]
+                    code = codes.get(name)
+                    if code is None:
+                        code = codes[name] = len(self.names)
+                        self.names.append(name)
+                        added += 1
+                    got[i] = code
+        out = np.array(got, np.int32) if got else np.empty(0, np.int32)
         if added:
             self._kmin_key = None
             self.max_t = np.r_[self.max_t, np.full(added, I64_MIN, np.int64)]

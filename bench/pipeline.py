@@ -1,0 +1,366 @@
+"""The whole path a user runs: source -> windows + trend + detection -> outbox -> Kafka.
+
+1,000 simulated devices at 100 Hz (``simulate.sensors``, as fast as possible) through
+tumbling 1 s windows (count/mean/min/max/std/p95 of ``accel``), a swinging-door trend of
+``temp`` and ``detect.auto()`` on ``accel``; all three streams go to one ``kafka.sink``
+(durable outbox, forwarder processes, a real broker). The rate is end to end: readings
+divided by the time from starting the flow to the last record acknowledged by Kafka.
+
+Stage shares are of that end-to-end time: ``source`` (the simulator making batches),
+``windows``, ``trend``, ``detect`` (the kernels), ``outbox_append`` (encoding records and
+appending them to the outbox), ``forwarding`` (waiting, after the input ended, for the
+forwarders to deliver what is left; they run in their own processes alongside the flow
+before that) and ``engine`` (the rest: bytewax, sharding, hand-offs).
+
+Baseline in the same run, one Python object per reading on bytewax operators: the same
+readings flattened to tuples, ``fold_window`` for the windows, a swinging door and a rolling
+z-score per reading in ``stateful_map``, and every record sent with kafka-python's producer
+(bytewax's own KafkaSink needs confluent-kafka, which is not a dependency here), flushed
+at the end. Also in the same run: bench/windows.py's edgeflow side (windows only, no sink),
+for the ``windows_ratio`` figure.
+
+    python bench/pipeline.py            # 60 s of data (6 M readings); baseline 6 s
+    python bench/pipeline.py --quick    # under a minute or two: 20 s; baseline 2 s
+
+Starts its own broker with scripts/kafka.sh on free ports unless KAFKA_BOOTSTRAP is set,
+and stops it at the end. The last line is JSON: bench, per_s, baseline_per_s, ratio,
+windows_per_s (bench/windows.py's rate), windows_ratio, peak_rss_mb, kafka_records_per_s,
+and ``<stage>_share`` for source, windows, trend, detect, outbox_append, forwarding, engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _broker import Broker  # noqa: E402
+from _common import emit, peak_rss_mb, run_child  # noqa: E402
+
+# bench/kafka.py would shadow kafka-python: keep this folder off the path from here on
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
+DEVICES = 1000
+RATE_HZ = 100
+STAGES = ("source", "windows", "trend", "detect", "outbox_append", "forwarding")
+SDT_DEVIATION = 0.2
+ZSCORE_WINDOW = 256
+
+
+def sensors(seconds: int) -> Any:
+    from edgeflow.connectors import simulate
+
+    return simulate.sensors(
+        devices=DEVICES, rate_hz=RATE_HZ, seed=7, speed=None, duration=f"{seconds}s"
+    )
+
+
+def kafka_end_offsets(bootstrap: str, topic: str) -> int:
+    """Messages in ``topic`` (sum of its partitions' end offsets; 0 before it exists)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            return 0
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+        return int(sum(ends.values()))
+    finally:
+        consumer.close()
+
+
+class StageClock:
+    """Wall time spent inside wrapped methods, per stage (one thread runs the flow)."""
+
+    def __init__(self) -> None:
+        self.spent = dict.fromkeys(STAGES, 0.0)
+
+    def wrap(self, owner: Any, method: str, stage: str) -> None:
+        inner: Callable[..., Any] = getattr(owner, method)
+        spent = self.spent
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent[stage] += time.perf_counter() - t0
+
+        setattr(owner, method, timed)
+
+
+def run_edgeflow(seconds: int, bootstrap: str) -> dict[str, Any]:
+    from edgeflow import Flow, agg, detect, downsample, window
+    from edgeflow.connectors import kafka
+    from edgeflow.connectors import kafka as kafka_mod
+    from edgeflow.connectors.sim_base import TickPartition
+    from edgeflow.engine import RunOptions, run
+    from edgeflow.ops.detect_kernel import DetectKernel
+    from edgeflow.ops.downsample import DownsampleKernel
+    from edgeflow.ops.window import WindowKernel
+
+    clock = StageClock()
+    clock.wrap(TickPartition, "next_batch", "source")
+    for m in ("step_batch", "on_time", "flush"):
+        clock.wrap(WindowKernel, m, "windows")
+    for m in ("step_batch", "flush"):
+        clock.wrap(DownsampleKernel, m, "trend")
+        clock.wrap(DetectKernel, m, "detect")
+    part_cls = kafka_mod._KafkaSinkPartition
+    clock.wrap(part_cls, "write", "outbox_append")
+    clock.wrap(part_cls, "close", "forwarding")
+
+    topic = f"bench-pipeline-{int(time.time())}"
+    flow = Flow("bench-pipeline")
+    out = flow.sink(kafka.sink(topic, bootstrap=bootstrap, drain_timeout="300s"), name="to_kafka")
+    r = flow.source(sensors(seconds), key="device", time="ts")
+    r.window(
+        window.tumbling("1s"),
+        agg.count(), agg.mean("accel"), agg.min("accel"), agg.max("accel"), agg.std("accel"), agg.p95("accel"),
+        name="windows",
+    ).to(out)  # fmt: skip
+    r.downsample(downsample.swinging_door("temp", deviation=SDT_DEVIATION), name="trend").to(out)
+    r.detect(detect.auto(), "accel", name="alerts").to(out)
+    plan = flow.plan()
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as d:
+        t0 = time.perf_counter()
+        summary = run(plan, RunOptions(workers=1, state_dir=Path(d)))
+        appended = sum(v for k, v in summary.counters.items() if k.startswith("records_to."))
+        # the run drains the outbox before it returns; make sure Kafka has every record
+        delivered = kafka_end_offsets(bootstrap, topic)
+        deadline = time.monotonic() + 300
+        while delivered < appended and time.monotonic() < deadline:
+            time.sleep(0.1)
+            delivered = kafka_end_offsets(bootstrap, topic)
+        dt = time.perf_counter() - t0
+    n = summary.counters["readings_in"]
+    shares = {f"{s}_share": clock.spent[s] / dt for s in STAGES}
+    shares["engine_share"] = max(0.0, 1.0 - sum(shares.values()))
+    return {
+        "readings": n,
+        "seconds": dt,
+        "per_s": n / dt,
+        "records": appended,
+        "delivered": delivered,
+        "kafka_records_per_s": delivered / dt,
+        "windows": summary.counters.get("windows_out", 0),
+        "trend_points": summary.counters.get("trend_points", 0),
+        "anomalies": summary.counters.get("anomalies", 0),
+        "peak_rss_mb": peak_rss_mb(),
+        **shares,
+    }
+
+
+def run_baseline(seconds: int, bootstrap: str) -> dict[str, Any]:
+    """The same pipeline, one Python object per reading, on bytewax operators."""
+    from datetime import datetime, timedelta, timezone
+
+    import bytewax.operators as op
+    import orjson
+    from bytewax.dataflow import Dataflow
+    from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+    from bytewax.operators.windowing import EventClock, TumblingWindower, fold_window
+    from bytewax.outputs import DynamicSink, StatelessSinkPartition
+    from bytewax.testing import run_main
+    from kafka import KafkaProducer
+
+    from edgeflow.connectors.base import SourceContext
+    from edgeflow.connectors.kafka import KafkaSink
+
+    spec = sensors(seconds)
+    ctx = SourceContext("bench", "src", "device", "ts", ("accel", "temp"))
+    counts = {"readings": 0, "records": 0}
+    topic = f"bench-pipeline-baseline-{int(time.time())}"
+    producer = KafkaProducer(bootstrap_servers=bootstrap, **KafkaSink("x").producer_config())
+
+    class Part(StatefulSourcePartition[Any, Any]):
+        def __init__(self, p: str) -> None:
+            self.inner = spec.open(p, None, ctx)
+
+        def next_batch(self) -> list[Any]:
+            out = []
+            for b in self.inner.next_batch():  # the same readings, one tuple each
+                keys = b.keys
+                for k, t, a, tp in zip(
+                    b.key_idx.tolist(), b.t.tolist(), b.values[0].tolist(), b.values[1].tolist(),
+                    strict=True,
+                ):  # fmt: skip
+                    out.append((keys[k], t, a, tp))
+            counts["readings"] += len(out)
+            return out
+
+        def snapshot(self) -> Any:
+            return None
+
+    class Src(FixedPartitionedSource[Any, Any]):
+        def list_parts(self) -> list[str]:
+            return spec.partitions()
+
+        def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Part:
+            return Part(for_part)
+
+    class SinkPart(StatelessSinkPartition[Any]):
+        def write_batch(self, items: list[Any]) -> None:
+            for key, rec in items:
+                producer.send(topic, key=key.encode(), value=orjson.dumps(rec))
+            counts["records"] += len(items)
+
+    class Sink(DynamicSink[Any]):
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> SinkPart:
+            return SinkPart()
+
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+    def ts(x: tuple[str, int, float, float]) -> datetime:
+        return epoch + timedelta(microseconds=x[1] // 1000)
+
+    def summarise(kv: tuple[Any, list[float]]) -> dict[str, Any]:
+        acc = kv[1]
+        n = len(acc)
+        mean = sum(acc) / n
+        s = sorted(acc)
+        h = (n - 1) * 0.95
+        lo = math.floor(h)
+        hi = min(lo + 1, n - 1)
+        return {
+            "window": kv[0], "count": n, "mean": mean, "min": s[0], "max": s[-1],
+            "std": math.sqrt(sum((x - mean) ** 2 for x in acc) / n), "p95": s[lo] + (h - lo) * (s[hi] - s[lo]),
+        }  # fmt: skip
+
+    def folder(acc: list[float], x: tuple[str, int, float, float]) -> list[float]:
+        acc.append(x[2])
+        return acc
+
+    def door(state: Any, x: tuple[str, int, float, float]) -> tuple[Any, list[dict[str, Any]]]:
+        """Swinging door on temp: emit the last point when the door closes."""
+        t, v = x[1], x[3]
+        if state is None:
+            return [t, v, t, v, -math.inf, math.inf], [{"t": t, "temp": v}]
+        t0, v0, lt, lv, up, low = state
+        dt = (t - t0) / 1e9 or 1e-9
+        up = max(up, (v - SDT_DEVIATION - v0) / dt)
+        low = min(low, (v + SDT_DEVIATION - v0) / dt)
+        if up > low:  # the door closed: the previous reading is a corner
+            ddt = (t - lt) / 1e9 or 1e-9
+            return [lt, lv, t, v, (v - SDT_DEVIATION - lv) / ddt, (v + SDT_DEVIATION - lv) / ddt], [
+                {"t": lt, "temp": lv}
+            ]
+        return [t0, v0, t, v, up, low], []
+
+    def zscore(state: Any, x: tuple[str, int, float, float]) -> tuple[Any, list[dict[str, Any]]]:
+        """A rolling z-score of accel over the last 256 readings; an event above 3 sigma."""
+        from collections import deque
+
+        if state is None:
+            state = [deque(), 0.0, 0.0]
+        win, s, ss = state
+        v = x[2]
+        out = []
+        if len(win) >= 16:
+            n = len(win)
+            mean = s / n
+            std = math.sqrt(max(ss / n - mean * mean, 1e-12))
+            z = abs(v - mean) / std
+            if z > 3.0:
+                out.append({"t": x[1], "accel": v, "z": z})
+        win.append(v)
+        s += v
+        ss += v * v
+        if len(win) > ZSCORE_WINDOW:
+            old = win.popleft()
+            s -= old
+            ss -= old * old
+        return [win, s, ss], out
+
+    flow = Dataflow("baseline-pipeline")
+    s = op.input("in", flow, Src())
+    keyed = op.key_on("key", s, lambda x: x[0])
+    frozen = datetime(2026, 1, 1, tzinfo=timezone.utc)  # watermark = largest event time seen
+    clock = EventClock(ts, wait_for_system_duration=timedelta(0), now_getter=lambda: frozen)
+    windower = TumblingWindower(length=timedelta(seconds=1), align_to=epoch)
+    w = fold_window("win", keyed, clock, windower, list, folder, lambda a, b: a + b)
+    summaries = op.map_value("agg", w.down, summarise)
+    trend = op.flat_map_value("trend_out", op.stateful_map("trend", keyed, door), lambda x: x)
+    alerts = op.flat_map_value("alerts_out", op.stateful_map("detect", keyed, zscore), lambda x: x)
+    op.output("out", op.merge("all", summaries, trend, alerts), Sink())
+    t0 = time.perf_counter()
+    run_main(flow)
+    producer.flush()
+    dt = time.perf_counter() - t0
+    producer.close()
+    n = counts["readings"]
+    return {
+        "readings": n,
+        "seconds": dt,
+        "per_s": n / dt,
+        "records": counts["records"],
+        "kafka_records_per_s": counts["records"] / dt,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="a shorter run")
+    ap.add_argument("--side", choices=["edgeflow", "baseline"], help=argparse.SUPPRESS)
+    ap.add_argument("--seconds", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.side:
+        fn = run_edgeflow if args.side == "edgeflow" else run_baseline
+        emit(fn(args.seconds, args.bootstrap))
+        return
+    ef_seconds, base_seconds = (20, 2) if args.quick else (60, 6)
+    with Broker() as bootstrap:
+        ef = run_child(
+            __file__, "--side", "edgeflow", "--seconds", str(ef_seconds), "--bootstrap", bootstrap
+        )
+        print(
+            f"edgeflow : {ef['readings']:>10,} readings in {ef['seconds']:6.2f}s = {ef['per_s']:>10,.0f} readings/s end to end; "
+            f"{ef['delivered']:,} of {ef['records']:,} records in Kafka ({ef['kafka_records_per_s']:,.0f}/s: "
+            f"{ef['windows']:,} windows, {ef['trend_points']:,} trend points, {ef['anomalies']:,} anomalies); peak RSS {ef['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
+        print(
+            "  time shares: "
+            + ", ".join(f"{s} {ef[f'{s}_share']:.0%}" for s in (*STAGES, "engine")),
+            flush=True,
+        )
+        base = run_child(
+            __file__, "--side", "baseline", "--seconds", str(base_seconds), "--bootstrap", bootstrap
+        )
+        print(
+            f"baseline : {base['readings']:>10,} readings in {base['seconds']:6.2f}s = {base['per_s']:>10,.0f} readings/s "
+            f"({base['records']:,} records to Kafka, {base['kafka_records_per_s']:,.0f}/s; bytewax per reading); peak RSS {base['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
+    win = run_child(str(HERE / "windows.py"), "--side", "edgeflow", "--seconds", str(ef_seconds))
+    print(
+        f"windows  : {win['per_s']:>10,.0f} readings/s (bench/windows.py's edgeflow side: windows only)",
+        flush=True,
+    )
+    ratio = ef["per_s"] / base["per_s"]
+    windows_ratio = ef["per_s"] / win["per_s"]
+    print(f"ratio    : {ratio:.1f}x the bytewax pipeline, {windows_ratio:.2f}x bench/windows.py")
+    emit({
+        "bench": "pipeline", "per_s": round(ef["per_s"]), "baseline_per_s": round(base["per_s"]),
+        "ratio": round(ratio, 1), "windows_per_s": round(win["per_s"]),
+        "windows_ratio": round(windows_ratio, 2), "peak_rss_mb": round(ef["peak_rss_mb"]),
+        "kafka_records_per_s": round(ef["kafka_records_per_s"]), "records": ef["records"],
+        "readings": ef["readings"], "baseline_readings": base["readings"],
+        **{f"{s}_share": round(ef[f"{s}_share"], 3) for s in (*STAGES, "engine")},
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
