@@ -86,7 +86,7 @@ def test_windowing_flow_loads_no_scipy() -> None:
     assert "scipy" not in loaded_after(code)
 
 
-@pytest.mark.parametrize("shape", [(7,), (5, 9), (1, 1), (3, 64)])
+@pytest.mark.parametrize("shape", [(7,), (64,), (5, 4), (1, 1), (300, 3)])
 def test_short_first_order_filter_equals_scipy_bit_for_bit(shape: tuple[int, ...]) -> None:
     rng = np.random.default_rng(sum(shape))
     x = rng.normal(size=shape) * 100

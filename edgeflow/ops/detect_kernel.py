@@ -20,12 +20,23 @@ from edgeflow.ops.detect import Decision, Detector, Driver, DriverOut, Ensemble
 from edgeflow.ops.detect_bulk import Events, Stacked, supports
 from edgeflow.ops.detect_bulk_auto import StackedEnsemble
 from edgeflow.ops.downsample import _by_key
+from edgeflow.ops.scipy_lazy import preload_scipy_signal
 
 #: batches of up to this many readings per key, every key in every tick, are scored tick
 #: by tick (cheaper than a 2-D pass for a few ticks, dearer for more)
 MAX_TICKS = 8
 
 EVENT_COLUMNS = ("score", "raw", "threshold", "expected_low", "expected_high")
+
+
+FILTERING_DETECTORS = frozenset({"ewma", "cusum", "variance"})
+
+
+def uses_filters(detector: Detector) -> bool:
+    """Does ``detector`` (or a part of an ensemble) run first-order filters (``lfilter``)?"""
+    if getattr(detector, "name", "") in FILTERING_DETECTORS:
+        return True
+    return any(uses_filters(p) for p in getattr(detector, "parts", None) or ())
 
 
 class DetectKernel:
@@ -41,6 +52,10 @@ class DetectKernel:
         self.field = field
         self.driver = Driver(detector, decision, learn_anomalies)
         self.vectorised = supports(detector, decision, learn_anomalies)
+        if uses_filters(detector):
+            # a flow step: load scipy.signal now, before readings flow, not in the middle of
+            # a live run (about 1 s) the first time a pass is long enough to need it
+            preload_scipy_signal()
 
     def init(self) -> dict[str, Any]:
         st: dict[str, Any] = {"keys": {}, "in": 0, "anomalies": 0}

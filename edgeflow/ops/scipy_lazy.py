@@ -14,9 +14,18 @@ from typing import Any
 
 import numpy as np
 
-#: the longest filtered axis run here instead of importing scipy (1-D input / rows of a 2-D one)
-SHORT_1D = 4096
-SHORT_2D = 64
+#: the longest filtered axis run here instead of importing scipy (1-D input / rows of a 2-D one):
+#: short enough that the loop here costs less than scipy's import would save - a live tick, a
+#: few rows of `edgeflow score`. Longer inputs (bulk passes) import scipy once and run its C
+#: loop: a Python loop over thousands of samples would cost the detectors most of their speed.
+SHORT_1D = 64
+SHORT_2D = 4
+
+
+def preload_scipy_signal() -> None:
+    """Import scipy.signal now (a flow with a filtering step, before its readings flow); from
+    then on :func:`lfilter` is scipy's own for every input."""
+    import scipy.signal  # noqa: F401
 
 
 def lfilter(b: Any, a: Any, x: Any, axis: int = -1, zi: Any = None) -> Any:
