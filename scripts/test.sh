@@ -9,4 +9,12 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy edgeflow
-exec .venv/bin/python -m pytest "$@"
+# a temporary directory of this run's own: pytest prunes all but the 3 newest of its shared
+# /tmp/pytest-of-$USER/pytest-N folders, which would pull brokers' data from under a run that
+# is still going when other pytest sessions start beside it (a developer's, a second CI job)
+case " $* " in
+  *" --basetemp"*) exec .venv/bin/python -m pytest "$@" ;;
+esac
+basetemp=$(mktemp -d "${TMPDIR:-/tmp}/edgeflow-tests.XXXXXX")
+trap 'rm -rf "$basetemp"' EXIT
+.venv/bin/python -m pytest --basetemp "$basetemp" "$@"
