@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,11 @@ def edgeflow(
     return res
 
 
-def popen_edgeflow(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def popen_edgeflow(
+    *args: str, env: dict[str, str] | None = None, new_session: bool = False
+) -> subprocess.Popen[str]:
+    """``edgeflow ...`` in the background; ``new_session``: in a process group of its own (so a
+    test can signal the whole group, as systemd or ``timeout`` do)."""
     return subprocess.Popen(
         [sys.executable, "-m", "edgeflow", *args],
         stdout=subprocess.PIPE,
@@ -44,7 +50,19 @@ def popen_edgeflow(*args: str, env: dict[str, str] | None = None) -> subprocess.
         text=True,
         cwd=ROOT,
         env=env,
+        start_new_session=new_session,
     )
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "3m") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (tests run as root) for full-disk tests."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def lines(path: Path) -> list[str]:

@@ -12,7 +12,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,7 +27,7 @@ from edgeflow.connectors import forwarder
 from edgeflow.connectors.forwarder import Forwarder
 from edgeflow.connectors.kafka import KafkaSink
 from edgeflow.connectors.outbox import Outbox, OutRecord, read_stats
-from tests.helpers import ROOT, lines, records, write_flow
+from tests.helpers import lines, popen_edgeflow, records, write_flow
 from tests.kafka_helpers import KafkaBroker, consume_all, free_port, headers
 
 FLOW = """
@@ -62,14 +61,7 @@ def flow_file(
 
 def start_flow(*args: str) -> subprocess.Popen[str]:
     """``edgeflow ...`` in a process group of its own (so a test can signal the whole group)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "edgeflow", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        start_new_session=True,
-    )
+    return popen_edgeflow(*args, new_session=True)
 
 
 @pytest.fixture

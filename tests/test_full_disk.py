@@ -7,31 +7,19 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
 from edgeflow.connectors.outbox import LANES, Outbox, OutRecord, read_stats
-from tests.helpers import lines, popen_edgeflow, write_flow
+from tests.helpers import lines, popen_edgeflow, small_disk, write_flow
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 
 ALL = list(range(LANES))
 HEADERS = orjson.dumps([["edgeflow-id", "flow/step/dev-0001/1767225600000000000"]])
-
-
-@contextlib.contextmanager
-def small_disk(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def files_on_disk(path: Path) -> int:

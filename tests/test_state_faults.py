@@ -11,13 +11,12 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edgeflow.engine import runner
-from tests.helpers import edgeflow, lines, popen_edgeflow, write_flow
+from tests.helpers import edgeflow, lines, popen_edgeflow, small_disk, write_flow
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 
@@ -50,16 +49,6 @@ def assert_one_error_line(res: subprocess.CompletedProcess[str], *needles: str) 
     for needle in needles:
         assert needle in errors[0], errors[0]
     return errors[0]
-
-
-@contextlib.contextmanager
-def small_disk(path: Path, size: str = "3m") -> Iterator[Path]:
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def fill(path: Path) -> None:
