@@ -27,3 +27,35 @@ def run_child(script: str, *args: str) -> dict[str, Any]:
 
 def emit(figures: dict[str, Any]) -> None:
     print(json.dumps(figures), flush=True)
+
+
+def per_reading_source(spec: Any, ctx: Any, counts: dict[str, int]) -> Any:
+    """A bytewax source of the same readings as edgeflow source ``spec``, one Python tuple
+    ``(key, t, value, ...)`` per reading (the baselines' per-item path); ``counts["readings"]``
+    counts them."""
+    from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+    class Part(StatefulSourcePartition[Any, Any]):
+        def __init__(self, p: str) -> None:
+            self.inner = spec.open(p, None, ctx)
+
+        def next_batch(self) -> list[Any]:
+            out: list[Any] = []
+            for b in self.inner.next_batch():
+                keys = b.keys
+                columns = [b.key_idx.tolist(), b.t.tolist(), *(v.tolist() for v in b.values)]
+                out.extend((keys[row[0]], *row[1:]) for row in zip(*columns, strict=True))
+            counts["readings"] += len(out)
+            return out
+
+        def snapshot(self) -> Any:
+            return None
+
+    class Src(FixedPartitionedSource[Any, Any]):
+        def list_parts(self) -> list[str]:
+            return list(spec.partitions())
+
+        def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Part:
+            return Part(for_part)
+
+    return Src()

@@ -42,7 +42,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _broker import Broker  # noqa: E402
-from _common import emit, peak_rss_mb, run_child  # noqa: E402
+from _common import emit, peak_rss_mb, per_reading_source, run_child  # noqa: E402
 
 # bench/kafka.py would shadow kafka-python: keep this folder off the path from here on
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
@@ -166,7 +166,6 @@ def run_baseline(seconds: int, bootstrap: str) -> dict[str, Any]:
     import bytewax.operators as op
     import orjson
     from bytewax.dataflow import Dataflow
-    from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
     from bytewax.operators.windowing import EventClock, TumblingWindower, fold_window
     from bytewax.outputs import DynamicSink, StatelessSinkPartition
     from bytewax.testing import run_main
@@ -180,32 +179,6 @@ def run_baseline(seconds: int, bootstrap: str) -> dict[str, Any]:
     counts = {"readings": 0, "records": 0}
     topic = f"bench-pipeline-baseline-{int(time.time())}"
     producer = KafkaProducer(bootstrap_servers=bootstrap, **KafkaSink("x").producer_config())
-
-    class Part(StatefulSourcePartition[Any, Any]):
-        def __init__(self, p: str) -> None:
-            self.inner = spec.open(p, None, ctx)
-
-        def next_batch(self) -> list[Any]:
-            out = []
-            for b in self.inner.next_batch():  # the same readings, one tuple each
-                keys = b.keys
-                for k, t, a, tp in zip(
-                    b.key_idx.tolist(), b.t.tolist(), b.values[0].tolist(), b.values[1].tolist(),
-                    strict=True,
-                ):  # fmt: skip
-                    out.append((keys[k], t, a, tp))
-            counts["readings"] += len(out)
-            return out
-
-        def snapshot(self) -> Any:
-            return None
-
-    class Src(FixedPartitionedSource[Any, Any]):
-        def list_parts(self) -> list[str]:
-            return spec.partitions()
-
-        def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Part:
-            return Part(for_part)
 
     class SinkPart(StatelessSinkPartition[Any]):
         def write_batch(self, items: list[Any]) -> None:
@@ -281,7 +254,7 @@ def run_baseline(seconds: int, bootstrap: str) -> dict[str, Any]:
         return [win, s, ss], out
 
     flow = Dataflow("baseline-pipeline")
-    s = op.input("in", flow, Src())
+    s = op.input("in", flow, per_reading_source(spec, ctx, counts))
     keyed = op.key_on("key", s, lambda x: x[0])
     frozen = datetime(2026, 1, 1, tzinfo=timezone.utc)  # watermark = largest event time seen
     clock = EventClock(ts, wait_for_system_duration=timedelta(0), now_getter=lambda: frozen)

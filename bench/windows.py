@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, peak_rss_mb, run_child
+from _common import emit, peak_rss_mb, per_reading_source, run_child
 
 DEVICES = 1000
 RATE_HZ = 100
@@ -91,7 +91,6 @@ def run_baseline(seconds: int) -> dict[str, Any]:
     """The same computation, one Python object per reading, with bytewax's fold_window."""
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
-    from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
     from bytewax.operators.windowing import EventClock, TumblingWindower, fold_window
     from bytewax.outputs import DynamicSink, StatelessSinkPartition
     from bytewax.testing import run_main
@@ -101,31 +100,6 @@ def run_baseline(seconds: int) -> dict[str, Any]:
     spec = sensors(seconds)
     ctx = SourceContext("bench", "src", "device", "ts", ("accel",))
     counts = {"readings": 0, "windows": 0}
-
-    class Part(StatefulSourcePartition[Any, Any]):
-        def __init__(self, p: str) -> None:
-            self.inner = spec.open(p, None, ctx)
-
-        def next_batch(self) -> list[Any]:
-            out = []
-            for b in self.inner.next_batch():  # same readings, flattened to one tuple each
-                keys = b.keys
-                for k, t, v in zip(
-                    b.key_idx.tolist(), b.t.tolist(), b.values[0].tolist(), strict=True
-                ):
-                    out.append((keys[k], t, v))
-            counts["readings"] += len(out)
-            return out
-
-        def snapshot(self) -> Any:
-            return None
-
-    class Src(FixedPartitionedSource[Any, Any]):
-        def list_parts(self) -> list[str]:
-            return spec.partitions()
-
-        def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Part:
-            return Part(for_part)
 
     class SinkPart(StatelessSinkPartition[Any]):
         def write_batch(self, items: list[Any]) -> None:
@@ -157,7 +131,7 @@ def run_baseline(seconds: int) -> dict[str, Any]:
         return acc
 
     flow = Dataflow("baseline")
-    s = op.input("in", flow, Src())
+    s = op.input("in", flow, per_reading_source(spec, ctx, counts))
     keyed = op.key_on("key", s, lambda x: x[0])
     # Freeze bytewax's system clock so its watermark is the largest event time seen, as
     # in edgeflow (otherwise wall-clock time closes windows early and splits them).

@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,16 @@ def service_script(script: str, action: str, env: dict[str, str]) -> None:
     )
     if res.returncode != 0:
         raise RuntimeError(f"scripts/{script} {action} failed:\n{res.stdout}\n{res.stderr}")
+
+
+def source_connected_gauge(port: int, source: str) -> str | None:
+    """The value of ``edgeflow_source_connected{source=...}`` scraped from the metrics endpoint
+    on ``port``, or None while it is not served yet."""
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    except OSError:
+        return None
+    for line in body.decode().splitlines():
+        if line.startswith("edgeflow_source_connected{") and f'source="{source}"' in line:
+            return str(line.rsplit(" ", 1)[1])
+    return None

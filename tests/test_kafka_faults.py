@@ -9,13 +9,12 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import orjson
 
-from tests.helpers import edgeflow, popen_edgeflow, records, write_flow
+from tests.helpers import edgeflow, popen_edgeflow, records, source_connected_gauge, write_flow
 from tests.kafka_helpers import KafkaBroker, free_port
 
 
@@ -41,15 +40,7 @@ r.to(files.sink({str(out)!r}))
 
 
 def connected_gauge(port: int) -> str | None:
-    """The value of edgeflow_source_connected{source="readings"}, or None if not served yet."""
-    try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    except OSError:
-        return None
-    for line in body.decode().splitlines():
-        if line.startswith("edgeflow_source_connected{") and 'source="readings"' in line:
-            return str(line.rsplit(" ", 1)[1])
-    return None
+    return source_connected_gauge(port, "readings")
 
 
 def produce(bootstrap: str, topic: str, first: int, n: int) -> None:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
 
-from tests.helpers import edgeflow, popen_edgeflow, records, write_flow
+from tests.helpers import edgeflow, popen_edgeflow, records, source_connected_gauge, write_flow
 from tests.kafka_helpers import free_port
 from tests.mqtt_helpers import Mosquitto, publish_all
 
@@ -39,15 +38,7 @@ r.to(files.sink({str(out)!r}))
 
 
 def connected_gauge(port: int) -> str | None:
-    """The value of edgeflow_source_connected{source="devices"}, or None if not served yet."""
-    try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    except OSError:
-        return None
-    for line in body.decode().splitlines():
-        if line.startswith("edgeflow_source_connected{") and 'source="devices"' in line:
-            return str(line.rsplit(" ", 1)[1])
-    return None
+    return source_connected_gauge(port, "devices")
 
 
 def test_broker_down_at_start_fails_the_run_with_one_clear_line(tmp_path: Path) -> None:
