@@ -36,7 +36,7 @@ from edgeflow.connectors.base import (
 )
 from edgeflow.connectors.simulate import SimulatedSensors
 from edgeflow.ops import detect
-from edgeflow.ops.detect_kernel import DetectKernel
+from edgeflow.ops.detect.kernel import DetectKernel
 
 DEVICES = 100
 BATCH = 65_536

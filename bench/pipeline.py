@@ -103,7 +103,7 @@ def run_edgeflow(seconds: int, bootstrap: str) -> dict[str, Any]:
     from edgeflow.connectors import kafka as kafka_mod
     from edgeflow.connectors.sim_base import TickPartition
     from edgeflow.engine import RunOptions, run
-    from edgeflow.ops.detect_kernel import DetectKernel
+    from edgeflow.ops.detect.kernel import DetectKernel
     from edgeflow.ops.downsample import DownsampleKernel
     from edgeflow.ops.window import WindowKernel
 

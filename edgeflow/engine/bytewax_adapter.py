@@ -52,7 +52,7 @@ from edgeflow.engine.engine_output import closing_part, in_step
 from edgeflow.engine.runner import RunOptions
 from edgeflow.engine.shard import Sharder
 from edgeflow.flow.plan import DetectPlan, FeaturesPlan, Plan, SourcePlan, WindowPlan
-from edgeflow.ops.detect_kernel import DetectKernel
+from edgeflow.ops.detect.kernel import DetectKernel
 from edgeflow.ops.downsample import DownsampleKernel
 from edgeflow.ops.window import StepOutput, WindowKernel
 from edgeflow.timeutil import now_ns

@@ -1,11 +1,11 @@
-"""Anomaly detection over multi-key batches: one :class:`~edgeflow.ops.detect.Driver` state per
-key; emits anomaly events (kind ``anomaly``).
+"""The engine-facing detect step: :class:`DetectKernel` scores multi-key batches and emits
+anomaly events (kind ``anomaly``).
 
-Every built-in detector but ``limits`` (and ``auto()``, an ensemble of them) with a fixed
+Every detector with a stacked form (and ``auto()``, an ensemble of them) with a fixed
 threshold keeps every key's state as rows of arrays and scores all keys of a batch at once
-(:mod:`edgeflow.ops.detect_bulk`, :mod:`edgeflow.ops.detect_bulk_auto`), with no per-key
-Python work; other set-ups go through the Driver key by key. Both give one-at-a-time
-semantics.
+(:mod:`edgeflow.ops.detect.stacked`, live ticks by :meth:`Stacked.tick`), with no per-key
+Python work; other set-ups go through the :class:`~edgeflow.ops.detect.driver.Driver` key by
+key. Both give one-at-a-time semantics.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from edgeflow.batch import Batch, RecordBatch
-from edgeflow.ops.detect import Decision, Detector, Driver, DriverOut, Ensemble
-from edgeflow.ops.detect_bulk import Events, Stacked, supports
-from edgeflow.ops.detect_bulk_auto import StackedEnsemble
-from edgeflow.ops.downsample import _by_key
+from edgeflow.ops.detect.base import Detector
+from edgeflow.ops.detect.decision import Decision
+from edgeflow.ops.detect.driver import Driver, DriverOut
+from edgeflow.ops.detect.ensemble import Ensemble, StackedEnsemble
+from edgeflow.ops.detect.stacked import Events, Stacked, supports
 from edgeflow.ops.scipy_lazy import preload_scipy_signal
 
 #: batches of up to this many readings per key, every key in every tick, are scored tick
@@ -39,7 +40,17 @@ def uses_filters(detector: Detector) -> bool:
     return any(uses_filters(p) for p in getattr(detector, "parts", None) or ())
 
 
+def readings_by_key(key_idx: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(key code, row indices in arrival order) for each key in a batch."""
+    order = np.argsort(key_idx, kind="stable")
+    k = key_idx[order]
+    bounds = np.flatnonzero(np.r_[True, k[1:] != k[:-1], True])
+    return [(int(k[a]), order[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 class DetectKernel:
+    """A flow's detect step over multi-key batches (see the module docstring)."""
+
     def __init__(
         self,
         step: str,
@@ -177,7 +188,7 @@ class DetectKernel:
     def _per_key(self, state: dict[str, Any], batch: Batch) -> RecordBatch | None:
         x_all = batch.values[batch.fields.index(self.field)]
         groups: list[tuple[str, np.ndarray, np.ndarray]] = []
-        for code, rows in _by_key(batch.key_idx):
+        for code, rows in readings_by_key(batch.key_idx):
             x, t = x_all[rows], batch.t[rows]
             ok = np.isfinite(x)
             if not ok.all():

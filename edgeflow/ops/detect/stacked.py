@@ -1,0 +1,417 @@
+"""The stacked machinery: every key of a shard as rows of arrays, scored in 2-D passes.
+
+Each key's state is a row of arrays kept between batches (:class:`Stacked`; each detector's
+:class:`StackedModel` lives in that detector's file), so a batch costs no per-key Python
+work. This serves live batches (a reading or a few per key: usually one pass, or
+:meth:`Stacked.tick`) and bulk ones (a replay: a pass per anomaly). Each key's readings of the
+batch form one row of a NaN-padded matrix. A pass (:func:`run_stacked`) scores every row with
+the prefix semantics of the reference detectors (each point against the state after the
+points before it), using cumulative sums and ``lfilter(axis=1)``. For each key, the points up
+to its first anomaly are final and are learnt straight from the pass's arrays. The anomaly
+is decided (streak, cooldown, forget: :mod:`edgeflow.ops.detect.decision`), and the key's
+rest goes into the next pass. Passes repeat until every key is done, so a batch costs about
+(anomalies per key + 1) vectorised passes.
+
+The semantics are the Driver's (one point at a time) with a fixed threshold. A key that
+starts adapting (a long streak of anomalies) finishes its batch in the Driver. Scores equal
+the Driver's up to floating-point rounding: short passes filter and sum by small matrix
+products instead of ``lfilter`` and ``cumsum``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgeflow.batch import F64
+from edgeflow.ops.detect.base import Detector, calibrate, parts_of
+from edgeflow.ops.detect.decision import (
+    NO_EVENT_YET,
+    Decision,
+    RawThreshold,
+    is_adapting,
+    starts_episode,
+    streak_after,
+)
+from edgeflow.ops.detect.driver import Driver
+
+Rows = np.ndarray  # row indices, counts and masks of the stacked state
+
+
+def has_stacked_form(det: Detector) -> bool:
+    """Whether the detector's own class defines a stacked form, ``stacked_model(states)``
+    (a subclass that does not define one again is run by the Driver: its math may differ)."""
+    return callable(type(det).__dict__.get("stacked_model"))
+
+
+def stacked_model_of(det: Detector, states: list[dict[str, Any]]) -> StackedModel:
+    """The detector's stacked model holding the per-key ``states`` as rows."""
+    if not has_stacked_form(det):
+        raise TypeError(f"no stacked form of detector {det.name!r}")
+    model: StackedModel = getattr(det, "stacked_model")(states)  # noqa: B009 - not on Detector
+    return model
+
+
+def supports(det: Detector, decision: Decision, learn_anomalies: bool) -> bool:
+    """Whether ``det`` runs stacked: a detector with a stacked form, or an ensemble of them,
+    with a fixed threshold and anomalies not learnt."""
+    if decision.kind != "threshold" or learn_anomalies:
+        return False
+    parts = parts_of(det)
+    if parts is not None:
+        return all(has_stacked_form(p) for p in parts)
+    return has_stacked_form(det)
+
+
+def pack_rows(hists: list[F64], w: int) -> F64:
+    """Histories as rows of a (keys, w) matrix, right-aligned, NaN where still empty."""
+    h = np.full((len(hists), w), np.nan)
+    for i, hist in enumerate(hists):
+        if len(hist):
+            h[i, w - len(hist) :] = hist
+    return h
+
+
+def unpad_row(row: F64) -> F64:
+    out: F64 = row[~np.isnan(row)].copy()
+    return out
+
+
+def slide_rows(h: F64, rows: Rows, old: F64, new: F64, f: Rows) -> None:
+    """Row i of ``h[rows]`` (which held ``old[i]``) learnt the first ``f[i]`` of ``new[i]``:
+    keep the last w values of old + those."""
+    moved = f > 0
+    if not moved.any():
+        return
+    w = h.shape[1]
+    if moved.all() and (f == f[0]).all():  # the common case: every row learnt f points
+        step = int(f[0])
+        if step >= w:
+            h[rows] = new[:, step - w : step]
+        else:
+            h[rows] = np.concatenate([old[:, step:], new[:, :step]], axis=1)
+        return
+    z = np.concatenate([old[moved], new[moved]], axis=1)
+    cols = f[moved][:, None] + np.arange(w)  # the w columns of z ending before w + f
+    h[rows[moved]] = np.take_along_axis(z, cols, axis=1)
+
+
+class StackedModel:
+    """A stacked model: per-key state as rows of arrays (one row per key).
+
+    ``score(rows, x)`` scores the (k, span) points of the state rows ``rows`` with prefix
+    semantics and returns (raw, centre, half): the statistic and the expected range
+    centre -/+ half. ``learn(rows, f)`` learns each row's first ``f`` points of the last
+    pass, ``forget(rows)`` is told of an anomaly (not learnt; by default nothing to do).
+    ``limit(rows)`` caps how many points each row may decide in a pass (by default None,
+    no cap): a model re-estimated every N learnt points must learn up to that point before
+    scoring past it."""
+
+    def score(self, rows: Rows, x: F64) -> tuple[F64, F64, F64]:
+        raise NotImplementedError
+
+    def learn(self, rows: Rows, f: Rows) -> None:
+        raise NotImplementedError
+
+    def forget(self, rows: Rows) -> None:
+        return None
+
+    def limit(self, rows: Rows) -> Rows | None:
+        return None
+
+    def tick(self, rows: Rows, x: F64) -> tuple[F64, F64, F64] | None:
+        """A live tick: one reading ``x`` for every row (``rows``: all of them, in order),
+        scored as :meth:`score` would in fewer operations; None (nothing done) when the
+        model has no tick form or a row is not ready for it. Followed by :meth:`learn_tick`."""
+        return None
+
+    def learn_tick(self, rows: Rows, learnt: Rows | None, x: F64) -> None:
+        """After :meth:`tick`: rows learnt their reading where ``learnt`` (None: all)."""
+        raise NotImplementedError
+
+    def scatter(self, i: int, s: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def load(self, i: int, s: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def extend(self, other: Any) -> None:
+        raise NotImplementedError
+
+
+class Stacked:
+    """The detection state of every key of a shard, as rows of arrays: the model's
+    (its :class:`StackedModel`), and the Driver's streak and cooldown counters.
+    Keys get a row the first time they are seen; rows are never reused."""
+
+    reach_hint: int | None = None  # the first pass's span, None: the whole grid (run_stacked)
+    #: the layout of the arrays of this class and its models, kept in snapshots (pickles of
+    #: the arrays: fast). Bump it when their attributes change: a snapshot of another
+    #: layout is then converted on load (see __setstate__).
+    LAYOUT = 2
+
+    def __init__(self, driver: Driver) -> None:
+        self.layout = Stacked.LAYOUT
+        self.driver = driver
+        self.rows: dict[str, int] = {}
+        self.names: list[str] = []
+        self.model = stacked_model_of(driver.detector, [])
+        self.all_rows = np.zeros(0, np.int64)  # every row, in order
+        self.streak = np.zeros(0, np.int64)
+        self.since = np.zeros(0, np.int64)
+        self._last_names: object = None
+        self._last_rows = np.empty(0, np.int64)
+        self._in_order = False
+        self.quiet = False  # known: no key in a streak of anomalies (every streak is 0)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A snapshot of another layout (an older edgeflow's) is read out key by key with
+        today's methods, as each key's Driver state, and laid out again."""
+        self.__dict__.update(state)
+        if state.get("layout") != Stacked.LAYOUT:
+            keys = [self.driver_state(r) for r in range(len(self.names))]
+            self.__dict__ = restore_stacked(self.driver, list(self.names), keys).__dict__
+
+    def rows_of(self, names: tuple[str, ...] | list[str]) -> Rows:
+        """The row of each name, adding rows for names not seen before."""
+        if names is self._last_names:  # a source reuses its key tuple batch after batch
+            return self._last_rows
+        out = np.empty(len(names), np.int64)
+        new: list[str] = []
+        for i, name in enumerate(names):
+            r = self.rows.get(name)
+            if r is None:
+                r = self.rows[name] = len(self.names)
+                self.names.append(name)
+                new.append(name)
+            out[i] = r
+        if new:
+            det = self.driver.detector
+            self.model.extend(stacked_model_of(det, [det.init() for _ in new]))
+            self.all_rows = np.arange(len(self.names))
+            self.streak = np.concatenate([self.streak, np.zeros(len(new), np.int64)])
+            self.since = np.concatenate([self.since, np.full(len(new), NO_EVENT_YET, np.int64)])
+        self._last_names, self._last_rows = names, out
+        self._in_order = len(out) == len(self.names) and bool((out == np.arange(len(out))).all())
+        return out
+
+    def rows_in_order(self, rows: Rows) -> bool:
+        """Whether ``rows`` (as :meth:`rows_of` last returned) is every row, in order."""
+        return rows is self._last_rows and self._in_order
+
+    def driver_state(self, r: int) -> dict[str, Any]:
+        """Row r as the Driver's per-key state (for a key that adapts, finishing in the Driver)."""
+        st = self.driver.init()
+        self.model.scatter(r, st["det"])
+        st["streak"], st["since_event"] = int(self.streak[r]), int(self.since[r])
+        return st
+
+    def load(self, r: int, st: dict[str, Any]) -> None:
+        self.model.load(r, st["det"])
+        self.streak[r], self.since[r] = st["streak"], st["since_event"]
+        self.quiet = False
+
+    def run(self, rows: Rows, xmat: F64, lens: Rows) -> Events:
+        """The events of a grid of keys' points (see :func:`run_stacked`)."""
+        return run_stacked(self, rows, xmat, lens)
+
+    def tick(self, x: F64) -> Events | None:
+        """A live tick: one reading for every key, keys in row order. The same result as
+        :meth:`run` with the fewest array operations, for models that have a tick form;
+        None (nothing done) when the model or a key's state needs the general path (another
+        model, a new key, a key in warm-up). Keys adapting to a lasting change (``adapt_after``
+        anomalies in a row) learn their reading, anomalous or not, as the Driver's do."""
+        model = self.model
+        if len(x) != len(self.names):
+            return None
+        driver = self.driver
+        adapt = driver.adapt_after
+        adapting = None  # keys past ``adapt_after`` anomalies in a row learn this one too
+        if not self.quiet and adapt is not None:
+            past = is_adapting(self.streak, adapt)
+            adapting = past if past.any() else None
+        rows = self.all_rows
+        got = model.tick(rows, x)
+        if got is None:
+            return None
+        raw, centre, half = got
+        flagged, anomalous = RawThreshold(driver.detector.level, driver.decision.value).flags(raw)
+        events = Events()
+        if not anomalous:
+            model.learn_tick(rows, None, x)  # every key learns
+            self.since += 1
+            if not self.quiet:
+                self.streak[:] = 0
+                self.quiet = True  # no key has a streak of anomalies
+            return events
+        self.quiet = False
+        learnt = ~flagged if adapting is None else ~flagged | adapting
+        model.learn_tick(rows, learnt, x)
+        model.forget(rows[~learnt])  # anomalies not learnt (CUSUM restarts its sums)
+        since, streak = self.since, self.streak
+        since += 1  # learnt: one more point; flagged: the anomaly counts too
+        ev = flagged & starts_episode(since, driver.decision.cooldown)
+        since[ev] = 0
+        np.copyto(streak, streak_after(streak, ~flagged, flagged))
+        r = np.flatnonzero(ev)
+        if len(r):
+            mid, dev, rr = centre[r], half[r], raw[r]
+            events.add(r, np.zeros(len(r), np.int64), calibrate(rr, driver.detector.level), rr,
+                       mid - dev, mid + dev)  # fmt: skip
+        return events
+
+
+def restore_stacked(driver: Driver, names: list[str], keys: list[dict[str, Any]]) -> Stacked:
+    """A :class:`Stacked` from each key's Driver state."""
+    out = Stacked(driver)
+    for r, st in zip(out.rows_of(names).tolist(), keys, strict=True):
+        out.load(r, st)
+    return out
+
+
+class Events:
+    """What :func:`run_stacked` found: the anomalies that raise an event, as grid row and
+    column with their score, raw statistic and expected range."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[Rows, ...]] = []
+
+    def add(self, *cols: Rows) -> None:
+        if len(cols[0]):
+            self.parts.append(cols)
+
+    def arrays(self) -> tuple[Rows, ...]:
+        """(grid row, column, score, raw, low, high), in no particular order."""
+        if not self.parts:
+            return tuple(np.empty(0, t) for t in (np.int64, np.int64, *[np.float64] * 4))
+        return tuple(np.concatenate(c) for c in zip(*self.parts, strict=True))
+
+
+def run_stacked(
+    stacked: Stacked,
+    rows: Rows,
+    xmat: F64,
+    lens: Rows,
+    *,
+    every_anomaly: bool = False,
+    ranges: tuple[F64, F64] | None = None,
+) -> Events:
+    """Score and learn ``xmat`` (row i: the points of the key at state row ``rows[i]``, the
+    first ``lens[i]`` of them valid) with one-at-a-time semantics; the state moves on.
+
+    Returns the anomalies that raise an event or, with ``every_anomaly``, every anomaly
+    (an ensemble decides its events over all its parts' anomalies). ``ranges``: (low, high)
+    matrices shaped like ``xmat`` that receive every point's expected range."""
+    driver = stacked.driver
+    det, dec = driver.detector, driver.decision
+    thr, cooldown, adapt = dec.value, dec.cooldown, driver.adapt_after
+    k, width = xmat.shape
+    events = Events()
+    model, streak, since = stacked.model, stacked.streak, stacked.since
+    stacked.quiet = False  # streaks change here
+    pos = np.zeros(k, np.int64)
+    handoff: list[int] = []
+    adapting = is_adapting(streak[rows], adapt)
+    handoff.extend(np.flatnonzero(adapting).tolist())
+    active = np.flatnonzero(~adapting & (lens > 0))
+    first = True
+    # points per later pass: about twice the recent gap between anomalies. A shard whose
+    # keys alarm often starts the next batch with passes of that size too (scoring a whole
+    # grid when each key's first anomaly comes within a few points wastes most of it)
+    hint = stacked.reach_hint
+    reach = 96 if hint is None else hint
+    found = 0
+    decide = RawThreshold(det.level, thr)
+    while len(active):
+        g = rows[active]  # state rows of the active grid rows
+        rem = lens[active] - pos[active]
+        lim = model.limit(g)
+        # after the first pass only keys that hit an anomaly remain: short passes suffice
+        span = int(rem.max()) if first and hint is None else min(int(rem.max()), reach)
+        if lim is not None:  # a row decides no further than its model's next refresh
+            span = min(int(rem.max()), int(lim.max()))
+            rem = np.minimum(rem, lim)
+        inside = np.arange(span) < rem[:, None]
+        whole = first and span == width and len(active) == k
+        if whole:
+            x = xmat  # the whole grid: no gather
+        else:
+            cols = pos[active][:, None] + np.arange(span)
+            x = np.where(inside, xmat[active[:, None], np.minimum(cols, width - 1)], np.nan)
+        first = False
+        raw, centre, half = model.score(g, x)  # expected range: centre -/+ half
+        flagged, _ = decide.flags(raw, inside)
+        has = flagged.any(axis=1)
+        # points before the first anomaly, and points decided in this pass
+        f = np.where(has, np.argmax(flagged, axis=1), np.minimum(rem, span))
+        if ranges is not None:
+            keep_ranges(ranges, active, pos, centre, half, np.where(has, f + 1, f), whole)
+        model.learn(g, f)
+        since[g] += f
+        if has.any():
+            hit, gh, fh = active[has], g[has], f[has]
+            # scoring past a key's next anomaly is wasted: size the next pass to the gaps
+            reach = int(min(96, max(8, 2 * (int(fh.sum()) / len(fh) + 1))))
+            found += len(fh)
+            model.forget(gh)
+            ev = starts_episode(since[gh] + 1, cooldown)
+            keep = np.ones(len(gh), bool) if every_anomaly else ev
+            if keep.any():
+                r = np.flatnonzero(has)[keep]
+                c = fh[keep]
+                mid, dev = centre[r, c], half[r, c]
+                rc = raw[r, c]
+                events.add(
+                    hit[keep],
+                    pos[hit][keep] + c,
+                    calibrate(rc, det.level),
+                    rc,
+                    mid - dev,
+                    mid + dev,
+                )
+            since[gh] = np.where(ev, 0, since[gh] + 1)
+        else:  # no key met an anomaly within reach: look further
+            reach = min(4 * reach, width)
+        streak[g] = streak_after(streak[g], f, has)
+        pos[active] += np.where(has, f + 1, f)
+        done = pos[active] >= lens[active]
+        if adapt is not None:
+            start = is_adapting(streak[g], adapt) & ~done
+            handoff.extend(active[start].tolist())
+            done |= start
+        active = active[~done]
+    # (many anomalies: on average 8 or more a key)
+    stacked.reach_hint = reach if found >= 8 * k else None
+    for i in handoff:  # adapting keys finish their points in the Driver (one at a time)
+        r, p, n = int(rows[i]), int(pos[i]), int(lens[i])
+        st = stacked.driver_state(r)
+        rest = driver.run(st, xmat[i, p:n])
+        stacked.load(r, st)
+        at = np.flatnonzero(rest.anomaly if every_anomaly else rest.event)
+        events.add(
+            np.full(len(at), i), p + at, rest.score[at], rest.raw[at], rest.low[at], rest.high[at]
+        )
+        if ranges is not None:
+            ranges[0][i, p:n], ranges[1][i, p:n] = rest.low, rest.high
+    return events
+
+
+def keep_ranges(
+    ranges: tuple[F64, F64], active: Rows, pos: Rows, centre: F64, half: F64, d: Rows, whole: bool
+) -> None:
+    """Write the expected range of each active row's first ``d`` points of the pass (the
+    points it decided) into the (low, high) matrices, at the row's position."""
+    low, high = ranges
+    if whole:  # the first pass over the whole grid: later passes overwrite what is redecided
+        np.subtract(centre, half, out=low)
+        np.add(centre, half, out=high)
+        return
+    r, c = np.nonzero(np.arange(centre.shape[1]) < d[:, None])
+    if len(r):
+        mid, dev = centre[r, c], half[r, c]
+        low[active[r], pos[active][r] + c] = mid - dev
+        high[active[r], pos[active][r] + c] = mid + dev
