@@ -71,12 +71,16 @@ CASES = {
     "too few cells": ("short", ["--key-col", "device"], "cells"),
     "not utf-8": ("latin1", ["--value-col", "température"], "UTF-8"),
     "nul byte": ("nul", [], "is not a number"),
-    "infinite value": ("infinite", [], ":3: column 'temp': 'inf' is not a finite number"),
+    "infinite value": (
+        "infinite",
+        ["--on-error", "fail"],
+        ":3: column 'temp': 'inf' is not a finite number",
+    ),
     "nan value": ("nan", [], ":2: column 'temp': 'NaN' is not a finite number"),
     "duplicate header column": ("duplicate_header", [], ":1: the header names column 'temp' twice"),
     "byte-order mark in a later row": (
         "later_bom",
-        ["--key-col", "device"],
+        ["--key-col", "device", "--on-error", "fail"],
         ":3: column 'device': a byte-order mark",
     ),
     "threshold out of range": ("good", ["--threshold", "1.5"], "--threshold"),
@@ -109,7 +113,7 @@ def test_score_limits_with_its_limits_flags_the_values_outside(tmp_path: Path) -
     code, text, exc = _score(tmp_path, *args, "--detector", "limits", "--high", "50")
     assert code == 0, f"{text} {exc!r}"
     rows = out.read_text().splitlines()
-    flagged = [r for r in rows[1:] if r.endswith(",true,limits")]
+    flagged = [r for r in rows[1:] if r.endswith(",true,limits,")]
     assert len(rows) == 51 and len(flagged) == 1 and flagged[0].startswith("2024-01-01T00:00:40Z")
 
 
@@ -119,7 +123,7 @@ def test_score_header_only_writes_an_empty_result(tmp_path: Path) -> None:
     args = ["--input", str(src), "--time-col", "ts", "--value-col", "temp", "--out", str(out)]
     code, text, _ = _score(tmp_path, *args)
     assert code == 0 and "scored 0 rows" in text
-    assert out.read_text().splitlines() == ["ts,temp,score,is_anomaly,detector"]
+    assert out.read_text().splitlines() == ["ts,temp,raw,score,is_anomaly,detector,reason"]
 
 
 def test_metrics_port_in_use_is_one_line_with_exit_2(tmp_path: Path) -> None:

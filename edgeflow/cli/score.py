@@ -1,8 +1,21 @@
 """``edgeflow score``: run a streaming detector over a recorded CSV, one score per row.
 
-Every mistake in the command line or the input (a missing or empty file, an unknown or
-non-numeric column, a value that is not a finite number, a header naming a column twice, a
-byte-order mark that is not at the start of the file, a bad time, a detector without its arguments, an output that cannot be
+Guarantees:
+
+- every input row is written, in the file's order, with ``raw``, ``score``, ``is_anomaly``,
+  ``detector`` and ``reason``; floats are written with ``repr`` (shortest round-trip), so two
+  distinct float64 values never print the same;
+- a malformed row (a time that cannot be read, a value that is not a finite number, the wrong
+  number of cells, a misplaced byte-order mark) keeps its place with an empty score and its
+  reason, and stderr gets one line counting them with their line numbers; with
+  ``--on-error fail`` the first one is a one-line refusal instead;
+- times are never naive: an ISO time without offset needs ``--tz ZONE`` or ``--assume-utc`` and
+  becomes int64 ns UTC (DST-aware, via zoneinfo);
+- each key is scored in file order (as a flow sees the rows), or in time order with ``--sort``.
+
+Every mistake in the command line or the file as a whole (a missing or empty file, an unknown
+column, a header naming a column twice, a naive time without ``--tz``, an unknown zone, a file
+in which no row can be read, a detector without its arguments, an output that cannot be
 written) is one line ``error: ...`` saying what to change, with exit code 2.
 """
 
@@ -10,15 +23,26 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 import numpy as np
 
 from edgeflow.connectors.parse import parse_time
 from edgeflow.ops import detect
+from edgeflow.timeutil import check_ns_range, datetime_to_ns
+
+#: columns the output adds after the input's own
+OUT_COLUMNS = ("raw", "score", "is_anomaly", "detector", "reason")
+#: how many line numbers of malformed rows the stderr summary names
+SHOWN_LINES = 5
 
 
 class ScoreError(click.UsageError):
@@ -59,12 +83,22 @@ class _OneLineErrors(click.Command):
 @click.option(
     "--time-col",
     required=True,
-    help="Column with the time (ISO-8601 with offset, or epoch s/ms/us/ns).",
+    help="Column with the time: ISO-8601 with offset, epoch s/ms/us/ns, or ISO-8601 "
+    "without offset together with --tz or --assume-utc.",
 )
 @click.option("--value-col", required=True, help="Column with the value to score.")
 @click.option(
     "--key-col", default=None, help="Column with the device key; each key is scored separately."
 )
+@click.option(
+    "--tz",
+    "tz_name",
+    default=None,
+    metavar="ZONE",
+    help="Zone of times written without offset, an IANA name such as Europe/Berlin or UTC "
+    "(DST-aware; a repeated hour is read as its first pass). Times with an offset ignore it.",
+)
+@click.option("--assume-utc", is_flag=True, help="Times without offset are UTC (= --tz UTC).")
 @click.option(
     "--low", type=float, default=None, help="--detector limits: values below this are anomalous."
 )
@@ -80,6 +114,20 @@ class _OneLineErrors(click.Command):
     help="Score at which a row is anomalous.",
 )
 @click.option(
+    "--sort",
+    "by_time",
+    is_flag=True,
+    help="Score each key's rows in time order (stable) instead of file order; the output "
+    "keeps the file's row order either way.",
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(["keep", "fail"]),
+    default="keep",
+    show_default=True,
+    help="A malformed row: keep it with an empty score and its reason, or fail on it.",
+)
+@click.option(
     "--out",
     "out_path",
     required=True,
@@ -92,57 +140,246 @@ def score_cmd(
     time_col: str,
     value_col: str,
     key_col: str | None,
+    tz_name: str | None,
+    assume_utc: bool,
     low: float | None,
     high: float | None,
     thr: float,
+    by_time: bool,
+    on_error: str,
     out_path: Path,
 ) -> None:
-    """Score a recorded CSV with the same streaming detector a flow runs: writes every input
-    row plus score (0-1, higher = more anomalous), is_anomaly and detector. Rows are taken in
-    time order per key; rows whose value is empty are written with an empty score."""
+    """Score a recorded CSV with the same streaming detector a flow runs.
+
+    Writes every input row, in file order, plus raw (the detector's statistic), score (0-1,
+    higher = more anomalous), is_anomaly, detector and reason. Each key's rows are scored in
+    file order, as a flow would see them (--sort: in time order). A row whose value is empty
+    gets an empty score; a malformed row gets an empty score and its reason, and is counted
+    on stderr (--on-error fail refuses the file instead)."""
     make = _detector_maker(name, low, high)
-    header, rows = _read_csv(input_path, [time_col, value_col, *([key_col] if key_col else [])])
-    times, values, keys = [], [], []
-    for i, row in enumerate(rows, start=2):
-        try:
-            times.append(parse_time(row[time_col], "auto"))
-        except ValueError as exc:
-            raise ScoreError(f"{input_path}:{i}: column {time_col!r}: {exc}") from None
-        cell = (row[value_col] or "").strip()
-        try:
-            value = float(cell) if cell else math.nan
-        except ValueError:
-            raise ScoreError(
-                f"{input_path}:{i}: column {value_col!r}: {cell[:40]!r} is not a number; "
-                "--value-col must name a numeric column (an empty cell is scored as missing)"
-            ) from None
-        if cell and not math.isfinite(value):  # the sources refuse NaN and infinities too
-            raise ScoreError(
-                f"{input_path}:{i}: column {value_col!r}: {cell[:40]!r} is not a finite number; "
-                "leave the cell empty for a missing value"
-            )
-        values.append(value)
-        keys.append(row[key_col] if key_col else "")
-    t = np.asarray(times, np.int64)
-    x = np.asarray(values, np.float64)
-    score = np.full(len(rows), np.nan)
-    anomalous = np.zeros(len(rows), bool)
-    key_arr = np.asarray(keys)
-    for key in dict.fromkeys(keys):
-        idx = np.flatnonzero(key_arr == key)
-        idx = idx[np.argsort(t[idx], kind="stable")]
-        ok = idx[np.isfinite(x[idx])]
-        if not len(ok):
-            continue
-        driver = detect.Driver(make(), detect.threshold(thr))
-        out = driver.run(driver.init(), x[ok])
-        score[ok] = out.score
-        anomalous[ok] = out.anomaly
-    _write_csv(out_path, header, rows, score, anomalous, name)
+    zone = _zone(tz_name, assume_utc)
+    columns = _Columns(time_col, value_col, key_col)
+    header, rows = _read_csv(input_path, columns.needed())
+    parsed = _parse_rows(input_path, header, rows, columns, zone, fail=on_error == "fail")
+    raw, score, anomalous = _score(parsed, make, thr, by_time)
+    _write_csv(out_path, header, rows, parsed.reasons, raw, score, anomalous, name)
+    bad = parsed.bad_lines()
+    if bad:
+        shown = ", ".join(str(n) for n in bad[:SHOWN_LINES])
+        more = f" and {len(bad) - SHOWN_LINES} more" if len(bad) > SHOWN_LINES else ""
+        click.echo(
+            f"warning: {len(bad)} malformed row{'s' if len(bad) > 1 else ''} written with an "
+            f"empty score and the reason in column 'reason': {input_path} line"
+            f"{'s' if len(bad) > 1 else ''} {shown}{more} (--on-error fail refuses such a file)",
+            err=True,
+        )
     click.echo(
         f"scored {len(rows)} rows with {name}: {int(anomalous.sum())} anomalous -> {out_path}",
         err=True,
     )
+
+
+@dataclass(frozen=True)
+class _Columns:
+    time: str
+    value: str
+    key: str | None
+
+    def needed(self) -> list[str]:
+        return [self.time, self.value, *([self.key] if self.key else [])]
+
+
+@dataclass(slots=True)
+class _Row:
+    """One CSV record: its line number, its cells in header order (exactly as many as the
+    header has columns), and why it is malformed."""
+
+    line: int
+    cells: list[str]
+    problem: str | None = None
+
+
+@dataclass
+class _Parsed:
+    """Per row: time (int64 ns UTC, 0 if unreadable), value (NaN if empty or bad), key, and
+    the reason written beside a row without a score ('' for a scored row)."""
+
+    lines: list[int]
+    times: np.ndarray
+    values: np.ndarray
+    keys: list[str]
+    reasons: list[str]
+    malformed: np.ndarray
+
+    def bad_lines(self) -> list[int]:
+        return [self.lines[i] for i in np.flatnonzero(self.malformed).tolist()]
+
+
+def _zone(tz_name: str | None, assume_utc: bool) -> ZoneInfo | None:
+    """The zone for times without offset, or None (then such times are refused)."""
+    if assume_utc:
+        if tz_name is not None and tz_name.strip().upper() not in ("UTC", "ETC/UTC"):
+            raise ScoreError(
+                f"--assume-utc and --tz {tz_name} disagree; give one of them "
+                "(--assume-utc is --tz UTC)"
+            )
+        tz_name = "UTC"
+    if tz_name is None:
+        return None
+    try:
+        return ZoneInfo(tz_name.strip())
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ScoreError(
+            f"--tz {tz_name!r} is not a known time zone; give an IANA name such as "
+            "Europe/Berlin or America/New_York, or UTC"
+        ) from None
+
+
+#: an ISO-8601 time without offset: date, hh:mm[:ss], and a fraction only after seconds
+_NAIVE = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2})?)(?:(?<=:\d{2}:\d{2})[.,](\d+))?$"
+)
+_SPACE_ISO = re.compile(r"^(\d{4}-\d{2}-\d{2}) (\d{2}:\d{2}:\d{2}\S*)$")
+
+
+class _NaiveTimeError(Exception):
+    """A time without offset while no --tz was given: the whole file is refused."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def read_time(text: str, zone: ZoneInfo | None) -> int:
+    """A CSV time cell as int64 ns UTC. ValueError says why a cell cannot be read;
+    _NaiveTimeError when it has no offset and no zone was given."""
+    s = text.strip()
+    if not s:
+        raise ValueError("the time is empty")
+    m = _NAIVE.match(s) if s[-1].isdigit() else None  # 'Z' ends most times: skip the regex
+    if m is None:
+        space = _SPACE_ISO.match(s) if s[10:11] == " " else None
+        return parse_time(f"{space[1]}T{space[2]}" if space else s, "auto")
+    if zone is None:
+        raise _NaiveTimeError(s[:40])
+    date, clock, frac = m.groups()
+    try:
+        local = datetime.fromisoformat(f"{date}T{clock}")
+    except ValueError as exc:
+        raise ValueError(f"cannot read {s[:40]!r} as a time: {exc}") from None
+    aware = local.replace(tzinfo=zone)
+    try:
+        back = aware.astimezone(timezone.utc).astimezone(zone).replace(tzinfo=None)
+    except OverflowError:  # year 1 or 9999 shifted out of datetime's range
+        back = local
+    if back != local:
+        raise ValueError(
+            f"{s[:40]!r} does not exist in {zone.key} (the clocks skipped it, as at the "
+            "change to summer time)"
+        )
+    ns = datetime_to_ns(aware) + int((frac or "").ljust(9, "0")[:9])
+    return check_ns_range(ns, f"time {s[:40]!r}")
+
+
+def _parse_rows(
+    path: Path,
+    header: list[str],
+    rows: list[_Row],
+    columns: _Columns,
+    zone: ZoneInfo | None,
+    *,
+    fail: bool,
+) -> _Parsed:
+    """Times, values and keys of every row, with the reason of each malformed one.
+
+    Refuses (ScoreError) a time without offset when no zone was given, the first malformed
+    row when ``fail``, and a file in which no row can be read (most likely a wrong column)."""
+    n = len(rows)
+    times = np.zeros(n, np.int64)
+    values = np.full(n, np.nan)
+    malformed = np.zeros(n, bool)
+    keys, reasons = [""] * n, [""] * n
+    at = [header.index(c) for c in columns.needed()]  # time, value[, key] cell index
+    for i, row in enumerate(rows):
+        try:
+            problem = row.problem or _problem(row, at, columns, zone, times, values, i)
+        except _NaiveTimeError as naive:
+            raise ScoreError(
+                f"{path}:{row.line}: column {columns.time!r}: {naive.text!r} has no UTC "
+                "offset; pass --tz ZONE (e.g. --tz Europe/Berlin) or --assume-utc to say "
+                "which zone the file's times are in"
+            ) from None
+        if problem is None:
+            keys[i] = row.cells[at[2]] if columns.key else ""
+            if math.isnan(values[i]):
+                reasons[i] = "missing value (empty cell)"
+            continue
+        if fail:
+            raise ScoreError(
+                f"{path}:{row.line}: {problem}; fix the row, or leave out --on-error fail to "
+                "keep it in the output with an empty score and its reason"
+            )
+        malformed[i], reasons[i], values[i] = True, problem, math.nan
+    if n and malformed.all():
+        first = rows[0]
+        raise ScoreError(
+            f"no row of {path} can be scored, the first: {path}:{first.line}: {reasons[0]}; "
+            f"check that --time-col and --value-col name the time and a numeric column"
+        )
+    return _Parsed([r.line for r in rows], times, values, keys, reasons, malformed)
+
+
+def _problem(
+    row: _Row,
+    at: list[int],
+    columns: _Columns,
+    zone: ZoneInfo | None,
+    times: np.ndarray,
+    values: np.ndarray,
+    i: int,
+) -> str | None:
+    """Why row ``i`` cannot be scored (None if it can); fills times[i] and values[i].
+    Raises _NaiveTimeError for a time without offset when no zone was given."""
+    try:
+        times[i] = read_time(row.cells[at[0]], zone)
+    except ValueError as exc:
+        return f"column {columns.time!r}: {exc}"
+    cell = row.cells[at[1]].strip()
+    if not cell:
+        return None  # a missing reading: written with an empty score, not malformed
+    try:
+        value = float(cell)
+    except ValueError:
+        return f"column {columns.value!r}: {cell[:40]!r} is not a number"
+    if not math.isfinite(value):  # the sources refuse NaN and infinities too
+        return (
+            f"column {columns.value!r}: {cell[:40]!r} is not a finite number; "
+            "leave the cell empty for a missing value"
+        )
+    values[i] = value
+    return None
+
+
+def _score(
+    parsed: _Parsed, make: Any, thr: float, by_time: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """raw, score and is_anomaly per row (NaN / False for rows without a value), each key
+    run through its own detector in file order, or in stable time order when ``by_time``."""
+    n = len(parsed.keys)
+    raw, score = np.full(n, np.nan), np.full(n, np.nan)
+    anomalous = np.zeros(n, bool)
+    key_arr = np.asarray(parsed.keys)
+    for key in dict.fromkeys(parsed.keys):
+        idx = np.flatnonzero(key_arr == key)
+        idx = idx[np.isfinite(parsed.values[idx])]
+        if by_time:
+            idx = idx[np.argsort(parsed.times[idx], kind="stable")]
+        if not len(idx):
+            continue
+        driver = detect.Driver(make(), detect.threshold(thr))
+        out = driver.run(driver.init(), parsed.values[idx])
+        raw[idx], score[idx], anomalous[idx] = out.raw, out.score, out.anomaly
+    return raw, score, anomalous
 
 
 def _detector_maker(name: str, low: float | None, high: float | None) -> Any:
@@ -163,53 +400,29 @@ def _detector_maker(name: str, low: float | None, high: float | None) -> Any:
     for opt, v in (("--low", low), ("--high", high)):
         if v is not None and not math.isfinite(v):
             raise ScoreError(f"{opt} {v}: give a finite number")
-    problems = detect.make(name, **params).problems()
+    try:
+        problems = detect.make(name, **params).problems()
+    except (TypeError, ValueError) as exc:
+        raise ScoreError(f"--detector {name}: {exc}") from None
     if problems:
         raise ScoreError(problems[0])
     return lambda: detect.make(name, **params)
 
 
-def _read_csv(path: Path, needed: list[str]) -> tuple[list[str], list[dict[str, str]]]:
-    """The header and rows of a CSV, or one line saying why it cannot be scored."""
+def _read_csv(path: Path, needed: list[str]) -> tuple[list[str], list[_Row]]:
+    """The header and rows of a CSV, or one line saying why the file cannot be scored.
+
+    A row with the wrong number of cells or a byte-order mark inside a needed cell is kept
+    with its problem (missing cells read as empty, extra cells are dropped)."""
     if not path.exists():
         raise ScoreError(f"--input {path}: no such file")
     if not path.is_file():
         raise ScoreError(f"--input {path}: not a file; give a CSV file with a header row")
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            if not header:
-                raise ScoreError(
-                    f"--input {path} is empty; give a CSV with a header row naming the "
-                    "time and value columns, then one row per reading"
-                )
-            for col in header:
-                if header.count(col) > 1:
-                    raise ScoreError(
-                        f"{path}:1: the header names column {col!r} twice; give every column "
-                        "its own name"
-                    )
-                if "\ufeff" in col:
-                    raise ScoreError(f"{path}:1: column {col!r}: {_BOM_ONLY_AT_START}")
-            for col in needed:
-                if col not in header:
-                    raise ScoreError(
-                        f"column {col!r} is not in {path} (columns: {', '.join(header)})"
-                    )
-            rows = []
-            for row in reader:
-                if None in row or any(row[c] is None for c in needed):
-                    raise ScoreError(
-                        f"{path}:{reader.line_num}: the row has {_cells(row)} cells, the "
-                        f"header {len(header)}; give every row the header's columns"
-                    )
-                for c in needed:
-                    if row[c].startswith("\ufeff"):
-                        raise ScoreError(
-                            f"{path}:{reader.line_num}: column {c!r}: {_BOM_ONLY_AT_START}"
-                        )
-                rows.append(row)
+            reader = csv.reader(f)
+            header = _check_header(path, reader, needed)
+            rows = list(_records(reader, header, needed))
     except UnicodeDecodeError as exc:
         raise ScoreError(
             f"--input {path}: not UTF-8 text ({exc.reason}); save it as UTF-8"
@@ -221,20 +434,69 @@ def _read_csv(path: Path, needed: list[str]) -> tuple[list[str], list[dict[str, 
     return header, rows
 
 
+def _check_header(path: Path, reader: Iterator[list[str]], needed: list[str]) -> list[str]:
+    header = next(reader, [])
+    if not header:
+        raise ScoreError(
+            f"--input {path} is empty; give a CSV with a header row naming the "
+            "time and value columns, then one row per reading"
+        )
+    for col in header:
+        if header.count(col) > 1:
+            raise ScoreError(
+                f"{path}:1: the header names column {col!r} twice; give every column its own name"
+            )
+        if "\ufeff" in col:
+            raise ScoreError(f"{path}:1: column {col!r}: {_BOM_ONLY_AT_START}")
+        if col in OUT_COLUMNS:
+            raise ScoreError(
+                f"{path}:1: the input has a column {col!r}, which the output adds; rename it "
+                f"(the output adds {', '.join(OUT_COLUMNS)})"
+            )
+    for col in needed:
+        if col not in header:
+            raise ScoreError(f"column {col!r} is not in {path} (columns: {', '.join(header)})")
+    return header
+
+
+def _records(reader: Any, header: list[str], needed: list[str]) -> Iterator[_Row]:
+    """Every non-blank record after the header, numbered by the line it ends on."""
+    width = len(header)
+    at = [header.index(c) for c in needed]
+    for cells in reader:
+        if not cells:
+            continue  # a blank line, as csv.DictReader skips it
+        row = _Row(reader.line_num, cells)
+        if len(cells) != width:
+            row.problem = f"the row has {len(cells)} cells, the header {width}" + (
+                "; the extra cells are not written" if len(cells) > width else ""
+            )
+            row.cells = (cells + [""] * width)[:width]
+        else:
+            for j in at:
+                if cells[j].startswith("\ufeff"):
+                    row.problem = f"column {header[j]!r}: {_BOM_ONLY_AT_START}"
+                    break
+        yield row
+
+
 _BOM_ONLY_AT_START = (
     "a byte-order mark (U+FEFF) is allowed only at the start of the file; remove it"
 )
 
 
-def _cells(row: dict[Any, Any]) -> int:
-    extra = row.get(None) or []
-    return sum(v is not None for k, v in row.items() if k is not None) + len(extra)
+def _texts(v: np.ndarray) -> list[str]:
+    """The shortest text that reads back as exactly each float ('' for NaN): distinct floats
+    never print the same."""
+    return [repr(x) if x == x else "" for x in v.tolist()]
 
 
 def _write_csv(
     path: Path,
     header: list[str],
-    rows: list[dict[str, str]],
+    rows: list[_Row],
+    reasons: list[str],
+    raw: np.ndarray,
     score: np.ndarray,
     anomalous: np.ndarray,
     name: str,
@@ -242,17 +504,15 @@ def _write_csv(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[*header, "score", "is_anomaly", "detector"])
-            writer.writeheader()
-            for row, s, a in zip(rows, score.tolist(), anomalous.tolist(), strict=True):
-                writer.writerow(
-                    {
-                        **row,
-                        "score": "" if math.isnan(s) else f"{s:.6f}",
-                        "is_anomaly": "true" if a else "false",
-                        "detector": name,
-                    }
+            writer = csv.writer(f)
+            writer.writerow([*header, *OUT_COLUMNS])
+            flags = ["true" if a else "false" for a in anomalous.tolist()]
+            writer.writerows(
+                [*row.cells, r, s, a, name, reason]
+                for row, r, s, a, reason in zip(
+                    rows, _texts(raw), _texts(score), flags, reasons, strict=True
                 )
+            )
     except OSError as exc:
         raise ScoreError(
             f"--out {path}: cannot write it ({exc.strerror or exc}); give a writable file path"
