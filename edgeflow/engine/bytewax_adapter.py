@@ -11,6 +11,9 @@ This module is the only one in edgeflow that imports bytewax. Mapping:
   step that reads a source whose partitions each own their keys (simulators, one-partition
   sources): it runs inside that source's partitions, its state part of the source's
   snapshot, so an alert leaves the source step with the reading that raised it;
+* each user-function step (derive, filter, map, route, apply) -> a stateless
+  ``op.flat_map_value`` running :class:`~edgeflow.ops.udf.UdfKernel` on each shard's batch,
+  then one ``op.filter_map_value`` per output stream (readings or routes, dead letters);
 * each sink step -> ``op.output`` over a ``FixedPartitionedSink`` (stateful sinks, resumed
   from their position) or a ``DynamicSink`` (stateless ones).
 
@@ -51,9 +54,10 @@ from edgeflow.engine.counters import COUNTERS
 from edgeflow.engine.engine_output import closing_part, in_step
 from edgeflow.engine.runner import RunOptions
 from edgeflow.engine.shard import Sharder
-from edgeflow.flow.plan import DetectPlan, FeaturesPlan, Plan, SourcePlan, WindowPlan
+from edgeflow.flow.plan import DetectPlan, FeaturesPlan, Plan, SourcePlan, UdfPlan, WindowPlan
 from edgeflow.ops.detect.kernel import DetectKernel
 from edgeflow.ops.downsample import DownsampleKernel
+from edgeflow.ops.udf import UNROUTED, UdfKernel
 from edgeflow.ops.window import StepOutput, WindowKernel
 from edgeflow.timeutil import now_ns
 
@@ -406,7 +410,7 @@ def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None)
         parts = op.branch(f"{src.name}__split_kinds", raw, lambda x: isinstance(x, Batch))
         readers = [w.input for w in plan.windows] + [d.input for d in plan.downsamples]
         readers += [a.input for a in plan.detects if a not in mine]
-        readers += [i for k in plan.sinks for i in k.inputs]
+        readers += [i for k in plan.sinks for i in k.inputs] + [u.input for u in plan.udfs]
         if (src.name, "readings") in readers:  # (all detection fused: nothing to shard)
             sharder = Sharder(plan.shards)
             streams[(src.name, "readings")] = op.flat_map(
@@ -416,10 +420,13 @@ def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None)
             f"{src.name}__dl_key", parts.falses, lambda _: "dead_letters"
         )
     # steps in declaration order: a window may read the readings a features step makes
-    by_name = {w.name: w for w in plan.windows} | {f.name: f for f in plan.features}
+    by_name: dict[str, WindowPlan | FeaturesPlan | UdfPlan] = {w.name: w for w in plan.windows}
+    by_name |= {f.name: f for f in plan.features} | {u.name: u for u in plan.udfs}
     for name in plan.order:
         w = by_name.get(name)
-        if isinstance(w, WindowPlan):
+        if isinstance(w, UdfPlan):
+            streams.update(_udf(w, streams[w.input], plan.unrouted, plan.shards))
+        elif isinstance(w, WindowPlan):
             streams.update(_window(w, streams[w.input], control))
         elif isinstance(w, FeaturesPlan):
             streams[(w.name, "readings")] = op.map_value(
@@ -436,11 +443,12 @@ def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None)
         streams[(a.name, "anomalies")] = op.stateful_batch(
             a.name, streams[a.input], _reduce_builder(_detect_kernel(a), control)
         )
+    udf_readings = {(u.name, p) for u in plan.udfs for p in u.spec.ports()}
     for k in plan.sinks:
         ups = []
         for i, (up_step, up_port) in enumerate(k.inputs):
             s = streams[(up_step, up_port)]
-            if up_port == "readings":
+            if up_port == "readings" or (up_step, up_port) in udf_readings:
                 s = op.map_value(f"{k.name}__as_records_{i}", s, _as_records(up_step))
             ups.append(s)
         merged = ups[0] if len(ups) == 1 else op.merge(f"{k.name}__merge", *ups)
@@ -455,6 +463,62 @@ def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None)
         if unrouted is not None:
             op.inspect(f"{step}__{port}__unrouted", unrouted, lambda *_: None)
     return flow
+
+
+def _run_udf(kernel: UdfKernel, tagged: bool) -> Callable[[Batch], list[Any]]:
+    """The kernel on one batch: ``(port, batch)`` items (``tagged``) or, for a one-output
+    step whose dead letters nobody reads, just the output batches (dead letters counted)."""
+    errors = f"udf_errors.{kernel.step}"
+
+    def run(b: Batch) -> list[Any]:
+        with in_step(kernel.step):
+            batches, dead = kernel.step_batch(b)
+        out: list[Any] = list(batches) if tagged else [x for _, x in batches]
+        for port, x in batches:
+            if port == UNROUTED:
+                COUNTERS.add(f"unrouted.{kernel.step}", len(x))
+        if dead is not None:
+            COUNTERS.add("dead_letters", dead.n)
+            COUNTERS.add(errors, dead.n)
+            if tagged:
+                out.append(("dead_letters", dead))
+        return out
+
+    return run
+
+
+def _port_of(port: str) -> Callable[[tuple[str, Any]], Any]:
+    def pick(item: tuple[str, Any]) -> Any:
+        return item[1] if item[0] == port else None
+
+    return pick
+
+
+def _reshard(sharder: Sharder) -> Callable[[tuple[str, Batch]], list[tuple[str, Batch]]]:
+    def split(item: tuple[str, Batch]) -> list[tuple[str, Batch]]:
+        return sharder.split(item[1])
+
+    return split
+
+
+def _udf(
+    u: UdfPlan, up: Stream[Any], unrouted: list[str], shards: int
+) -> dict[tuple[str, str], Stream[Any]]:
+    kernel = UdfKernel(u.name, u.spec)
+    if u.spec.ports() == ("readings",) and f"{u.name}.dead_letters" in unrouted:
+        out = {(u.name, "readings"): op.flat_map_value(u.name, up, _run_udf(kernel, False))}
+    else:
+        tagged = op.flat_map_value(u.name, up, _run_udf(kernel, True))
+        out = {
+            (u.name, port): op.filter_map_value(f"{u.name}__{port}", tagged, _port_of(port))
+            for port in (*u.spec.ports(), "dead_letters")
+        }
+    if u.spec.op == "apply":  # a per-record function may change keys: shard them again
+        readings = out[(u.name, "readings")]
+        out[(u.name, "readings")] = op.flat_map(
+            f"{u.name}__reshard", readings, _reshard(Sharder(shards))
+        )
+    return out
 
 
 def _window(

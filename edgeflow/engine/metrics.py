@@ -16,6 +16,7 @@ path nothing. Labels are bounded: ``flow``, and ``sink`` for per-sink figures (n
 | ``edgeflow_bytes_in_total`` | counter | flow (raw bytes read by the sources) |
 | ``edgeflow_bytes_written_total`` | counter | flow, sink |
 | ``edgeflow_watermark_lag_seconds`` | gauge | flow, step (wall clock - newest watermark) |
+| ``edgeflow_udf_errors_total`` | counter | flow, step (readings a user function failed on) |
 | ``edgeflow_outbox_depth`` / ``edgeflow_outbox_dropped_total`` | gauge / counter | flow |
 | ``edgeflow_source_connected`` | gauge | flow, source (1 connected to its broker, 0 not) |
 """
@@ -88,6 +89,15 @@ class _Collector:
                 lag.add_metric([self.flow, key.split(".", 1)[1]], now - value / 1e9)
         yield nbytes
         yield lag
+        udf = CounterMetricFamily(
+            "edgeflow_udf_errors",
+            "Readings a user function (derive, filter, map, route, apply) failed on",
+            labels=["flow", "step"],
+        )
+        for key, value in sorted(c.items()):
+            if key.startswith("udf_errors."):
+                udf.add_metric([self.flow, key.split(".", 1)[1]], value)
+        yield udf
         box = outbox_figures(self.outbox)
         depth = GaugeMetricFamily(
             "edgeflow_outbox_depth", "Records waiting in the outbox for Kafka", labels=["flow"]
