@@ -1,4 +1,5 @@
-"""Your own code in a flow: unit conversion, a derived field, a filter and a route.
+"""Your own code in a flow: unit conversion, a derived field, a filter, a route and
+enrichment from a device table.
 
 20 simulated vibration/temperature sensors (``accel`` in g, ``temp`` in °C):
 
@@ -7,7 +8,11 @@
 * ``filter``: drop sensor glitches (|accel| over 100 m/s²);
 * ``route``: warm readings (23 °C or more) and normal ones to two files;
 * a 10-second mean of the derived power per sensor, and any reading a function failed on
-  (dead letters, with the step and the error) to files too.
+  (dead letters, with the step and the error) to files too;
+* ``enrich``: each reading joined with its device's row of ``udf_devices.csv`` (site, line,
+  temperature limits; edit the file while the flow runs and it is reloaded), then
+  ``detect.limits`` alarms when a device leaves its own limits; devices missing from the
+  table (dev-18, dev-19) go to ``unmatched.jsonl``.
 
 Files go to ``$EDGEFLOW_OUT_DIR`` (default ``out/udf_example``).
 
@@ -15,11 +20,14 @@ Files go to ``$EDGEFLOW_OUT_DIR`` (default ``out/udf_example``).
 """
 
 import os
+from pathlib import Path
 
 from edgeflow import Flow, agg, window
 from edgeflow.connectors import files, simulate
+from edgeflow.ops import detect
 
 OUT = os.environ.get("EDGEFLOW_OUT_DIR", "out/udf_example")
+DEVICES = Path(__file__).with_name("udf_devices.csv")  # device,site,line,temp_low,temp_high
 G = 9.80665  # m/s² per g
 
 flow = Flow("udf-example")
@@ -48,3 +56,10 @@ clean.window(window.tumbling("10s"), agg.mean("power"), agg.max("temp_f"), name=
 dead_letters = flow.sink(files.sink(f"{OUT}/dead_letters.jsonl"), name="dead_letters_file")
 for stream in (si, derived, clean, by_temp):
     stream.dead_letters.to(dead_letters)
+
+# enrichment: the numeric columns of the table (line, temp_low, temp_high) become fields
+sited = si.enrich(DEVICES, key="device", missing="route", name="devices")
+sited.unmatched.to(files.sink(f"{OUT}/unmatched.jsonl"), name="unmatched_file")
+sited.detect(detect.limits(low="temp_low", high="temp_high"), "temp", name="temp_alarms").to(
+    files.sink(f"{OUT}/temp_alarms.jsonl"), name="alarms_file"
+)

@@ -14,6 +14,9 @@ This module is the only one in edgeflow that imports bytewax. Mapping:
 * each user-function step (derive, filter, map, route, apply) -> a stateless
   ``op.flat_map_value`` running :class:`~edgeflow.ops.udf.UdfKernel` on each shard's batch,
   then one ``op.filter_map_value`` per output stream (readings or routes, dead letters);
+* each enrich step -> a stateless ``op.flat_map_value`` running
+  :class:`~edgeflow.ops.enrich.EnrichKernel` (the table file watched and reloaded in the
+  background), then one ``op.filter_map_value`` per output stream (readings, unmatched);
 * each sink step -> ``op.output`` over a ``FixedPartitionedSink`` (stateful sinks, resumed
   from their position) or a ``DynamicSink`` (stateless ones).
 
@@ -23,6 +26,7 @@ Recovery uses bytewax's SQLite partitions in ``<state_dir>/recovery``.
 from __future__ import annotations
 
 import pickle
+import sys
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -54,9 +58,19 @@ from edgeflow.engine.counters import COUNTERS
 from edgeflow.engine.engine_output import closing_part, in_step
 from edgeflow.engine.runner import RunOptions
 from edgeflow.engine.shard import Sharder
-from edgeflow.flow.plan import DetectPlan, FeaturesPlan, Plan, SourcePlan, UdfPlan, WindowPlan
+from edgeflow.flow.plan import (
+    DetectPlan,
+    EnrichPlan,
+    FeaturesPlan,
+    Plan,
+    SourcePlan,
+    UdfPlan,
+    WindowPlan,
+)
 from edgeflow.ops.detect.kernel import DetectKernel
+from edgeflow.ops.detect.limits import FieldLimitsKernel, Limits
 from edgeflow.ops.downsample import DownsampleKernel
+from edgeflow.ops.enrich import EnrichKernel, TableWatcher
 from edgeflow.ops.udf import UNROUTED, UdfKernel
 from edgeflow.ops.window import StepOutput, WindowKernel
 from edgeflow.timeutil import now_ns
@@ -98,7 +112,7 @@ class _SourcePart(StatefulSourcePartition[Any, Any]):
         part: SourcePartition,
         control: _Control,
         step: str,
-        fused: list[tuple[DetectKernel, dict[str, Any]]],
+        fused: list[tuple[AnyDetectKernel, dict[str, Any]]],
     ) -> None:
         self.part = part
         self.control = control
@@ -198,7 +212,12 @@ class _Source(FixedPartitionedSource[Any, Any]):
         )
 
 
-def _detect_kernel(a: DetectPlan) -> DetectKernel:
+AnyDetectKernel = DetectKernel | FieldLimitsKernel
+
+
+def _detect_kernel(a: DetectPlan) -> AnyDetectKernel:
+    if isinstance(a.detector, Limits) and a.detector.limit_fields():  # per-reading limits
+        return FieldLimitsKernel(a.name, a.field, a.detector, a.decision)
     return DetectKernel(a.name, a.field, a.detector, a.decision, a.learn_anomalies)
 
 
@@ -250,12 +269,12 @@ class _ReduceLogic(StatefulBatchLogic[Batch, RecordBatch, bytes]):
     """Downsampling and detection kernels: per-shard state, records out as they come."""
 
     def __init__(
-        self, kernel: DownsampleKernel | DetectKernel, resume: bytes | None, control: _Control
+        self, kernel: DownsampleKernel | AnyDetectKernel, resume: bytes | None, control: _Control
     ) -> None:
         self.kernel = kernel
         self.control = control
         self.state = kernel.init() if resume is None else pickle.loads(resume)
-        self.counter = "anomalies" if isinstance(kernel, DetectKernel) else "trend_points"
+        self.counter = "trend_points" if isinstance(kernel, DownsampleKernel) else "anomalies"
 
     def _out(self, rb: RecordBatch | None) -> list[RecordBatch]:
         if rb is None:
@@ -280,7 +299,7 @@ class _ReduceLogic(StatefulBatchLogic[Batch, RecordBatch, bytes]):
 
 
 def _reduce_builder(
-    kernel: DownsampleKernel | DetectKernel, control: _Control
+    kernel: DownsampleKernel | AnyDetectKernel, control: _Control
 ) -> Callable[[bytes | None], _ReduceLogic]:
     def build(resume: bytes | None) -> _ReduceLogic:
         return _ReduceLogic(kernel, resume, control)
@@ -411,6 +430,7 @@ def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None)
         readers = [w.input for w in plan.windows] + [d.input for d in plan.downsamples]
         readers += [a.input for a in plan.detects if a not in mine]
         readers += [i for k in plan.sinks for i in k.inputs] + [u.input for u in plan.udfs]
+        readers += [e.input for e in plan.enrichments]
         if (src.name, "readings") in readers:  # (all detection fused: nothing to shard)
             sharder = Sharder(plan.shards)
             streams[(src.name, "readings")] = op.flat_map(
@@ -420,11 +440,15 @@ def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None)
             f"{src.name}__dl_key", parts.falses, lambda _: "dead_letters"
         )
     # steps in declaration order: a window may read the readings a features step makes
-    by_name: dict[str, WindowPlan | FeaturesPlan | UdfPlan] = {w.name: w for w in plan.windows}
+    by_name: dict[str, WindowPlan | FeaturesPlan | UdfPlan | EnrichPlan]
+    by_name = {w.name: w for w in plan.windows}
     by_name |= {f.name: f for f in plan.features} | {u.name: u for u in plan.udfs}
+    by_name |= {e.name: e for e in plan.enrichments}
     for name in plan.order:
         w = by_name.get(name)
-        if isinstance(w, UdfPlan):
+        if isinstance(w, EnrichPlan):
+            streams.update(_enrich(w, streams[w.input]))
+        elif isinstance(w, UdfPlan):
             streams.update(_udf(w, streams[w.input], plan.unrouted, plan.shards))
         elif isinstance(w, WindowPlan):
             streams.update(_window(w, streams[w.input], control))
@@ -444,6 +468,7 @@ def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None)
             a.name, streams[a.input], _reduce_builder(_detect_kernel(a), control)
         )
     udf_readings = {(u.name, p) for u in plan.udfs for p in u.spec.ports()}
+    udf_readings |= {(e.name, p) for e in plan.enrichments for p in e.spec.ports()}
     for k in plan.sinks:
         ups = []
         for i, (up_step, up_port) in enumerate(k.inputs):
@@ -519,6 +544,40 @@ def _udf(
             f"{u.name}__reshard", readings, _reshard(Sharder(shards))
         )
     return out
+
+
+def _run_enrich(kernel: EnrichKernel) -> Callable[[Batch], list[tuple[str, Batch]]]:
+    """The join on one batch: ``(port, batch)`` items. A table file that became unusable
+    is one error line on stderr per broken version (the last good table stays in use)."""
+
+    def run(b: Batch) -> list[tuple[str, Batch]]:
+        with in_step(kernel.step):
+            out = kernel.step_batch(b)
+        for why in kernel.watcher.take_errors():
+            COUNTERS.add(f"enrich_table_errors.{kernel.step}", 1)
+            print(
+                f"step {kernel.step!r} (enrich): table {kernel.spec.path}: {why}; "
+                f"still using the last good table ({len(kernel.watcher.table)} keys) - fix the file",
+                file=sys.stderr,
+                flush=True,
+            )
+        for port, x in out:
+            if port != "readings":
+                COUNTERS.add(f"{port}.{kernel.step}", len(x))
+        return out
+
+    return run
+
+
+def _enrich(e: EnrichPlan, up: Stream[Any]) -> dict[tuple[str, str], Stream[Any]]:
+    # the table read by validation; the first batch checks the file again
+    watcher = TableWatcher(Path(e.spec.path), e.spec.key, e.added, e.check_every_ns, e.table)
+    kernel = EnrichKernel(e.name, e.spec, e.added, watcher)
+    tagged = op.flat_map_value(e.name, up, _run_enrich(kernel))
+    return {
+        (e.name, port): op.filter_map_value(f"{e.name}__{port}", tagged, _port_of(port))
+        for port in e.spec.ports()
+    }
 
 
 def _window(

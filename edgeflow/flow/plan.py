@@ -13,8 +13,9 @@ argument is one line naming the step, the argument, the value given and the vali
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from edgeflow.connectors.base import SinkSpec, SourceSpec
@@ -22,8 +23,10 @@ from edgeflow.errors import FlowValidationError
 from edgeflow.ops.agg import Agg
 from edgeflow.ops.args import Arg, Checked
 from edgeflow.ops.args import duration as duration_arg
-from edgeflow.ops.detect import Decision, Detector
+from edgeflow.ops.detect import Decision, Detector, Limits
+from edgeflow.ops.detect.base import parts_of
 from edgeflow.ops.downsample import DownsampleSpec
+from edgeflow.ops.enrich import MISSING, UNMATCHED, EnrichSpec, Table, TableError, load_table
 from edgeflow.ops.udf import OPS as UDF_OPS
 from edgeflow.ops.udf import UNROUTED, UdfSpec, sample_problems
 from edgeflow.ops.window import ResolvedWindow, WindowSpec
@@ -41,7 +44,7 @@ PORTS = {
     "features": ("readings",),
     "sink": (),
 }
-OPTIONAL_PORTS = {"dead_letters", "late", UNROUTED}
+OPTIONAL_PORTS = {"dead_letters", "late", UNROUTED, UNMATCHED}
 
 
 @dataclass
@@ -187,6 +190,51 @@ class ReadingStream(_StreamBase):
         into one are in time order per old key only, so give a later window a lateness.
         A call that raises or returns something else makes that reading a dead letter."""
         return ReadingStream(self.flow, self._udf("apply", {"fn": fn}, name, fields), "readings")
+
+    def enrich(
+        self,
+        table: str | Path,
+        *,
+        key: str,
+        fields: Sequence[str] | None = None,
+        missing: str = "route",
+        defaults: Mapping[str, float] | None = None,
+        check_every: Duration = "1s",
+        name: str | None = None,
+    ) -> EnrichedStream:
+        """Join each reading by its key with a table of device metadata (a CSV file with a
+        header row, or JSON: a list of objects or an object of objects by key); ``key``
+        names the table's key column. The table's numeric columns (or those in ``fields``)
+        become fields of the readings, usable downstream like any field (windows, detect,
+        ``detect.limits(low="low_limit")`` for per-device limits, derive, sinks); text
+        columns are not carried. The file is checked for changes at most every
+        ``check_every`` and reloaded in the background; a broken new file keeps the last good
+        table (one error line, counted). Readings of keys not in the table: ``missing="route"``
+        sends them to ``.unmatched`` (route it to a sink or ignore it: counted, then dropped);
+        ``missing="default"`` gives them ``defaults`` (a number for every added field)."""
+        spec = EnrichSpec(
+            str(table),
+            key,
+            None if fields is None else tuple(fields),
+            missing,
+            tuple((defaults or {}).items()),
+        )
+        step = self.flow._add(
+            "enrich",
+            name,
+            [(self.step.name, self.port)],
+            {"spec": spec, "check_every": check_every},
+        )
+        return EnrichedStream(self.flow, step, "readings")
+
+
+class EnrichedStream(ReadingStream):
+    """The readings of an ``enrich`` step; :attr:`unmatched` are the readings whose key is
+    not in the table (with ``missing="route"``)."""
+
+    @property
+    def unmatched(self) -> ReadingStream:
+        return ReadingStream(self.flow, self.step, UNMATCHED)
 
 
 class Routes:
@@ -370,6 +418,21 @@ class UdfPlan:
 
 
 @dataclass
+class EnrichPlan:
+    """An enrich step (see edgeflow/ops/enrich.py): the table's ``added`` fields are
+    appended to the input's; ``fields`` are the output readings' (None: from the data)."""
+
+    name: str
+    input: tuple[str, str]
+    spec: EnrichSpec
+    added: tuple[str, ...]
+    fields: tuple[str, ...] | None
+    check_every_ns: int
+    #: the table as read when the flow was validated (the run starts with it)
+    table: Table = field(repr=False, compare=False, default_factory=lambda: Table({}, {}, ()))
+
+
+@dataclass
 class SinkPlan:
     name: str
     spec: SinkSpec
@@ -394,6 +457,8 @@ class Plan:
     order: list[str] = field(default_factory=list)
     #: user-function steps (derive, filter, map, route, apply)
     udfs: list[UdfPlan] = field(default_factory=list)
+    #: enrich steps (joins with a device table)
+    enrichments: list[EnrichPlan] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         steps: list[dict[str, Any]] = []
@@ -422,6 +487,13 @@ class Plan:
                 "functions": [n for n, _ in u.spec.fns] if u.spec.op in ("derive", "map", "route") else [],
                 "fields": list(u.fields) if u.fields is not None else None,
                 "outputs": [f"{u.name}.{p}" for p in (*u.spec.ports(), "dead_letters")],
+            })  # fmt: skip
+        for e in self.enrichments:
+            steps.append({
+                "name": e.name, "kind": "enrich", "input": ".".join(e.input), "table": e.spec.path,
+                "key": e.spec.key, "added": list(e.added), "missing": e.spec.missing,
+                "defaults": dict(e.spec.defaults), "check_every": format_duration(e.check_every_ns),
+                "outputs": [f"{e.name}.{p}" for p in e.spec.ports()],
             })  # fmt: skip
         for d in self.downsamples:
             steps.append(
@@ -481,6 +553,11 @@ class Plan:
             lines.append(
                 f"  {u.spec.op:<6} {u.name}: {what} <- {'.'.join(u.input)} -> fields {fields}"
             )
+        for e in self.enrichments:
+            lines.append(
+                f"  enrich {e.name}: {e.spec.path} by {e.spec.key} -> +[{', '.join(e.added)}] "
+                f"(missing: {e.spec.missing}) <- {'.'.join(e.input)}"
+            )
         for d in self.downsamples:
             lines.append(f"  reduce {d.name}: {d.spec.to_dict()} <- {'.'.join(d.input)}")
         for a in self.detects:
@@ -528,9 +605,10 @@ def _validate(flow: Flow) -> Plan:
     detects: list[DetectPlan] = []
     features: list[FeaturesPlan] = []
     udfs: list[UdfPlan] = []
+    enrichments: list[EnrichPlan] = []
     origin: dict[str, str] = {}  # a user-function step's readings come from this step
     for s in flow.steps:
-        if s.kind == "udf" and s.inputs:
+        if s.kind in ("udf", "enrich") and s.inputs:
             up = s.inputs[0][0]
             origin[s.name] = origin.get(up, up)
     for s in flow.steps:
@@ -551,6 +629,10 @@ def _validate(flow: Flow) -> Plan:
             u = _check_udf(s, problems, fields_of)
             if u is not None:
                 udfs.append(u)
+        elif s.kind == "enrich":
+            e = _check_enrich(s, where, problems, fields_of)
+            if e is not None:
+                enrichments.append(e)
         elif s.kind == "downsample":
             ((up, port),) = s.inputs
             spec = p["spec"]
@@ -585,6 +667,7 @@ def _validate(flow: Flow) -> Plan:
                 problems.append(f"{where}: field {p['field']!r} must be a field name, e.g. 'accel'")
                 continue
             _check_field(p["field"], fields_of.get(up), where, problems)
+            _check_limit_fields(det, fields_of.get(up), dec, where, problems)
             detects.append(DetectPlan(s.name, (up, port), p["field"], det, dec, bool(p["learn"])))
         elif s.kind == "sink":
             spec = p["spec"]
@@ -603,6 +686,8 @@ def _validate(flow: Flow) -> Plan:
     for s in flow.steps:
         if s.kind == "udf":
             _check_udf_outputs(s, consumed, problems, unrouted)
+        if s.kind == "enrich":
+            _check_enrich_outputs(s, consumed, problems, unrouted)
         for port in PORTS.get(s.kind, ()):
             if (s.name, port) in consumed:
                 continue
@@ -625,9 +710,13 @@ def _validate(flow: Flow) -> Plan:
         else:
             used = [f for w in windows if w.input[0] == src.name for f in w.fields]
             used += [d.spec.field for d in downsamples if d.input[0] == src.name]
-            used += [a.field for a in detects if a.input[0] == src.name]
+            for a in detects:
+                if a.input[0] == src.name:
+                    lims = a.detector.limit_fields() if isinstance(a.detector, Limits) else ()
+                    used += [a.field, *lims]
             src.read_fields = tuple(dict.fromkeys(used))
-            if any(u.input[0] == src.name for u in udfs):  # user code may read any field
+            inputs = [u.input[0] for u in udfs] + [e.input[0] for e in enrichments]
+            if src.name in inputs:  # user code may read any field; a join keeps them all
                 src.read_fields = src.fields
     return Plan(
         flow.name,
@@ -642,6 +731,7 @@ def _validate(flow: Flow) -> Plan:
         features,
         [s.name for s in flow.steps],
         udfs,
+        enrichments,
     )
 
 
@@ -884,3 +974,107 @@ def _check_udf_outputs(
             continue
         what = "its readings go" if port == "readings" else f"route {port!r} goes"
         problems.append(f"{where}: {what} nowhere; add a .window(...) or .to(sink)")
+
+
+def _check_enrich(
+    s: Step, where: str, problems: list[str], fields_of: dict[str, tuple[str, ...] | None]
+) -> EnrichPlan | None:
+    """An enrich step: its arguments, and the table file read once now (it must exist and
+    hold every requested field as a numeric column, none already a field of the stream)."""
+    spec: EnrichSpec = s.params["spec"]
+    ((up, port),) = s.inputs
+    fields = fields_of.get(up)
+    fields_of[s.name] = None
+    bad = len(problems)
+    problems.extend(f"{where}: {m}" for m in spec.problems())
+    every = _duration(s.params["check_every"], "check_every", where, problems) or 0
+    if spec.fields is not None:
+        for f in spec.fields:
+            if not isinstance(f, str) or not _NAME.match(f) or f in ("t", "key"):
+                problems.append(f"{where}: fields= {f!r} is not a field name")
+    if len(problems) > bad:
+        return None
+    try:
+        table = load_table(spec.path, spec.key, spec.fields or ())
+    except TableError as exc:
+        problems.append(
+            f"{where}: table {spec.path}: {exc}; fix the file or the step's key=/fields="
+        )
+        return None
+    added = spec.fields if spec.fields is not None else tuple(table.columns)
+    if not added:
+        problems.append(
+            f"{where}: table {spec.path} has no numeric column besides {spec.key!r}; "
+            f"its text columns ({', '.join(table.text) or 'none'}) cannot be fields"
+        )
+    clash = [f for f in added if fields is not None and f in fields]
+    if clash:
+        problems.append(
+            f"{where}: {', '.join(map(repr, clash))} already a field of the stream; "
+            f"give fields=[...] without it or rename the table column"
+        )
+    if spec.missing == "default":
+        given = dict(spec.defaults)
+        lacking = [f for f in added if f not in given]
+        extra = [f for f in given if f not in added]
+        if lacking:
+            problems.append(
+                f"{where}: missing='default' needs a default for every added field; "
+                f"add defaults for: {', '.join(lacking)}"
+            )
+        if extra:
+            problems.append(f"{where}: defaults for {', '.join(extra)}: not an added field")
+    if len(problems) > bad:
+        return None
+    out = None if fields is None else fields + tuple(added)
+    fields_of[s.name] = out
+    return EnrichPlan(s.name, (up, port), spec, tuple(added), out, every, table)
+
+
+def _check_enrich_outputs(
+    s: Step, consumed: set[tuple[str, str]], problems: list[str], unrouted: list[str]
+) -> None:
+    """An enrich step's readings must go somewhere; ``unmatched`` is optional."""
+    spec: EnrichSpec = s.params["spec"]
+    if spec.missing not in MISSING:
+        return
+    for port in spec.ports():
+        if (s.name, port) in consumed:
+            continue
+        if port in OPTIONAL_PORTS:
+            unrouted.append(f"{s.name}.{port}")
+        else:
+            problems.append(
+                f"step {s.name!r} (enrich): its readings go nowhere; add a .window(...) or .to(sink)"
+            )
+
+
+def _check_limit_fields(
+    det: Detector,
+    fields: tuple[str, ...] | None,
+    decision: Decision,
+    where: str,
+    problems: list[str],
+) -> None:
+    """``detect.limits`` naming fields as limits: they must be fields of the stream (e.g.
+    added by ``enrich``), the detector the step's own (not an ensemble part) and the
+    decision a threshold."""
+    for part in parts_of(det) or ():
+        if isinstance(part, Limits) and part.limit_fields():
+            problems.append(
+                f"{where}: detect.limits with field-named limits cannot be part of an "
+                f"ensemble; give it its own detect step"
+            )
+    if not isinstance(det, Limits) or not det.limit_fields():
+        return
+    for f in det.limit_fields():
+        if fields is not None and f not in fields:
+            problems.append(
+                f"{where}: detect.limits names field {f!r} as a limit; the stream has: "
+                f"{', '.join(fields) or '(none)'} (add it with .enrich(...) or .derive(...))"
+            )
+    if decision.kind != "threshold":
+        problems.append(
+            f"{where}: detect.limits with field-named limits takes a detect.threshold(...) "
+            f"decision, not {decision.kind}"
+        )
