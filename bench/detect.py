@@ -13,8 +13,14 @@ source partition handed it over) and, separately, since the reading's timestamp 
 the wait for bytewax to poll the source). The first 2 s (a start-up backlog) are left out.
 Prints p50/p99/max.
 
-The last line is JSON: bench, per_s (zscore), baseline_per_s (River), ratio, p99_ms, and
-per-detector rates.
+One key: the same detectors on a single long series made like one of the 100 devices'
+(10,000,000 readings of one key; ``--quick``: 1,000,000), in batches of 65,536 through the
+same kernel - a one-sensor flow or ``edgeflow score`` on a long file, where the many-key fast
+paths have one row to work with.
+
+The last line is JSON: bench, per_s (zscore), baseline_per_s (River), ratio, p99_ms,
+per-detector rates (``<name>_per_s``), and the one-key rates (``one_key_per_s``: zscore,
+``one_key_auto_per_s``, ``one_key_<name>_per_s``).
 """
 
 from __future__ import annotations
@@ -57,6 +63,21 @@ def batches(n: int, seed: int = 1) -> list[Batch]:
         b = slice(a, a + BATCH)
         out.append(Batch(("accel",), keys, key_idx[b], t[b], x[b][None, :].copy()))
     return out
+
+
+def one_key_batches(n: int, seed: int = 1) -> list[Batch]:
+    """One device's series, made as each of :func:`batches`' 100 devices is (a sine with
+    noise and spikes in 0.1 % of readings), 65,536 readings a batch."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n, dtype=np.int64) * 10_000_000
+    x = np.sin(np.arange(n) / 50.0 + rng.uniform(0, 6)) + rng.normal(0, 0.2, n)
+    x[rng.random(n) < 0.001] += 6
+    codes = np.zeros(BATCH, np.int32)
+    return [
+        Batch(("accel",), ("dev-0",), codes[: len(t[a : a + BATCH])], t[a : a + BATCH],
+              x[a : a + BATCH][None, :].copy())
+        for a in range(0, n, BATCH)
+    ]  # fmt: skip
 
 
 def kernel_rate(make: Any, data: list[Batch]) -> tuple[float, int]:
@@ -186,6 +207,12 @@ def main() -> None:
         rate, found = kernel_rate(make, data)
         rates[name] = rate
         print(f"{name:>9}: {rate:>12,.0f} readings/s ({n:,} readings, {found:,} anomaly events)")
+    one = one_key_batches(n)
+    one_rates: dict[str, float] = {}
+    for name, make in suite.items():
+        rate, found = kernel_rate(make, one)
+        one_rates[name] = rate
+        print(f"{name:>9}: {rate:>12,.0f} readings/s on ONE key ({n:,} readings, {found:,} events)")
     base = river_rate(50_000)
     print(
         f"{'River HST':>9}: {base:>12,.0f} readings/s (HalfSpaceTrees, score_one + learn_one per reading)"
@@ -205,6 +232,8 @@ def main() -> None:
         "p50_ms": round(lat["p50_ms"], 3),
         "p99_from_timestamp_ms": round(lat["p99_from_timestamp_ms"], 3),
         "readings": n, **{f"{k}_per_s": round(v) for k, v in rates.items()},
+        "one_key_per_s": round(one_rates["zscore"]), "one_key_auto_per_s": round(one_rates["auto"]),
+        **{f"one_key_{k}_per_s": round(v) for k, v in one_rates.items()},
     }), flush=True)  # fmt: skip
 
 

@@ -42,6 +42,10 @@ def main() -> None:
         took = time.perf_counter() - t0
         results[name] = evaluate.evaluate_events(name, events[name], corpus)
         print(f"{name}: {took:.1f} s ({readings / took:,.0f} readings/s)", file=sys.stderr)
+    t0 = time.perf_counter()
+    classic = [evaluate.classic_3sigma(s.x) for s in corpus]
+    print(f"{evaluate.BASELINE}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    results[evaluate.BASELINE] = evaluate.evaluate_events(evaluate.BASELINE, classic, corpus)
     never = evaluate.evaluate_events("never alarm", evaluate.never_alarm(corpus), corpus)
     chance = evaluate.evaluate_events(
         "random at auto's alarm count",

@@ -28,10 +28,6 @@ DETECTORS: dict[str, Callable[[], Detector]] = {
     "auto": lambda: detect.auto(),
 }
 
-#: today's calibrate() saturates at exactly 1.0 above about 5x the alarm level (issue 13,
-#: "scores that rank"): these fail the scores-rank check until the calibration is replaced
-SATURATING = {"zscore", "ewma", "mad", "mad_diff", "cusum", "seasonal", "limits", "auto"}
-
 
 @pytest.mark.parametrize("name", list(DETECTORS))
 def test_every_detector_passes_check_detector(name: str) -> None:
@@ -39,20 +35,7 @@ def test_every_detector_passes_check_detector(name: str) -> None:
     detect.check_detector(DETECTORS[name], rank=False)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            n,
-            marks=pytest.mark.xfail(
-                strict=True, raises=AssertionError, reason="calibrate saturates at 1.0 (issue 13)"
-            ),
-        )
-        if n in SATURATING
-        else n
-        for n in DETECTORS
-    ],
-)
+@pytest.mark.parametrize("name", list(DETECTORS))
 def test_every_detector_scores_rank(name: str) -> None:
     """Spikes of many sizes: scores monotone in raw, distinct raw values, distinct scores."""
     checks.check_scores_rank(DETECTORS[name])

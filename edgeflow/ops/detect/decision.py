@@ -28,10 +28,22 @@ import numpy as np
 
 from edgeflow.batch import F64
 from edgeflow.ops.args import Arg, check, counter, points, rate
-from edgeflow.ops.detect.base import calibrate
+from edgeflow.ops.detect.base import calibrate, raw_at
+from edgeflow.ops.detect.spread import floored, resolution
 
 #: points since the last event of a key that never raised one
 NO_EVENT_YET = 1 << 30
+
+#: anomalies in a row after which a key adapts to a lasting change (learns its points until
+#: the first normal one): a level shift is one event, then it is the new normal
+ADAPT_AFTER = 16
+
+#: a warm-up reading further than this many robust sigmas from the warm-up block's median is
+#: left out of the model's first fit (see :func:`warm_up_inliers`)
+WARM_UP_OUTLIER = 5.0
+#: ... unless more than this share of the block is that far out: then it is a second level
+#: of the signal (a duty cycle), not a few glitches, and the whole block is learnt
+WARM_UP_MINORITY = 0.2
 
 
 @dataclass(frozen=True)
@@ -114,7 +126,7 @@ class RawThreshold:
 
     def __init__(self, level: float, thr: float) -> None:
         self.level, self.thr = level, thr
-        raw_thr = -level / 3.0 * math.log10(1.0 - thr) if thr < 1 else math.inf
+        raw_thr = raw_at(thr, level)
         self.near, self.sure = raw_thr * (1 - 1e-9), raw_thr * (1 + 1e-9)
 
     def flags(self, raw: F64, inside: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
@@ -130,22 +142,24 @@ class RawThreshold:
         return flagged, True
 
 
-def starts_episode(gap: Any, cooldown: int) -> Any:
+def starts_episode(gap: Any, cooldown: Any) -> Any:
     """Whether an anomaly ``gap`` points after the key's last event (1: the next point)
     raises an event: only when no event was raised within ``cooldown`` points. Scalars or
     arrays."""
     return gap > cooldown
 
 
-def episode_starts(at: list[int], since: int, cooldown: int) -> tuple[list[bool], int]:
+def episode_starts(at: list[int], since: int, cooldown: int | list[int]) -> tuple[list[bool], int]:
     """For one key's anomalies at positions ``at`` (increasing) of a segment, where the key's
     last event was ``since`` points before the segment's first point (counting that point
     as 1 when the event was on the point just before): which raise an event, and the
-    position of the last event in the segment (-1: none)."""
+    position of the last event in the segment (-1: none). ``cooldown``: one for all, or
+    each anomaly's own."""
     out: list[bool] = []
     last = -1
-    for i in at:
-        ev = bool(starts_episode(i - last if last >= 0 else since + i + 1, cooldown))
+    cools = cooldown if isinstance(cooldown, list) else [cooldown] * len(at)
+    for i, cool in zip(at, cools, strict=True):
+        ev = bool(starts_episode(i - last if last >= 0 else since + i + 1, cool))
         out.append(ev)
         if ev:
             last = i
@@ -156,6 +170,30 @@ def streak_after(streak: Any, normal: Any, anomalous: Any) -> Any:
     """Anomalies in a row after ``normal`` normal points (any normal point resets the count)
     followed by an anomaly where ``anomalous``. Scalars or arrays."""
     return np.where(normal > 0, 0, streak) + anomalous
+
+
+def warm_up_inliers(block: F64) -> np.ndarray:
+    """Which readings of a key's warm-up block the model learns first: all but those further
+    than :data:`WARM_UP_OUTLIER` robust sigmas from the block's median. The robust sigma is
+    1.4826 MAD (it holds with up to half the block contaminated), else 1.2533 x the mean
+    absolute deviation, floored by the block's resolution (see
+    :mod:`edgeflow.ops.detect.spread`) - so a few early outliers (a sensor reading 0 at
+    power-on) do not poison the model, and a quantised block keeps every reading. When more
+    than :data:`WARM_UP_MINORITY` of the block is that far out, the far readings are a level
+    the signal spends real time at (a two-level duty cycle) and every reading is kept."""
+    if len(block) < 5:
+        return np.ones(len(block), bool)
+    med = float(np.median(block))
+    dev = np.abs(block - med)
+    scale = 1.4826 * float(np.median(dev))
+    if scale <= 0:
+        scale = 1.2533 * float(dev.mean())
+    res, _ = resolution(math.inf, None, block)
+    scale = float(floored(scale, res, med))
+    out: np.ndarray = dev <= WARM_UP_OUTLIER * scale
+    if (~out).sum() > WARM_UP_MINORITY * len(block):
+        out[:] = True  # a level the signal spends real time at (a square wave): not outliers
+    return out
 
 
 def is_adapting(streak: Any, adapt_after: int | None) -> Any:

@@ -12,8 +12,13 @@ is decided (streak, cooldown, forget: :mod:`edgeflow.ops.detect.decision`), and 
 rest goes into the next pass. Passes repeat until every key is done, so a batch costs about
 (anomalies per key + 1) vectorised passes.
 
-The semantics are the Driver's (one point at a time) with a fixed threshold. A key that
-starts adapting (a long streak of anomalies) finishes its batch in the Driver. Scores equal
+The semantics are the Driver's (one point at a time) with a fixed threshold. A key in
+warm-up (its first ``warmup`` readings, learnt as one block), adapting (``adapt_after``
+anomalies in a row) or with a long run of readings in the batch (:data:`DRIVER_ROW`) is
+handed to the Driver for the rest of the batch. The
+key's resolution (the smallest non-zero step of its learnt readings, the floor of every
+spread: :mod:`edgeflow.ops.detect.spread`) is kept here as a row array the models read with
+:meth:`StackedModel.resolution`. Scores equal
 the Driver's up to floating-point rounding: short passes filter and sum by small matrix
 products instead of ``lfilter`` and ``cumsum``.
 """
@@ -35,8 +40,14 @@ from edgeflow.ops.detect.decision import (
     streak_after,
 )
 from edgeflow.ops.detect.driver import Driver
+from edgeflow.ops.detect.spread import resolution_rows
 
 Rows = np.ndarray  # row indices, counts and masks of the stacked state
+
+#: a key with at least this many readings in a batch (one long series: a one-sensor flow, a
+#: replay) runs them in the Driver, whose passes are cheaper than a stacked pass of one row;
+#: the results are the same (check_detector: stacked = reference)
+DRIVER_ROW = 2048
 
 
 def has_stacked_form(det: Detector) -> bool:
@@ -108,13 +119,22 @@ class StackedModel:
     no cap): a model re-estimated every N learnt points must learn up to that point before
     scoring past it."""
 
+    #: each row's resolution (inf: no step seen yet), kept by :class:`Stacked`
+    res: F64 = np.zeros(0)
+
+    def resolution(self, rows: Rows) -> F64:
+        """The resolution of the keys at ``rows`` (inf where none was seen yet)."""
+        out: F64 = self.res[rows]
+        return out
+
     def score(self, rows: Rows, x: F64) -> tuple[F64, F64, F64]:
         raise NotImplementedError
 
     def learn(self, rows: Rows, f: Rows) -> None:
         raise NotImplementedError
 
-    def forget(self, rows: Rows) -> None:
+    def forget(self, rows: Rows, x: F64 | None = None) -> None:
+        """Rows met an anomaly (value ``x[i]`` for row i), which is not learnt."""
         return None
 
     def limit(self, rows: Rows) -> Rows | None:
@@ -149,7 +169,7 @@ class Stacked:
     #: the layout of the arrays of this class and its models, kept in snapshots (pickles of
     #: the arrays: fast). Bump it when their attributes change: a snapshot of another
     #: layout is then converted on load (see __setstate__).
-    LAYOUT = 2
+    LAYOUT = 3
 
     def __init__(self, driver: Driver) -> None:
         self.layout = Stacked.LAYOUT
@@ -160,6 +180,10 @@ class Stacked:
         self.all_rows = np.zeros(0, np.int64)  # every row, in order
         self.streak = np.zeros(0, np.int64)
         self.since = np.zeros(0, np.int64)
+        self.res = np.zeros(0)  # resolution per row (see edgeflow.ops.detect.spread)
+        self.res_last = np.zeros(0)  # each row's last learnt reading (NaN: none)
+        self.model.res = self.res
+        self.warming: dict[int, list[float]] = {}  # rows in warm-up: their readings so far
         self._last_names: object = None
         self._last_rows = np.empty(0, np.int64)
         self._in_order = False
@@ -173,6 +197,10 @@ class Stacked:
         today's methods, as each key's Driver state, and laid out again."""
         self.__dict__.update(state)
         if state.get("layout") != Stacked.LAYOUT:
+            n = len(self.names)  # layout 2 kept no resolution and no warm-up blocks
+            self.__dict__.setdefault("res", np.full(n, np.inf))
+            self.__dict__.setdefault("res_last", np.full(n, np.nan))
+            self.__dict__.setdefault("warming", {})
             keys = [self.driver_state(r) for r in range(len(self.names))]
             self.__dict__ = restore_stacked(self.driver, list(self.names), keys).__dict__
 
@@ -195,6 +223,13 @@ class Stacked:
             self.all_rows = np.arange(len(self.names))
             self.streak = np.concatenate([self.streak, np.zeros(len(new), np.int64)])
             self.since = np.concatenate([self.since, np.full(len(new), NO_EVENT_YET, np.int64)])
+            self.res = np.concatenate([self.res, np.full(len(new), np.inf)])
+            self.res_last = np.concatenate([self.res_last, np.full(len(new), np.nan)])
+            self.model.res = self.res
+            if det.warmup > 0:
+                self.warming.update(
+                    (r, []) for r in range(len(self.names) - len(new), len(self.names))
+                )
         self._last_names, self._last_rows = names, out
         self._in_order = len(out) == len(self.names) and bool((out == np.arange(len(out))).all())
         return out
@@ -208,11 +243,22 @@ class Stacked:
         st = self.driver.init()
         self.model.scatter(r, st["det"])
         st["streak"], st["since_event"] = int(self.streak[r]), int(self.since[r])
+        last = float(self.res_last[r])
+        st["det"]["res"], st["det"]["res_last"] = float(self.res[r]), None if last != last else last
+        warm = self.warming.get(r)
+        st["warm"] = None if warm is None else list(warm)
         return st
 
     def load(self, r: int, st: dict[str, Any]) -> None:
         self.model.load(r, st["det"])
         self.streak[r], self.since[r] = st["streak"], st["since_event"]
+        self.res[r] = st["det"].get("res", np.inf)
+        last = st["det"].get("res_last")
+        self.res_last[r] = np.nan if last is None else last
+        if st.get("warm") is None:
+            self.warming.pop(r, None)
+        else:
+            self.warming[r] = list(st["warm"])
         self.quiet = False
 
     def run(self, rows: Rows, xmat: F64, lens: Rows) -> Events:
@@ -226,14 +272,12 @@ class Stacked:
         model, a new key, a key in warm-up). Keys adapting to a lasting change (``adapt_after``
         anomalies in a row) learn their reading, anomalous or not, as the Driver's do."""
         model = self.model
-        if len(x) != len(self.names):
+        if len(x) != len(self.names) or self.warming:
             return None
         driver = self.driver
         adapt = driver.adapt_after
-        adapting = None  # keys past ``adapt_after`` anomalies in a row learn this one too
-        if not self.quiet and adapt is not None:
-            past = is_adapting(self.streak, adapt)
-            adapting = past if past.any() else None
+        if not self.quiet and adapt is not None and is_adapting(self.streak, adapt).any():
+            return None  # a key adapting: the Driver runs it (the general path hands it over)
         rows = self.all_rows
         got = model.tick(rows, x)
         if got is None:
@@ -243,15 +287,17 @@ class Stacked:
         events = Events()
         if not anomalous:
             model.learn_tick(rows, None, x)  # every key learns
+            self._learnt_tick(None, x)
             self.since += 1
             if not self.quiet:
                 self.streak[:] = 0
                 self.quiet = True  # no key has a streak of anomalies
             return events
         self.quiet = False
-        learnt = ~flagged if adapting is None else ~flagged | adapting
+        learnt = ~flagged
         model.learn_tick(rows, learnt, x)
-        model.forget(rows[~learnt])  # anomalies not learnt (CUSUM restarts its sums)
+        self._learnt_tick(learnt, x)
+        model.forget(rows[flagged], x[flagged])  # anomalies not learnt (CUSUM restarts its sums)
         since, streak = self.since, self.streak
         since += 1  # learnt: one more point; flagged: the anomaly counts too
         ev = flagged & starts_episode(since, driver.decision.cooldown)
@@ -263,6 +309,18 @@ class Stacked:
             events.add(r, np.zeros(len(r), np.int64), calibrate(rr, driver.detector.level), rr,
                        mid - dev, mid + dev)  # fmt: skip
         return events
+
+    def _learnt_tick(self, learnt: Rows | None, x: F64) -> None:
+        """Every row learnt its reading ``x[i]`` where ``learnt`` (None: all): resolutions."""
+        step = np.abs(x - self.res_last)
+        moved = step > 0  # (NaN: a row's first learnt reading, no step)
+        if learnt is not None:
+            moved &= learnt
+        np.minimum(self.res, np.where(moved, step, np.inf), out=self.res)
+        if learnt is None:
+            self.res_last[:] = x
+        else:
+            self.res_last[learnt] = x[learnt]
 
 
 def restore_stacked(driver: Driver, names: list[str], keys: list[dict[str, Any]]) -> Stacked:
@@ -315,9 +373,11 @@ def run_stacked(
     stacked.quiet = False  # streaks change here
     pos = np.zeros(k, np.int64)
     handoff: list[int] = []
-    adapting = is_adapting(streak[rows], adapt)
-    handoff.extend(np.flatnonzero(adapting).tolist())
-    active = np.flatnonzero(~adapting & (lens > 0))
+    if stacked.warming:  # keys in warm-up: the Driver collects and learns their block
+        _warm_up_rows(stacked, rows, xmat, lens, pos, events, every_anomaly, ranges)
+    adapting = is_adapting(streak[rows], adapt) | (lens - pos >= DRIVER_ROW)
+    handoff.extend(np.flatnonzero(adapting & (lens > pos)).tolist())
+    active = np.flatnonzero(~adapting & (lens > pos))
     first = True
     # points per later pass: about twice the recent gap between anomalies. A shard whose
     # keys alarm often starts the next batch with passes of that size too (scoring a whole
@@ -336,7 +396,7 @@ def run_stacked(
             span = min(int(rem.max()), int(lim.max()))
             rem = np.minimum(rem, lim)
         inside = np.arange(span) < rem[:, None]
-        whole = first and span == width and len(active) == k
+        whole = first and span == width and len(active) == k and not pos.any()
         if whole:
             x = xmat  # the whole grid: no gather
         else:
@@ -351,13 +411,15 @@ def run_stacked(
         if ranges is not None:
             keep_ranges(ranges, active, pos, centre, half, np.where(has, f + 1, f), whole)
         model.learn(g, f)
+        res_g, last_g = resolution_rows(stacked.res[g], stacked.res_last[g], x, f)
+        stacked.res[g], stacked.res_last[g] = res_g, last_g
         since[g] += f
         if has.any():
             hit, gh, fh = active[has], g[has], f[has]
             # scoring past a key's next anomaly is wasted: size the next pass to the gaps
             reach = int(min(96, max(8, 2 * (int(fh.sum()) / len(fh) + 1))))
             found += len(fh)
-            model.forget(gh)
+            model.forget(gh, x[np.flatnonzero(has), fh])
             ev = starts_episode(since[gh] + 1, cooldown)
             keep = np.ones(len(gh), bool) if every_anomaly else ev
             if keep.any():
@@ -398,6 +460,35 @@ def run_stacked(
         if ranges is not None:
             ranges[0][i, p:n], ranges[1][i, p:n] = rest.low, rest.high
     return events
+
+
+def _warm_up_rows(
+    stacked: Stacked,
+    rows: Rows,
+    xmat: F64,
+    lens: Rows,
+    pos: Rows,
+    events: Events,
+    every_anomaly: bool,
+    ranges: tuple[F64, F64] | None,
+) -> None:
+    """Keys of the grid still in warm-up: the Driver takes each one's readings up to the end
+    of its warm-up (collecting them, then learning the block: no verdicts) and the key's
+    position moves past them; the rest of its readings go through the stacked passes."""
+    driver = stacked.driver
+    for i in np.flatnonzero(
+        np.fromiter((r in stacked.warming for r in rows.tolist()), bool, len(rows))
+    ).tolist():
+        r = int(rows[i])
+        take = min(int(lens[i]), driver.detector.warmup - len(stacked.warming[r]))
+        st = stacked.driver_state(r)
+        out = driver.run(st, xmat[i, :take])
+        stacked.load(r, st)
+        at = np.flatnonzero(out.anomaly if every_anomaly else out.event)  # (none: warm-up)
+        events.add(np.full(len(at), i), at, out.score[at], out.raw[at], out.low[at], out.high[at])
+        if ranges is not None:
+            ranges[0][i, :take], ranges[1][i, :take] = out.low, out.high
+        pos[i] = take
 
 
 def keep_ranges(

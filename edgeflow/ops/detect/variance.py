@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -11,12 +12,17 @@ import numpy as np
 from edgeflow.batch import F64
 from edgeflow.ops.args import counter, level, rate
 from edgeflow.ops.detect.base import Detector, Scores, calibrate, warm_up_mask, warm_up_rows
+from edgeflow.ops.detect.mad import finite_raw, floored_before
 from edgeflow.ops.detect.stacked import Rows, StackedModel
 from edgeflow.ops.scipy_lazy import lfilter
 
 
 class VarianceChange(Detector):
-    """Log ratio of a fast to a slow EW variance of the first difference: variance changes."""
+    """Log ratio of a fast to a slow EW variance of the first difference: variance changes.
+
+    Both variances are floored by the square of the key's resolution (see
+    :mod:`edgeflow.ops.detect.spread`; :func:`variance_ratio`), so a quantised or flat
+    signal never divides by 0 and one-quantum moves are not a variance change."""
 
     name = "variance"
     ARGS = (rate("fast"), rate("slow"), level(), counter("warmup"))
@@ -43,9 +49,9 @@ class VarianceChange(Detector):
 
     def score(self, st: dict[str, Any], x: F64) -> Scores:
         vf, vs = self.prefix(st, x)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            raw = np.abs(np.log((vf + 1e-12) / (vs + 1e-12)))
-        raw = np.nan_to_num(raw, nan=0.0, posinf=1e6) * warm_up_mask(st, len(x), self.warmup)
+        last = math.nan if st["prev"] is None else st["prev"]
+        raw = variance_ratio(vf, vs, st.get("res", math.inf), last, x)
+        raw = raw * warm_up_mask(st, len(x), self.warmup)
         nan = np.full(len(x), np.nan)
         return Scores(raw, calibrate(raw, self.level), nan, nan)
 
@@ -69,6 +75,17 @@ class VarianceChange(Detector):
 
     def stacked_model(self, states: list[dict[str, Any]]) -> VarianceChangeStacked:
         return VarianceChangeStacked(self, states)
+
+
+def variance_ratio(vf: F64, vs: F64, res: F64 | float, last: F64 | float, x: F64) -> F64:
+    """|log(vf / vs)| for the points ``x`` of a prefix pass, with both variances floored by
+    the square of each point's spread floor (:func:`~edgeflow.ops.detect.mad.floored_before`
+    of the key's resolution ``res`` and last learnt reading ``last``)."""
+    fast = floored_before(np.sqrt(np.maximum(vf, 0.0)), res, last, x, x)
+    slow = floored_before(np.sqrt(np.maximum(vs, 0.0)), res, last, x, x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw = 2.0 * np.abs(np.log(fast / slow))
+    return finite_raw(raw)
 
 
 def nan_for_none(values: list[float | None]) -> F64:
@@ -100,9 +117,7 @@ class VarianceChangeStacked(StackedModel):
         vs = lfilter([sa], [1, -(1 - sa)], d2, axis=1, zi=((1 - sa) * s0)[:, None])[0]
         vs_before = np.empty_like(vs)
         vs_before[:, 0], vs_before[:, 1:] = s0, vs[:, :-1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            raw = np.abs(np.log((vf + 1e-12) / (vs_before + 1e-12)))
-        raw = np.nan_to_num(raw, nan=0.0, posinf=1e6)
+        raw = variance_ratio(vf, vs_before, self.resolution(rows), self.prev[rows], x)
         n0 = self.n[rows]
         if len(n0) and n0.min() < det.warmup:
             raw = raw * warm_up_rows(n0, x.shape[1], det.warmup)
