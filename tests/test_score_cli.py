@@ -222,3 +222,33 @@ def test_raw_is_written_beside_score_and_distinct_scores_print_distinct(tmp_path
     printed = {r["score"] for r in rows}
     assert len(printed) == len(set(want.score.tolist()))
     assert list(rows[0])[-5:] == ["raw", "score", "is_anomaly", "detector", "reason"]
+
+
+def test_the_bulk_time_reader_gives_exactly_what_the_row_reader_gives() -> None:
+    """Plain UTC ISO times are read for the whole column at once (50x faster on a 1 M row
+    export); the result must be exactly the row-by-row reader's, and anything else falls
+    back to it (so malformed rows still get their reason)."""
+    from zoneinfo import ZoneInfo
+
+    from edgeflow.cli.score import _fast_times, read_time
+
+    rng = np.random.default_rng(4)
+    base = np.datetime64("1970-01-01T00:00:00", "s")
+    secs = rng.integers(0, 290 * 365 * 86400, 300)
+    texts = []
+    for k, s in enumerate(secs.tolist()):
+        t = str(base + np.timedelta64(s, "s"))
+        frac = ["", ".5", ".123456789", ".000001"][k % 4]
+        sep = "T" if k % 3 else " "
+        texts.append(f"{t[:10]}{sep}{t[11:]}{frac}" + ["Z", "+00:00"][k % 2])
+    got = _fast_times(texts, None)
+    assert got is not None
+    assert got.tolist() == [read_time(t, None) for t in texts]
+    naive = [t.removesuffix("Z").removesuffix("+00:00") for t in texts]
+    utc = ZoneInfo("UTC")
+    assert _fast_times(naive, None) is None, "no offset and no --tz: the row reader refuses"
+    fast_utc = _fast_times(naive, utc)
+    assert fast_utc is not None and fast_utc.tolist() == [read_time(t, utc) for t in naive]
+    for bad in ("2026-02-30T00:00:00Z", "2026-01-05T24:00:00Z", "2300-01-01T00:00:00Z", "x"):
+        assert _fast_times([texts[0], bad], None) is None, bad
+    assert _fast_times(naive[:3], ZoneInfo("Europe/Berlin")) is None
