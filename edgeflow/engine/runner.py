@@ -166,6 +166,13 @@ def state_mismatch(plan: Plan, state_dir: Path) -> str | None:
         )
     if text == _plan_text(plan):
         return None
+    if written.get("state_format") != STATE_FORMAT:
+        return (
+            f"the state in {state_dir} was written by an older edgeflow (state format "
+            f"{written.get('state_format', 1)}; this edgeflow reads format {STATE_FORMAT}: "
+            "detection keeps different per-key state since detection v2), so its snapshots "
+            "cannot be resumed"
+        )
     return (
         f"the flow changed since the state in {state_dir} was written; its snapshots do not "
         "fit the new flow"
@@ -187,8 +194,14 @@ def move_state_aside(state_dir: Path) -> Path | None:
     return target
 
 
+#: the format of the snapshots a flow's state holds; bump it when state written by an older
+#: edgeflow cannot be resumed (2: detection v2, edgeflow/ops/detect/ - resolution, warm-up
+#: blocks and adapting streaks in every detector's state)
+STATE_FORMAT = 2
+
+
 def _plan_text(plan: Plan) -> str:
-    return json.dumps(plan.to_dict(), sort_keys=True, default=str)
+    return json.dumps({**plan.to_dict(), "state_format": STATE_FORMAT}, sort_keys=True, default=str)
 
 
 def _check_plan_unchanged(plan: Plan, state_dir: Path) -> None:
