@@ -269,15 +269,23 @@ class Stacked:
         """A live tick: one reading for every key, keys in row order. The same result as
         :meth:`run` with the fewest array operations, for models that have a tick form;
         None (nothing done) when the model or a key's state needs the general path (another
-        model, a new key, a key in warm-up). Keys adapting to a lasting change (``adapt_after``
-        anomalies in a row) learn their reading, anomalous or not, as the Driver's do."""
+        model, a new key, a key in warm-up, a key starting to adapt: the Driver calls its
+        detector's ``adapt``). Keys adapting to a lasting change (past ``adapt_after`` anomalies
+        in a row) learn their reading, anomalous or not, as the Driver's do."""
         model = self.model
         if len(x) != len(self.names) or self.warming:
             return None
         driver = self.driver
         adapt = driver.adapt_after
-        if not self.quiet and adapt is not None and is_adapting(self.streak, adapt).any():
-            return None  # a key adapting: the Driver runs it (the general path hands it over)
+        adapting = None  # keys past ``adapt_after`` anomalies in a row learn this one too
+        starting: list[tuple[int, dict[str, Any]]] = []  # keys that start adapting now
+        if not self.quiet and adapt is not None:
+            past = is_adapting(self.streak, adapt)
+            if past.any():
+                start = self.streak == adapt
+                adapting = past & ~start
+                # the Driver calls their detector's adapt: their state before this tick
+                starting = [(r, self.driver_state(r)) for r in np.flatnonzero(start).tolist()]
         rows = self.all_rows
         got = model.tick(rows, x)
         if got is None:
@@ -285,6 +293,13 @@ class Stacked:
         raw, centre, half = got
         flagged, anomalous = RawThreshold(driver.detector.level, driver.decision.value).flags(raw)
         events = Events()
+        if starting:  # the tick leaves them alone; the Driver takes their reading below
+            aside = np.zeros(len(x), bool)
+            aside[[r for r, _ in starting]] = True
+            flagged &= ~aside
+            assert adapting is not None
+            adapting &= ~aside
+            anomalous = True  # (the general branch: it keeps keys aside)
         if not anomalous:
             model.learn_tick(rows, None, x)  # every key learns
             self._learnt_tick(None, x)
@@ -294,10 +309,13 @@ class Stacked:
                 self.quiet = True  # no key has a streak of anomalies
             return events
         self.quiet = False
-        learnt = ~flagged
+        learnt = ~flagged if adapting is None else ~flagged | adapting
+        gone = flagged if adapting is None else flagged & ~adapting
+        if starting:
+            learnt &= ~aside
         model.learn_tick(rows, learnt, x)
         self._learnt_tick(learnt, x)
-        model.forget(rows[flagged], x[flagged])  # anomalies not learnt (CUSUM restarts its sums)
+        model.forget(rows[gone], x[gone])  # anomalies not learnt (CUSUM restarts its sums)
         since, streak = self.since, self.streak
         since += 1  # learnt: one more point; flagged: the anomaly counts too
         ev = flagged & starts_episode(since, driver.decision.cooldown)
@@ -308,6 +326,12 @@ class Stacked:
             mid, dev, rr = centre[r], half[r], raw[r]
             events.add(r, np.zeros(len(r), np.int64), calibrate(rr, driver.detector.level), rr,
                        mid - dev, mid + dev)  # fmt: skip
+        for row, st in starting:
+            out = driver.run(st, x[row : row + 1])
+            self.load(row, st)
+            if out.event[0]:
+                events.add(np.array([row]), np.zeros(1, np.int64), out.score, out.raw, out.low,
+                           out.high)  # fmt: skip
         return events
 
     def _learnt_tick(self, learnt: Rows | None, x: F64) -> None:
