@@ -59,3 +59,13 @@ def per_reading_source(spec: Any, ctx: Any, counts: dict[str, int]) -> Any:
             return Part(for_part)
 
     return Src()
+
+
+def simulated_sensors(seconds: int, seed: int, devices: int = 1000, rate_hz: int = 100) -> Any:
+    """The benches' data: ``devices`` simulated sensors at ``rate_hz``, ``seconds`` of
+    readings generated as fast as they can be (speed None), from ``seed``."""
+    from edgeflow.connectors import simulate
+
+    return simulate.sensors(
+        devices=devices, rate_hz=rate_hz, seed=seed, speed=None, duration=f"{seconds}s"
+    )

@@ -42,7 +42,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _broker import Broker  # noqa: E402
-from _common import emit, peak_rss_mb, per_reading_source, run_child  # noqa: E402
+from _common import emit, peak_rss_mb, per_reading_source, run_child, simulated_sensors  # noqa: E402
 
 # bench/kafka.py would shadow kafka-python: keep this folder off the path from here on
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
@@ -55,11 +55,7 @@ ZSCORE_WINDOW = 256
 
 
 def sensors(seconds: int) -> Any:
-    from edgeflow.connectors import simulate
-
-    return simulate.sensors(
-        devices=DEVICES, rate_hz=RATE_HZ, seed=7, speed=None, duration=f"{seconds}s"
-    )
+    return simulated_sensors(seconds, seed=7, devices=DEVICES, rate_hz=RATE_HZ)
 
 
 def kafka_end_offsets(bootstrap: str, topic: str) -> int:

@@ -31,18 +31,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, peak_rss_mb, per_reading_source, run_child
+from _common import emit, peak_rss_mb, per_reading_source, run_child, simulated_sensors
 
 DEVICES = 1000
 RATE_HZ = 100
 
 
 def sensors(seconds: int) -> Any:
-    from edgeflow.connectors import simulate
-
-    return simulate.sensors(
-        devices=DEVICES, rate_hz=RATE_HZ, seed=42, speed=None, duration=f"{seconds}s"
-    )
+    return simulated_sensors(seconds, seed=42, devices=DEVICES, rate_hz=RATE_HZ)
 
 
 def run_edgeflow(seconds: int) -> dict[str, Any]:

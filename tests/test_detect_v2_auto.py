@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeflow.batch import Batch
 from edgeflow.ops import detect
 from edgeflow.ops.detect.checks import (
     check_batching,
     check_bounded_state,
     check_stacked_equals_reference,
+    grid_batch,
 )
 from edgeflow.ops.detect.decision import threshold
 from edgeflow.ops.detect.ensemble import (
@@ -32,18 +32,6 @@ from edgeflow.ops.detect.ensemble import (
 )
 from edgeflow.ops.detect.kernel import DetectKernel
 from edgeflow.ops.detect.mad import MAD, robust_spread
-
-
-def grid_batch(keys: tuple[str, ...], xs: np.ndarray, t0: int) -> Batch:
-    """Readings (time, key) of every key, time by time, as one batch."""
-    per, nk = xs.shape
-    return Batch(
-        ("v",),
-        keys,
-        np.tile(np.arange(nk, dtype=np.int32), per),
-        np.repeat(np.arange(t0, t0 + per, dtype=np.int64), nk),
-        np.ascontiguousarray(xs).reshape(1, -1),
-    )
 
 
 def run(det: detect.Detector, x: np.ndarray) -> detect.DriverOut:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeflow.batch import Batch
 from edgeflow.ops import detect
+from edgeflow.ops.detect.checks import grid_batch
 from edgeflow.ops.detect.kernel import DetectKernel
 
 NAMES = ("zscore", "ewma", "cusum")
@@ -122,24 +122,13 @@ def test_absurd_readings_score_below_one_and_keep_their_rank(name: str) -> None:
     assert out.score[200] < out.score[260] < out.score[330]
 
 
-def _grid(keys: tuple[str, ...], xs: np.ndarray, t0: int) -> Batch:
-    per, nk = xs.shape
-    return Batch(
-        ("v",),
-        keys,
-        np.tile(np.arange(nk, dtype=np.int32), per),
-        np.repeat(np.arange(t0, t0 + per, dtype=np.int64), nk),
-        np.ascontiguousarray(xs).reshape(1, -1),
-    )
-
-
 def _flow_events(name: str, keys: tuple[str, ...], xs: np.ndarray, cuts: list[int]) -> set:
     kernel = DetectKernel("t", "v", detect.make(name), detect.threshold())
     st = kernel.init()
     got = set()
     bounds = [0, *cuts, len(xs)]
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        out = kernel.step_batch(st, _grid(keys, xs[a:b], a))
+        out = kernel.step_batch(st, grid_batch(keys, xs[a:b], a))
         if out is not None:
             c = out.columns
             times = np.asarray(c["t"]).tolist()

@@ -81,7 +81,7 @@ def _driver_run(make: Factory, x: F64, cuts: list[int] | None = None) -> dict[st
     }
 
 
-def _grid_batch(keys: tuple[str, ...], xs: F64, t0: int) -> Batch:
+def grid_batch(keys: tuple[str, ...], xs: F64, t0: int) -> Batch:
     """Readings (time, key) of every key, time by time, as one batch."""
     per, nk = xs.shape
     return Batch(
@@ -102,7 +102,7 @@ def _kernel_events(
     got: dict[tuple[str, int], float] = {}
     bounds = [0, *cuts, len(xs)]
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        out = kernel.step_batch(st, _grid_batch(keys, xs[a:b], a))
+        out = kernel.step_batch(st, grid_batch(keys, xs[a:b], a))
         if out is not None:
             c = out.columns
             for k, t, s in zip(c["key"], np.asarray(c["t"]).tolist(), c["score"], strict=True):

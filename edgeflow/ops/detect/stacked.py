@@ -337,14 +337,13 @@ class Stacked:
     def _learnt_tick(self, learnt: Rows | None, x: F64) -> None:
         """Every row learnt its reading ``x[i]`` where ``learnt`` (None: all): resolutions."""
         step = np.abs(x - self.res_last)
-        moved = step > 0  # (NaN: a row's first learnt reading, no step)
-        if learnt is not None:
-            moved &= learnt
-        np.minimum(self.res, np.where(moved, step, np.inf), out=self.res)
+        step[step == 0] = np.inf  # no move is no step
         if learnt is None:
             self.res_last[:] = x
         else:
-            self.res_last[learnt] = x[learnt]
+            step[~learnt] = np.inf
+            np.copyto(self.res_last, x, where=learnt)
+        np.fmin(self.res, step, out=self.res)  # (fmin: NaN, a row's first reading, is no step)
 
 
 def restore_stacked(driver: Driver, names: list[str], keys: list[dict[str, Any]]) -> Stacked:
