@@ -1,20 +1,47 @@
-"""Connector contracts. Engine-neutral: nothing here imports bytewax.
+"""Connector contracts: the public API for writing a source or a sink. Engine-neutral:
+nothing here imports bytewax, and a connector never needs to.
 
-A **source** is a :class:`SourceSpec` (configuration, validated before anything runs)
-that opens one :class:`SourcePartition` per partition. A partition:
+**A source** is a :class:`SourceSpec` (configuration, checked before anything runs) that
+opens one :class:`SourcePartition` per partition. Implement:
 
-* ``next_batch()`` never blocks: it returns what is ready now (possibly ``[]``), as
-  :class:`~edgeflow.batch.Batch` objects of readings and
-  :class:`~edgeflow.batch.RecordBatch` objects of kind ``dead_letter`` for input that
-  could not be read. It raises ``StopIteration`` when the input is finished.
+* ``SourceSpec.describe()`` (a JSON-able dict, ``"kind"`` first), ``partitions()`` (stable
+  names: a snapshot is kept per partition name), ``open(partition, resume, ctx)``;
+  optionally ``problems()`` (what is wrong with the configuration, as sentences: the flow
+  exits 2 listing them), ``columns()`` (when known before running) and ``guarantee()``.
+* ``SourcePartition.next_batch()`` **never blocks**: it returns what is ready now (possibly
+  ``[]``), as :class:`~edgeflow.batch.Batch` objects of readings (build them with
+  :class:`edgeflow.connectors.parse.BatchBuilder`, or decode payloads with
+  :class:`edgeflow.connectors.payloads.Decoder` as every built-in source does) and
+  :class:`~edgeflow.batch.RecordBatch` objects of kind ``dead_letter`` for input that could
+  not be read (``BatchBuilder.fail``: where, raw bytes, reason). It raises
+  ``StopIteration`` when the input is finished (a live source never does). It must not
+  raise for bad input: bad input is a dead letter.
 * ``next_awake()`` says when to call ``next_batch`` again (ns since the epoch) instead of
-  sleeping; ``None`` means "as soon as possible".
-* ``snapshot()`` returns a position that, given back to ``SourceSpec.open``, resumes
-  reading *after* the last item returned: nothing twice, nothing skipped.
+  sleeping, e.g. the next poll of a device; ``None`` means "as soon as possible". A source
+  that polls returns ``[]`` from ``next_batch`` until then.
+* ``snapshot()`` returns a position (picklable, small) that, given back to
+  ``SourceSpec.open`` as ``resume``, continues reading *after* the last item returned:
+  nothing twice, nothing skipped (the engine calls it between batches and stores it with
+  the flow's state; after a crash the flow resumes from the last stored snapshot, so the
+  source must give again everything read after it). ``close()`` releases connections.
 
-A **sink** is a :class:`SinkSpec` that opens :class:`SinkPartition` objects. A partition
-writes record batches and, when it keeps a position, makes its output durable before
-``snapshot()`` returns it, so that a resumed run continues exactly where the snapshot was.
+**Delivery guarantee.** State it in the connector's docstring and return it from
+``guarantee()``: one of :data:`GUARANTEES`. ``exactly-once`` (the default for sources):
+resuming from a snapshot replays exactly what came after it (files, Kafka offsets, a
+device's sequence numbers). ``at-least-once``: records read after the last snapshot may come
+again, none is lost. ``at-most-once``: a crash may lose records read since the last
+snapshot (a live feed without replay), none comes twice. Check the claim with
+:func:`edgeflow.testing.check_source`.
+
+**A sink** is a :class:`SinkSpec` that opens :class:`SinkPartition` objects; ``write``
+gets record batches (``RecordBatch.rows()`` gives dicts; ``id_columns`` name the columns
+that identify a record: put them in a message id so consumers can drop duplicates). A sink
+that keeps a position sets ``stateful = True`` and makes its output durable before
+``snapshot()`` returns it, so that a resumed run continues exactly where the snapshot was
+(``exactly-once``); a sink without one (``stateful = False``) is ``at-least-once``: after a
+crash, the records written since the last snapshot are written again. ``write`` may raise
+``OSError`` (a full disk, say): the flow stops with one line naming the sink. Check it
+with :func:`edgeflow.testing.check_sink`.
 """
 
 from __future__ import annotations
@@ -28,6 +55,9 @@ from typing import Any
 from edgeflow.batch import Batch, RecordBatch
 
 Item = Batch | RecordBatch
+
+#: Delivery guarantees a connector may state (see the module docstring).
+GUARANTEES = ("exactly-once", "at-least-once", "at-most-once")
 
 
 @dataclass(frozen=True)
@@ -82,6 +112,11 @@ class SourceSpec(ABC):
 
     def columns(self) -> Sequence[str] | None:
         return None
+
+    def guarantee(self) -> str:
+        """What resuming from a snapshot gives (one of :data:`GUARANTEES`; default
+        ``exactly-once``, the contract of :meth:`SourcePartition.snapshot`)."""
+        return "exactly-once"
 
     def numeric_fields(self, key: str, time: str) -> tuple[str, ...] | None:
         """The fields readings will carry, if known before running (default: columns - key - time)."""
@@ -138,6 +173,11 @@ class SinkSpec(ABC):
 
     def problems(self) -> list[str]:
         return []
+
+    def guarantee(self) -> str:
+        """What a crash leaves delivered (one of :data:`GUARANTEES`): ``exactly-once`` for a
+        stateful sink (it resumes at its snapshot), else ``at-least-once``."""
+        return "exactly-once" if self.stateful else "at-least-once"
 
     @abstractmethod
     def describe(self) -> dict[str, Any]: ...

@@ -161,6 +161,13 @@ class MqttSource(SourceSpec):
     def numeric_fields(self, key: str, time: str) -> tuple[str, ...]:
         return self.fields
 
+    def guarantee(self) -> str:
+        """Exactly-once with QoS 1 and acks after the snapshot (the default); QoS 0 or
+        ``ack="on_receive"`` is at-most-once across a crash (see the module docstring)."""
+        if self.qos == 0 or self.ack == "on_receive":
+            return "at-most-once"
+        return "exactly-once"
+
     def problems(self) -> list[str]:
         out = []
         if not self.topics or not all(isinstance(t, str) and t for t in self.topics):
