@@ -282,8 +282,9 @@ def test_validation_names_the_step(tmp_path: Path) -> None:
         files.sink(str(tmp_path / "a"))
     )
     assert problems_of(flow) == [
-        "step 'alarm' (detect): detect.limits names field 'low_limt' as a limit; the stream "
-        "has: temp, low_limit, high_limit (add it with .enrich(...) or .derive(...))"
+        "step 'alarm' (detect): detect.limits low='low_limt' names no field of the stream (it "
+        "has: temp, low_limit, high_limit); give a number, or add the field with .enrich(...) "
+        "or .derive(...)"
     ]
     flow, e = base_flow(tmp_path, table=tmp_path / "nope.csv")
     e.to(files.sink(str(tmp_path / "o")))
@@ -350,7 +351,7 @@ e.detect(detect.limits(high="max_temp"), "temp", name="too_hot").to(files.sink("
     )
     res = edgeflow("validate", str(flow), check=False)
     assert res.returncode == 2, res
-    assert "step 'too_hot' (detect): detect.limits names field 'max_temp'" in res.stderr
+    assert "step 'too_hot' (detect): detect.limits high='max_temp' names no field" in res.stderr
     assert "Traceback" not in res.stderr
 
 

@@ -6,7 +6,8 @@ This module is the only one in edgeflow that imports bytewax. Mapping:
   per connector partition, resumed from its snapshot), then a branch into readings and
   dead letters; readings are split by key shard into ``(shard, Batch)`` items;
 * each window step -> ``op.stateful_batch`` keyed by shard, running the numpy
-  :class:`~edgeflow.ops.window.WindowKernel` (snapshots are the kernel's state);
+  :class:`~edgeflow.ops.window_kernel.WindowKernel`; every kernel implements
+  :class:`~edgeflow.ops.kernel.Kernel`, and snapshots are the kernel's own (``kernel.snapshot``);
 * each downsample or detect step -> ``op.stateful_batch`` keyed by shard; except a detect
   step that reads a source whose partitions each own their keys (simulators, one-partition
   sources): it runs inside that source's partitions, its state part of the source's
@@ -25,7 +26,6 @@ Recovery uses bytewax's SQLite partitions in ``<state_dir>/recovery``.
 
 from __future__ import annotations
 
-import pickle
 import sys
 import threading
 from collections.abc import Callable
@@ -56,7 +56,7 @@ from edgeflow.connectors.base import (
 )
 from edgeflow.engine.counters import COUNTERS
 from edgeflow.engine.engine_output import closing_part, in_step
-from edgeflow.engine.runner import RunOptions
+from edgeflow.engine.options import RunOptions
 from edgeflow.engine.shard import Sharder
 from edgeflow.flow.plan import (
     DetectPlan,
@@ -72,7 +72,7 @@ from edgeflow.ops.detect.limits import FieldLimitsKernel, Limits
 from edgeflow.ops.downsample import DownsampleKernel
 from edgeflow.ops.enrich import EnrichKernel, TableWatcher
 from edgeflow.ops.udf import UNROUTED, UdfKernel
-from edgeflow.ops.window import StepOutput, WindowKernel
+from edgeflow.ops.window_kernel import StepOutput, WindowKernel
 from edgeflow.timeutil import now_ns
 
 
@@ -152,7 +152,7 @@ class _SourcePart(StatefulSourcePartition[Any, Any]):
     def snapshot(self) -> Any:
         if not self.fused:
             return self.part.snapshot()
-        states = [pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL) for _, st in self.fused]
+        states = [kernel.snapshot(st) for kernel, st in self.fused]
         return {"source": self.part.snapshot(), "detect": states}
 
     def close(self) -> None:
@@ -200,7 +200,10 @@ class _Source(FixedPartitionedSource[Any, Any]):
             states = (
                 [k.init() for k in kernels]
                 if resume_state is None
-                else [pickle.loads(b) for b in resume_state["detect"]]
+                else [
+                    k.restore(b, now_ns())
+                    for k, b in zip(kernels, resume_state["detect"], strict=True)
+                ]
             )
         else:
             resume, states = resume_state, []
@@ -213,6 +216,9 @@ class _Source(FixedPartitionedSource[Any, Any]):
 
 
 AnyDetectKernel = DetectKernel | FieldLimitsKernel
+
+#: the counter a reducing kernel's records add to, by its output port
+_COUNTER_OF = {"trend": "trend_points", "anomalies": "anomalies"}
 
 
 def _detect_kernel(a: DetectPlan) -> AnyDetectKernel:
@@ -273,8 +279,8 @@ class _ReduceLogic(StatefulBatchLogic[Batch, RecordBatch, bytes]):
     ) -> None:
         self.kernel = kernel
         self.control = control
-        self.state = kernel.init() if resume is None else pickle.loads(resume)
-        self.counter = "trend_points" if isinstance(kernel, DownsampleKernel) else "anomalies"
+        self.state = kernel.init() if resume is None else kernel.restore(resume, now_ns())
+        self.counter = _COUNTER_OF[kernel.outputs[0]]
 
     def _out(self, rb: RecordBatch | None) -> list[RecordBatch]:
         if rb is None:
@@ -295,7 +301,7 @@ class _ReduceLogic(StatefulBatchLogic[Batch, RecordBatch, bytes]):
         return [], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
-        return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+        return self.kernel.snapshot(self.state)
 
 
 def _reduce_builder(

@@ -21,6 +21,7 @@ from edgeflow.engine import wal_keeper
 from edgeflow.engine.counters import COUNTERS
 from edgeflow.engine.engine_output import EngineOutputGuard, debug_wanted
 from edgeflow.engine.figures import RateWindow, figures
+from edgeflow.engine.options import RunOptions as RunOptions  # re-exported: old import path
 from edgeflow.engine.state_faults import (
     StateError,
     check_free_space,
@@ -31,15 +32,6 @@ from edgeflow.engine.state_faults import (
 )
 from edgeflow.flow.plan import Plan
 from edgeflow.timeutil import now_ns
-
-
-@dataclass
-class RunOptions:
-    workers: int = 1
-    state_dir: Path | None = None
-    run_for_ns: int | None = None
-    snapshot_every_ns: int = 2_000_000_000
-    metrics_port: int | None = None
 
 
 @dataclass

@@ -38,6 +38,7 @@ import numpy.typing as npt
 import orjson
 
 from edgeflow.batch import Batch
+from edgeflow.ops.kernel import Emitted, Kernel
 
 #: the stream of readings whose key is not in the table (``missing="route"``)
 UNMATCHED = "unmatched"
@@ -281,9 +282,13 @@ class TableWatcher:
         return out
 
 
-class EnrichKernel:
+class EnrichKernel(Kernel[None]):
     """Joins batches with the watched table: outputs by port (``readings``, and
     ``unmatched`` with ``missing="route"``). Stateless (the table is the file's)."""
+
+    inputs: tuple[str, ...] = ("readings",)
+    #: a join keeps every field of the input
+    reads: tuple[str, ...] | None = None
 
     def __init__(
         self, step: str, spec: EnrichSpec, fields: tuple[str, ...], watcher: TableWatcher
@@ -292,9 +297,29 @@ class EnrichKernel:
         self.spec = spec
         self.fields = fields
         self.watcher = watcher
+        self.outputs: tuple[str, ...] = spec.ports()
         self.defaults = np.asarray(
             [dict(spec.defaults).get(f, math.nan) for f in fields], np.float64
         )
+
+    # -- the kernel protocol (edgeflow/ops/kernel.py): stateless ----------------------
+    def problems(self) -> list[str]:
+        return self.spec.problems()
+
+    def init(self) -> None:
+        return None
+
+    def process(self, state: None, batch: Batch, now_ns: int) -> Emitted:
+        return list(self.step_batch(batch, now_ns))
+
+    def finish(self, state: None) -> Emitted:
+        return []  # nothing is held back
+
+    def snapshot(self, state: None) -> bytes:
+        return b""
+
+    def restore(self, blob: bytes, now_ns: int) -> None:
+        return None
 
     def step_batch(self, b: Batch, now_ns: int | None = None) -> list[tuple[str, Batch]]:
         table = self.watcher.current(now_ns)

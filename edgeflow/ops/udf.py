@@ -36,6 +36,7 @@ import numpy.typing as npt
 import orjson
 
 from edgeflow.batch import Batch, RecordBatch, intern_keys
+from edgeflow.ops.kernel import Emitted, Kernel
 from edgeflow.timeutil import now_ns
 
 #: the vectorised step kinds and the per-record one
@@ -135,13 +136,46 @@ class UdfSpec:
         return ("readings",)
 
 
-class UdfKernel:
+class UdfKernel(Kernel[None]):
     """Runs a :class:`UdfSpec` on batches; stateless (nothing to snapshot)."""
+
+    inputs: tuple[str, ...] = ("readings",)
+    #: user code may read any field
+    reads: tuple[str, ...] | None = None
 
     def __init__(self, step: str, spec: UdfSpec) -> None:
         self.step = step
         self.spec = spec
         self.op = spec.op
+        self.outputs: tuple[str, ...] = (*spec.ports(), "dead_letters")
+
+    # -- the kernel protocol (edgeflow/ops/kernel.py): stateless ----------------------
+    def problems(self) -> list[str]:
+        return (
+            []
+            if self.op in OPS
+            else [f"unknown operation {self.op!r}; use one of {', '.join(OPS)}"]
+        )
+
+    def init(self) -> None:
+        return None
+
+    def process(self, state: None, batch: Batch, now_ns: int) -> Emitted:
+        out: Emitted = []
+        outputs, dead = self.step_batch(batch)
+        out.extend(outputs)
+        if dead is not None:
+            out.append(("dead_letters", dead))
+        return out
+
+    def finish(self, state: None) -> Emitted:
+        return []  # nothing is held back
+
+    def snapshot(self, state: None) -> bytes:
+        return b""
+
+    def restore(self, blob: bytes, now_ns: int) -> None:
+        return None
 
     # -- one batch -------------------------------------------------------------------
     def _vector(self, b: Batch) -> list[tuple[str, Batch]]:

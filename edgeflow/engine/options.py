@@ -1,0 +1,21 @@
+"""How to run a plan: the options both the runner and the bytewax adapter read.
+
+Its own module so that :mod:`edgeflow.engine.runner` (which imports the adapter lazily)
+and :mod:`edgeflow.engine.bytewax_adapter` (which reads the options) do not import each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class RunOptions:
+    """Options of one run; the defaults run one worker without state until end of input."""
+
+    workers: int = 1
+    state_dir: Path | None = None
+    run_for_ns: int | None = None
+    snapshot_every_ns: int = 2_000_000_000
+    metrics_port: int | None = None
