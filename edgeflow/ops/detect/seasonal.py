@@ -259,7 +259,22 @@ def _counted(n: Any, added: Any, warmup: int) -> Any:
     return np.where(n == 0, np.where(added > 0, np.maximum(added, warmup), 0), n + added)
 
 
+#: rows estimated at once: the spectra and lag tables of a block of rows are several times
+#: its size, so thousands of keys re-estimating together go in blocks (bounded memory)
+ESTIMATE_ROWS = 128
+
+
 def seasonal_estimate(h: F64) -> tuple[np.ndarray, F64, F64, F64, F64]:
+    """:func:`estimate_rows` on blocks of at most :data:`ESTIMATE_ROWS` rows (row by row the
+    same result, in bounded memory)."""
+    if len(h) <= ESTIMATE_ROWS:
+        return estimate_rows(h)
+    parts = [estimate_rows(h[a : a + ESTIMATE_ROWS]) for a in range(0, len(h), ESTIMATE_ROWS)]
+    period, med, scale, vmed, vscale = (np.concatenate(c) for c in zip(*parts, strict=True))
+    return period, med, scale, vmed, vscale
+
+
+def estimate_rows(h: F64) -> tuple[np.ndarray, F64, F64, F64, F64]:
     """Period, median and robust spread of the seasonal difference, and median and robust
     spread of the readings, for each row of ``h`` (rows of readings, oldest first, all of
     one length W >= 16).
