@@ -18,6 +18,9 @@ This module is the only one in edgeflow that imports bytewax. Mapping:
 * each enrich step -> a stateless ``op.flat_map_value`` running
   :class:`~edgeflow.ops.enrich.EnrichKernel` (the table file watched and reloaded in the
   background), then one ``op.filter_map_value`` per output stream (readings, unmatched);
+* each registered operator's step (:func:`edgeflow.ops.kernel.register`) -> ``op.stateful_batch``
+  keyed by shard running its kernel (built from the registry: ``process``, ``finish`` at the
+  end of input, ``snapshot``/``restore``), then one ``op.filter_map_value`` per output port;
 * each sink step -> ``op.output`` over a ``FixedPartitionedSink`` (stateful sinks, resumed
   from their position) or a ``DynamicSink`` (stateless ones).
 
@@ -62,6 +65,7 @@ from edgeflow.flow.plan import (
     DetectPlan,
     EnrichPlan,
     FeaturesPlan,
+    OperatorPlan,
     Plan,
     SourcePlan,
     UdfPlan,
@@ -71,6 +75,7 @@ from edgeflow.ops.detect.kernel import DetectKernel
 from edgeflow.ops.detect.limits import FieldLimitsKernel, Limits
 from edgeflow.ops.downsample import DownsampleKernel
 from edgeflow.ops.enrich import EnrichKernel, TableWatcher
+from edgeflow.ops.kernel import OPERATORS, Emitted, Operator
 from edgeflow.ops.udf import UNROUTED, UdfKernel
 from edgeflow.ops.window_kernel import StepOutput, WindowKernel
 from edgeflow.timeutil import now_ns
@@ -304,6 +309,65 @@ class _ReduceLogic(StatefulBatchLogic[Batch, RecordBatch, bytes]):
         return self.kernel.snapshot(self.state)
 
 
+class _OperatorLogic(StatefulBatchLogic[Batch, tuple[str, Any], bytes]):
+    """A registered operator's kernel on one shard: ``(port, batch)`` items out."""
+
+    def __init__(self, kernel: Operator[Any], resume: bytes | None, control: _Control) -> None:
+        self.kernel = kernel
+        self.control = control
+        with in_step(kernel.step):
+            self.state = kernel.init() if resume is None else kernel.restore(resume, now_ns())
+
+    def on_batch(self, values: list[Batch]) -> tuple[list[tuple[str, Any]], bool]:
+        out: Emitted = []
+        now = now_ns()
+        with in_step(self.kernel.step):
+            for b in values:
+                out.extend(self.kernel.process(self.state, b, now))
+        return self._counted(out), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[tuple[str, Any]], bool]:
+        if not self.control.flush_on_eof():
+            return [], StatefulBatchLogic.RETAIN
+        with in_step(self.kernel.step):
+            out = self.kernel.finish(self.state)
+        return self._counted(out), StatefulBatchLogic.RETAIN
+
+    def _counted(self, out: Emitted) -> list[tuple[str, Any]]:
+        """``out``, its other ports' items counted (``<port>.<step>``, as enrich's unmatched):
+        an optional port nobody reads is counted, then dropped."""
+        for port, x in out:
+            if port != "readings":
+                COUNTERS.add(f"{port}.{self.kernel.step}", len(x) if isinstance(x, Batch) else x.n)
+        return list(out)
+
+    def snapshot(self) -> bytes:
+        with in_step(self.kernel.step):
+            return self.kernel.snapshot(self.state)
+
+
+def _operator(
+    o: OperatorPlan, up: Stream[Any], control: _Control
+) -> dict[tuple[str, str], Stream[Any]]:
+    kernel = OPERATORS[o.kind](o.name, **o.arguments)
+
+    def build(resume: bytes | None) -> _OperatorLogic:
+        return _OperatorLogic(kernel, resume, control)
+
+    tagged = op.stateful_batch(o.name, up, build)
+    return {
+        (o.name, port): op.filter_map_value(f"{o.name}__{port}", tagged, _port_of(port))
+        for port in kernel.outputs
+    }
+
+
+def _any_as_records(step: str) -> Callable[[Batch | RecordBatch], RecordBatch]:
+    def convert(b: Batch | RecordBatch) -> RecordBatch:
+        return _readings_as_records(step, b) if isinstance(b, Batch) else b
+
+    return convert
+
+
 def _reduce_builder(
     kernel: DownsampleKernel | AnyDetectKernel, control: _Control
 ) -> Callable[[bytes | None], _ReduceLogic]:
@@ -436,7 +500,7 @@ def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None)
         readers = [w.input for w in plan.windows] + [d.input for d in plan.downsamples]
         readers += [a.input for a in plan.detects if a not in mine]
         readers += [i for k in plan.sinks for i in k.inputs] + [u.input for u in plan.udfs]
-        readers += [e.input for e in plan.enrichments]
+        readers += [e.input for e in plan.enrichments] + [o.input for o in plan.operators]
         if (src.name, "readings") in readers:  # (all detection fused: nothing to shard)
             sharder = Sharder(plan.shards)
             streams[(src.name, "readings")] = op.flat_map(
@@ -446,13 +510,15 @@ def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None)
             f"{src.name}__dl_key", parts.falses, lambda _: "dead_letters"
         )
     # steps in declaration order: a window may read the readings a features step makes
-    by_name: dict[str, WindowPlan | FeaturesPlan | UdfPlan | EnrichPlan]
+    by_name: dict[str, WindowPlan | FeaturesPlan | UdfPlan | EnrichPlan | OperatorPlan]
     by_name = {w.name: w for w in plan.windows}
     by_name |= {f.name: f for f in plan.features} | {u.name: u for u in plan.udfs}
-    by_name |= {e.name: e for e in plan.enrichments}
+    by_name |= {e.name: e for e in plan.enrichments} | {o.name: o for o in plan.operators}
     for name in plan.order:
         w = by_name.get(name)
-        if isinstance(w, EnrichPlan):
+        if isinstance(w, OperatorPlan):
+            streams.update(_operator(w, streams[w.input], control))
+        elif isinstance(w, EnrichPlan):
             streams.update(_enrich(w, streams[w.input]))
         elif isinstance(w, UdfPlan):
             streams.update(_udf(w, streams[w.input], plan.unrouted, plan.shards))
@@ -475,11 +541,14 @@ def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None)
         )
     udf_readings = {(u.name, p) for u in plan.udfs for p in u.spec.ports()}
     udf_readings |= {(e.name, p) for e in plan.enrichments for p in e.spec.ports()}
+    operator_ports = {(o.name, p) for o in plan.operators for p in o.kernel.outputs}
     for k in plan.sinks:
         ups = []
         for i, (up_step, up_port) in enumerate(k.inputs):
             s = streams[(up_step, up_port)]
-            if up_port == "readings" or (up_step, up_port) in udf_readings:
+            if (up_step, up_port) in operator_ports:  # readings or records, by item
+                s = op.map_value(f"{k.name}__as_records_{i}", s, _any_as_records(up_step))
+            elif up_port == "readings" or (up_step, up_port) in udf_readings:
                 s = op.map_value(f"{k.name}__as_records_{i}", s, _as_records(up_step))
             ups.append(s)
         merged = ups[0] if len(ups) == 1 else op.merge(f"{k.name}__merge", *ups)

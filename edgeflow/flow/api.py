@@ -18,6 +18,7 @@ from edgeflow.ops.agg import Agg
 from edgeflow.ops.detect import Decision, Detector
 from edgeflow.ops.downsample import DownsampleSpec
 from edgeflow.ops.enrich import UNMATCHED, EnrichSpec
+from edgeflow.ops.kernel import OPERATORS
 from edgeflow.ops.udf import UNROUTED, UdfSpec
 from edgeflow.ops.window import WindowSpec
 from edgeflow.timeutil import Duration
@@ -99,6 +100,20 @@ class ReadingStream(_StreamBase):
         ``derive``/``filter``/``map``/``route``/``apply`` step: the readings the user function
         raised on (or returned a wrong value for), with the step, exception type and message."""
         return RecordStream(self.flow, self.step, "dead_letters")
+
+    def operator(self, kind: str, *, name: str | None = None, **arguments: Any) -> ReadingStream:
+        """Add a step running the registered operator ``kind`` (an
+        :class:`~edgeflow.ops.kernel.Operator` class under :func:`~edgeflow.ops.kernel.register`)
+        on this stream; ``arguments`` go to its constructor, and are checked by validation.
+        Returns its ``readings`` stream (another port: ``ReadingStream(s.flow, s.step, port)``).
+        A stream method for an operator is one line calling this."""
+        cls = OPERATORS.get(kind)
+        if cls is None:
+            known = ", ".join(sorted(OPERATORS)) or "none"
+            raise ValueError(f"no operator {kind!r} is registered (registered: {known})")
+        step = self.flow._add(kind, name, [(self.step.name, self.port)], dict(arguments))
+        port = "readings" if "readings" in cls.outputs else cls.outputs[0]
+        return ReadingStream(self.flow, step, port)
 
     # -- your own code (edgeflow/ops/udf.py) -----------------------------------------
     def _udf(

@@ -23,6 +23,7 @@ from edgeflow.ops.agg import Agg
 from edgeflow.ops.detect import Decision, Detector
 from edgeflow.ops.downsample import DownsampleSpec
 from edgeflow.ops.enrich import EnrichSpec, Table
+from edgeflow.ops.kernel import Operator
 from edgeflow.ops.udf import UdfSpec
 from edgeflow.ops.window import ResolvedWindow, WindowSpec
 from edgeflow.timeutil import format_duration
@@ -127,6 +128,21 @@ class EnrichPlan:
 
 
 @dataclass
+class OperatorPlan:
+    """A registered operator's step (:class:`~edgeflow.ops.kernel.Operator`): its kind, the
+    stream method's arguments (the engine builds its kernel from them) and the kernel
+    validation built and checked."""
+
+    name: str
+    kind: str
+    input: tuple[str, str]
+    arguments: dict[str, Any]
+    kernel: Operator[Any] = field(repr=False, compare=False)
+    #: the output readings' fields (None: known only from the data)
+    fields: tuple[str, ...] | None = None
+
+
+@dataclass
 class SinkPlan:
     name: str
     spec: SinkSpec
@@ -153,6 +169,8 @@ class Plan:
     udfs: list[UdfPlan] = field(default_factory=list)
     #: enrich steps (joins with a device table)
     enrichments: list[EnrichPlan] = field(default_factory=list)
+    #: registered operators' steps (edgeflow.ops.kernel.register)
+    operators: list[OperatorPlan] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         steps: list[dict[str, Any]] = []
@@ -188,6 +206,13 @@ class Plan:
                 "key": e.spec.key, "added": list(e.added), "missing": e.spec.missing,
                 "defaults": dict(e.spec.defaults), "check_every": format_duration(e.check_every_ns),
                 "outputs": [f"{e.name}.{p}" for p in e.spec.ports()],
+            })  # fmt: skip
+        for o in self.operators:
+            steps.append({
+                "name": o.name, "kind": o.kind, "input": ".".join(o.input),
+                "arguments": o.kernel.describe(),
+                "fields": list(o.fields) if o.fields is not None else None,
+                "outputs": [f"{o.name}.{p}" for p in o.kernel.outputs],
             })  # fmt: skip
         for d in self.downsamples:
             steps.append(
@@ -251,6 +276,12 @@ class Plan:
             lines.append(
                 f"  enrich {e.name}: {e.spec.path} by {e.spec.key} -> +[{', '.join(e.added)}] "
                 f"(missing: {e.spec.missing}) <- {'.'.join(e.input)}"
+            )
+        for o in self.operators:
+            args = ", ".join(f"{k}={v!r}" for k, v in o.kernel.describe().items())
+            fields = ", ".join(o.fields) if o.fields is not None else "(from the data)"
+            lines.append(
+                f"  {o.kind:<6} {o.name}: {args} <- {'.'.join(o.input)} -> fields {fields}"
             )
         for d in self.downsamples:
             lines.append(f"  reduce {d.name}: {d.spec.to_dict()} <- {'.'.join(d.input)}")

@@ -21,6 +21,7 @@ from edgeflow.flow.plan import (
     DownsamplePlan,
     EnrichPlan,
     FeaturesPlan,
+    OperatorPlan,
     Plan,
     SinkPlan,
     SourcePlan,
@@ -28,7 +29,7 @@ from edgeflow.flow.plan import (
     WindowPlan,
 )
 from edgeflow.flow.steps import NAME as _NAME
-from edgeflow.flow.steps import OPTIONAL_PORTS, PORTS, Step
+from edgeflow.flow.steps import OPTIONAL_PORTS, PORTS, Step, optional_port
 from edgeflow.ops.agg import Agg
 from edgeflow.ops.args import Arg, Checked
 from edgeflow.ops.args import duration as duration_arg
@@ -36,6 +37,7 @@ from edgeflow.ops.detect import Decision, Detector, Limits
 from edgeflow.ops.detect.base import parts_of
 from edgeflow.ops.downsample import DownsampleSpec
 from edgeflow.ops.enrich import MISSING, EnrichSpec, TableError, load_table
+from edgeflow.ops.kernel import OPERATORS
 from edgeflow.ops.udf import OPS as UDF_OPS
 from edgeflow.ops.udf import UNROUTED, UdfSpec, sample_problems
 from edgeflow.ops.window import WindowSpec
@@ -80,9 +82,10 @@ def validate(flow: Flow) -> Plan:
     features: list[FeaturesPlan] = []
     udfs: list[UdfPlan] = []
     enrichments: list[EnrichPlan] = []
+    operators: list[OperatorPlan] = []
     origin: dict[str, str] = {}  # a user-function step's readings come from this step
     for s in flow.steps:
-        if s.kind in ("udf", "enrich") and s.inputs:
+        if (s.kind in ("udf", "enrich") or s.kind in OPERATORS) and s.inputs:
             up = s.inputs[0][0]
             origin[s.name] = origin.get(up, up)
     for s in flow.steps:
@@ -107,6 +110,10 @@ def validate(flow: Flow) -> Plan:
             e = _check_enrich(s, where, problems, fields_of)
             if e is not None:
                 enrichments.append(e)
+        elif s.kind in OPERATORS:
+            o = _check_registered(s, where, problems, fields_of)
+            if o is not None:
+                operators.append(o)
         elif s.kind == "downsample":
             ((up, port),) = s.inputs
             spec = p["spec"]
@@ -165,8 +172,13 @@ def validate(flow: Flow) -> Plan:
         for port in PORTS.get(s.kind, ()):
             if (s.name, port) in consumed:
                 continue
-            if port in OPTIONAL_PORTS:
+            if optional_port(s.kind, port):
                 unrouted.append(f"{s.name}.{port}")
+            elif s.kind in OPERATORS:
+                what = "its readings go" if port == "readings" else f"its {port!r} stream goes"
+                problems.append(
+                    f"step {s.name!r} ({s.kind}): {what} nowhere; add a .window(...) or .to(sink)"
+                )
             elif s.kind in ("window", "downsample", "detect", "features"):
                 problems.append(
                     f"step {s.name!r} ({s.kind}): its records go nowhere; add .to(stdio.sink()) or another sink"
@@ -190,6 +202,7 @@ def validate(flow: Flow) -> Plan:
                     used += [a.field, *lims]
             src.read_fields = tuple(dict.fromkeys(used))
             inputs = [u.input[0] for u in udfs] + [e.input[0] for e in enrichments]
+            inputs += [o.input[0] for o in operators]  # (steps after it may read any field)
             if src.name in inputs:  # user code may read any field; a join keeps them all
                 src.read_fields = src.fields
     return Plan(
@@ -206,7 +219,33 @@ def validate(flow: Flow) -> Plan:
         [s.name for s in flow.steps],
         udfs,
         enrichments,
+        operators,
     )
+
+
+def _check_registered(
+    s: Step, where: str, problems: list[str], fields_of: dict[str, tuple[str, ...] | None]
+) -> OperatorPlan | None:
+    """A registered operator's step (edgeflow.ops.kernel.register): its kernel built from the
+    step's arguments, the kernel's own ``problems()``, and every field it ``reads`` a field
+    of the input stream (when the input's fields are known)."""
+    ((up, port),) = s.inputs
+    fields = fields_of.get(up)
+    fields_of[s.name] = None
+    try:
+        kernel = OPERATORS[s.kind](s.name, **s.params)
+    except Exception as exc:  # (a constructor should not raise; say what it raised)
+        problems.append(f"{where}: the arguments were refused: {type(exc).__name__}: {exc}")
+        return None
+    bad = len(problems)
+    problems.extend(f"{where}: {m}" for m in kernel.problems())
+    for f in kernel.reads or ():
+        _check_field(f, fields, where, problems)
+    if len(problems) > bad:
+        return None
+    out = kernel.out_fields(fields)
+    fields_of[s.name] = out
+    return OperatorPlan(s.name, s.kind, (up, port), dict(s.params), kernel, out)
 
 
 def _check_features(
