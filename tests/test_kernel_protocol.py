@@ -35,7 +35,8 @@ DECLARED = ("step", "inputs", "outputs", "reads")
 
 
 def _kernel_classes() -> set[type]:
-    """Every class named ``...Kernel`` defined in an ``edgeflow.ops`` module."""
+    """Every class named ``...Kernel`` defined in an ``edgeflow.ops`` module (but the
+    protocol's own module: ``Kernel``, ``RecordKernel``)."""
     found: set[type] = set()
     for info in pkgutil.walk_packages(edgeflow.ops.__path__, "edgeflow.ops."):
         module = importlib.import_module(info.name)
@@ -44,7 +45,7 @@ def _kernel_classes() -> set[type]:
                 inspect.isclass(obj)
                 and name.endswith("Kernel")
                 and obj.__module__ == module.__name__
-                and obj is not Kernel
+                and module.__name__ != "edgeflow.ops.kernel"  # the protocol and its bases
             ):
                 found.add(obj)
     return found

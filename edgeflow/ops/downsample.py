@@ -42,7 +42,7 @@ import numpy.typing as npt
 
 from edgeflow.batch import F64, I64, Batch, RecordBatch
 from edgeflow.ops.args import Arg, check, duration, points
-from edgeflow.ops.kernel import Emitted, Kernel, pickled, records, unpickled
+from edgeflow.ops.kernel import RecordKernel
 from edgeflow.timeutil import Duration, parse_duration
 
 KINDS = ("deadband", "swinging_door", "changes", "decimate", "lttb", "m4", "minmax")
@@ -220,8 +220,10 @@ class _Door:
         return [tp], [va + s * (tp - ta)]
 
 
-class DownsampleKernel(Kernel[dict[str, Any]]):
+class DownsampleKernel(RecordKernel):
     """Per-key streaming reduction of one field; records of kind ``trend`` (key, t, <field>)."""
+
+    port = "trend"
 
     inputs: tuple[str, ...] = ("readings",)
     outputs: tuple[str, ...] = ("trend",)
@@ -253,19 +255,6 @@ class DownsampleKernel(Kernel[dict[str, Any]]):
     # -- the kernel protocol (edgeflow/ops/kernel.py) ------------------------------------
     def problems(self) -> list[str]:
         return self.spec.problems()
-
-    def process(self, state: dict[str, Any], batch: Batch, now_ns: int) -> Emitted:
-        return records("trend", self.step_batch(state, batch))
-
-    def finish(self, state: dict[str, Any]) -> Emitted:
-        return records("trend", self.flush(state))
-
-    def snapshot(self, state: dict[str, Any]) -> bytes:
-        return pickled(state)
-
-    def restore(self, blob: bytes, now_ns: int) -> dict[str, Any]:
-        state: dict[str, Any] = unpickled(blob)
-        return state
 
     def init(self) -> dict[str, Any]:
         return {"keys": {}, "in": 0, "out": 0}

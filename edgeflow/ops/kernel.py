@@ -85,6 +85,33 @@ def records(port: str, rb: RecordBatch | None) -> Emitted:
     return [] if rb is None else [(port, rb)]
 
 
+class RecordKernel(Kernel[dict[str, Any]]):
+    """The protocol for a kernel that turns readings into records on one port (:attr:`port`)
+    with ``step_batch(state, batch)`` and ``flush(state)``, and keeps plain picklable state:
+    ``process``, ``finish``, ``snapshot`` and ``restore`` written once."""
+
+    port: ClassVar[str] = ""
+
+    def step_batch(self, state: dict[str, Any], batch: Batch) -> RecordBatch | None:
+        raise NotImplementedError
+
+    def flush(self, state: dict[str, Any]) -> RecordBatch | None:
+        raise NotImplementedError
+
+    def process(self, state: dict[str, Any], batch: Batch, now_ns: int) -> Emitted:
+        return records(self.port, self.step_batch(state, batch))
+
+    def finish(self, state: dict[str, Any]) -> Emitted:
+        return records(self.port, self.flush(state))
+
+    def snapshot(self, state: dict[str, Any]) -> bytes:
+        return pickled(state)
+
+    def restore(self, blob: bytes, now_ns: int) -> dict[str, Any]:
+        state: dict[str, Any] = unpickled(blob)
+        return state
+
+
 #: step kinds edgeflow wires itself (a registered operator cannot take one of these names)
 BUILTIN_KINDS = ("source", "window", "downsample", "detect", "features", "udf", "enrich", "sink")
 

@@ -21,7 +21,7 @@ from edgeflow.ops.detect.decision import Decision
 from edgeflow.ops.detect.driver import Driver, DriverOut
 from edgeflow.ops.detect.ensemble import Ensemble, StackedEnsemble
 from edgeflow.ops.detect.stacked import Events, Stacked, supports
-from edgeflow.ops.kernel import Emitted, Kernel, pickled, records, unpickled
+from edgeflow.ops.kernel import RecordKernel
 from edgeflow.ops.scipy_lazy import preload_scipy_signal
 
 #: batches of up to this many readings per key, every key in every tick, are scored tick
@@ -49,8 +49,10 @@ def readings_by_key(key_idx: np.ndarray) -> list[tuple[int, np.ndarray]]:
     return [(int(k[a]), order[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-class DetectKernel(Kernel[dict[str, Any]]):
+class DetectKernel(RecordKernel):
     """A flow's detect step over multi-key batches (see the module docstring)."""
+
+    port = "anomalies"
 
     inputs: tuple[str, ...] = ("readings",)
     outputs: tuple[str, ...] = ("anomalies",)
@@ -76,19 +78,6 @@ class DetectKernel(Kernel[dict[str, Any]]):
     # -- the kernel protocol (edgeflow/ops/kernel.py) ------------------------------------
     def problems(self) -> list[str]:
         return [*self.driver.detector.problems(), *self.driver.decision.problems()]
-
-    def process(self, state: dict[str, Any], batch: Batch, now_ns: int) -> Emitted:
-        return records("anomalies", self.step_batch(state, batch))
-
-    def finish(self, state: dict[str, Any]) -> Emitted:
-        return records("anomalies", self.flush(state))
-
-    def snapshot(self, state: dict[str, Any]) -> bytes:
-        return pickled(state)
-
-    def restore(self, blob: bytes, now_ns: int) -> dict[str, Any]:
-        state: dict[str, Any] = unpickled(blob)
-        return state
 
     def init(self) -> dict[str, Any]:
         st: dict[str, Any] = {"keys": {}, "in": 0, "anomalies": 0}

@@ -15,7 +15,7 @@ from edgeflow.batch import F64, Batch, RecordBatch
 from edgeflow.ops.args import Arg, check
 from edgeflow.ops.detect.base import Detector, Scores, calibrate
 from edgeflow.ops.detect.decision import NO_EVENT_YET, Decision, episode_starts, is_anomalous
-from edgeflow.ops.kernel import Emitted, Kernel, pickled, records, unpickled
+from edgeflow.ops.kernel import RecordKernel
 
 _FIELD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
@@ -103,12 +103,14 @@ def limits(*, low: Limit = None, high: Limit = None) -> Limits:
     return Limits(low, high)
 
 
-class FieldLimitsKernel(Kernel[dict[str, Any]]):
+class FieldLimitsKernel(RecordKernel):
     """A flow's detect step for :class:`Limits` with field-named limits: each reading is
     compared with the limits in its own fields (vectorised over the batch), the decision's
     threshold and cooldown applied per key exactly as for numeric limits (one event per
     episode). Readings whose value is not finite are skipped, as by every detector; a NaN
     limit is no limit on that side. State: per key, readings since its last event."""
+
+    port = "anomalies"
 
     inputs: tuple[str, ...] = ("readings",)
     outputs: tuple[str, ...] = ("anomalies",)
@@ -123,19 +125,6 @@ class FieldLimitsKernel(Kernel[dict[str, Any]]):
     # -- the kernel protocol (edgeflow/ops/kernel.py) ------------------------------------
     def problems(self) -> list[str]:
         return [*self.detector.problems(), *self.decision.problems()]
-
-    def process(self, state: dict[str, Any], batch: Batch, now_ns: int) -> Emitted:
-        return records("anomalies", self.step_batch(state, batch))
-
-    def finish(self, state: dict[str, Any]) -> Emitted:
-        return records("anomalies", self.flush(state))
-
-    def snapshot(self, state: dict[str, Any]) -> bytes:
-        return pickled(state)
-
-    def restore(self, blob: bytes, now_ns: int) -> dict[str, Any]:
-        state: dict[str, Any] = unpickled(blob)
-        return state
 
     def init(self) -> dict[str, Any]:
         return {"keys": {}, "in": 0, "anomalies": 0}
