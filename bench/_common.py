@@ -69,3 +69,23 @@ def simulated_sensors(seconds: int, seed: int, devices: int = 1000, rate_hz: int
     return simulate.sensors(
         devices=devices, rate_hz=rate_hz, seed=seed, speed=None, duration=f"{seconds}s"
     )
+
+
+def discard_sink() -> Any:
+    """A sink that drops what it gets: the benches measure the flow, not an output."""
+    from edgeflow.connectors.base import SinkContext, SinkPartition, SinkSpec
+
+    class Discard(SinkSpec):
+        kind = "discard"
+
+        def describe(self) -> dict[str, Any]:
+            return {"kind": self.kind}
+
+        def open(self, partition: str, resume: Any, ctx: SinkContext) -> SinkPartition:
+            class Part(SinkPartition):
+                def write(self, batches: list[Any]) -> None:
+                    pass
+
+            return Part()
+
+    return Discard()

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, per_reading_source, run_child, simulated_sensors
+from _common import discard_sink, emit, per_reading_source, run_child, simulated_sensors
 
 DEVICES = 1000
 RATE_HZ = 100
@@ -47,21 +47,7 @@ def sensors(seconds: int) -> Any:
 
 def run_edgeflow(side: str, seconds: int) -> dict[str, Any]:
     from edgeflow import Flow, agg, window
-    from edgeflow.connectors.base import SinkContext, SinkPartition, SinkSpec
     from edgeflow.engine import RunOptions, run
-
-    class CountSink(SinkSpec):
-        kind = "count"
-
-        def describe(self) -> dict[str, Any]:
-            return {"kind": self.kind}
-
-        def open(self, partition: str, resume: Any, ctx: SinkContext) -> SinkPartition:
-            class Part(SinkPartition):
-                def write(self, batches: list[Any]) -> None:
-                    pass
-
-            return Part()
 
     def per_record(r: dict[str, Any]) -> dict[str, Any] | None:
         if r["accel"] <= -1.0:
@@ -74,14 +60,14 @@ def run_edgeflow(side: str, seconds: int) -> dict[str, Any]:
     tumbling = window.tumbling("1s")
     if side == "udf":
         p = r.derive(power=lambda c: c["accel"] * c["temp"]).filter(lambda c: c["accel"] > -1.0)
-        p.window(tumbling, agg.count(), agg.mean("power")).to(CountSink())
+        p.window(tumbling, agg.count(), agg.mean("power")).to(discard_sink())
     elif side == "apply":
         p = r.apply(per_record, fields=("accel", "temp", "power"))
-        p.window(tumbling, agg.count(), agg.mean("power")).to(CountSink())
+        p.window(tumbling, agg.count(), agg.mean("power")).to(discard_sink())
     elif side == "plain":
-        r.window(tumbling, agg.count(), agg.mean("accel"), agg.mean("temp")).to(CountSink())
+        r.window(tumbling, agg.count(), agg.mean("accel"), agg.mean("temp")).to(discard_sink())
     else:
-        r.window(tumbling, agg.count(), agg.mean("accel")).to(CountSink())
+        r.window(tumbling, agg.count(), agg.mean("accel")).to(discard_sink())
     plan = flow.plan()
     import edgeflow.engine.bytewax_adapter  # noqa: F401  (imports untimed, as the baseline's)
 

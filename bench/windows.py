@@ -31,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, peak_rss_mb, per_reading_source, run_child, simulated_sensors
+from _common import (
+    discard_sink,
+    emit,
+    peak_rss_mb,
+    per_reading_source,
+    run_child,
+    simulated_sensors,
+)
 
 DEVICES = 1000
 RATE_HZ = 100
@@ -43,28 +50,14 @@ def sensors(seconds: int) -> Any:
 
 def run_edgeflow(seconds: int) -> dict[str, Any]:
     from edgeflow import Flow, agg, window
-    from edgeflow.connectors.base import SinkContext, SinkPartition, SinkSpec
     from edgeflow.engine import RunOptions, run
-
-    class CountSink(SinkSpec):
-        kind = "count"
-
-        def describe(self) -> dict[str, Any]:
-            return {"kind": self.kind}
-
-        def open(self, partition: str, resume: Any, ctx: SinkContext) -> SinkPartition:
-            class Part(SinkPartition):
-                def write(self, batches: list[Any]) -> None:
-                    pass
-
-            return Part()
 
     flow = Flow("bench-windows")
     r = flow.source(sensors(seconds), key="device", time="ts")
     r.window(
         window.tumbling("1s"),
         agg.count(), agg.mean("accel"), agg.min("accel"), agg.max("accel"), agg.std("accel"), agg.p95("accel"),
-    ).to(CountSink())  # fmt: skip
+    ).to(discard_sink())  # fmt: skip
     plan = flow.plan()
     import edgeflow.engine.bytewax_adapter  # noqa: F401  (imports untimed, as the baseline's)
 
