@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import resource
 import subprocess
 import sys
+import time
 from typing import Any
 
 
@@ -89,3 +91,38 @@ def discard_sink() -> Any:
             return Part()
 
     return Discard()
+
+
+def run_baseline_flow(flow: Any, counts: dict[str, int]) -> dict[str, Any]:
+    """Run a bytewax baseline dataflow with ``run_main``: wall and CPU time and rates of the
+    ``counts["readings"]`` it read and the ``counts["windows"]`` it wrote."""
+    from bytewax.testing import run_main
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    run_main(flow)
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n = counts["readings"]
+    return {
+        "side": "baseline",
+        "readings": n,
+        "seconds": dt,
+        "per_s": n / dt,
+        "per_cpu_s": n / cpu,
+        "windows": counts["windows"],
+    }
+
+
+def window_summary(acc: list[float]) -> dict[str, float]:
+    """count, mean, min, max, std and p95 (linear, as numpy) of one window's values, one
+    Python pass: what a per-reading baseline computes for edgeflow's six aggregations."""
+    n = len(acc)
+    mean = sum(acc) / n
+    s = sorted(acc)
+    h = (n - 1) * 0.95
+    lo = math.floor(h)
+    hi = min(lo + 1, n - 1)
+    return {
+        "count": n, "mean": mean, "min": s[0], "max": s[-1],
+        "std": math.sqrt(sum((x - mean) ** 2 for x in acc) / n),
+        "p95": s[lo] + (h - lo) * (s[hi] - s[lo]),
+    }  # fmt: skip

@@ -42,7 +42,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _broker import Broker  # noqa: E402
-from _common import emit, peak_rss_mb, per_reading_source, run_child, simulated_sensors  # noqa: E402
+from _common import (  # noqa: E402
+    emit,
+    peak_rss_mb,
+    per_reading_source,
+    run_child,
+    simulated_sensors,
+    window_summary,
+)
 
 # bench/kafka.py would shadow kafka-python: keep this folder off the path from here on
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
@@ -192,17 +199,7 @@ def run_baseline(seconds: int, bootstrap: str) -> dict[str, Any]:
         return epoch + timedelta(microseconds=x[1] // 1000)
 
     def summarise(kv: tuple[Any, list[float]]) -> dict[str, Any]:
-        acc = kv[1]
-        n = len(acc)
-        mean = sum(acc) / n
-        s = sorted(acc)
-        h = (n - 1) * 0.95
-        lo = math.floor(h)
-        hi = min(lo + 1, n - 1)
-        return {
-            "window": kv[0], "count": n, "mean": mean, "min": s[0], "max": s[-1],
-            "std": math.sqrt(sum((x - mean) ** 2 for x in acc) / n), "p95": s[lo] + (h - lo) * (s[hi] - s[lo]),
-        }  # fmt: skip
+        return {"window": kv[0], **window_summary(kv[1])}
 
     def folder(acc: list[float], x: tuple[str, int, float, float]) -> list[float]:
         acc.append(x[2])

@@ -35,7 +35,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import discard_sink, emit, per_reading_source, run_child, simulated_sensors
+from _common import (
+    discard_sink,
+    emit,
+    per_reading_source,
+    run_baseline_flow,
+    run_child,
+    simulated_sensors,
+)
 
 DEVICES = 1000
 RATE_HZ = 100
@@ -91,7 +98,6 @@ def run_baseline(seconds: int) -> dict[str, Any]:
     from bytewax.dataflow import Dataflow
     from bytewax.operators.windowing import EventClock, TumblingWindower, fold_window
     from bytewax.outputs import DynamicSink, StatelessSinkPartition
-    from bytewax.testing import run_main
 
     from edgeflow.connectors.base import SourceContext
 
@@ -131,18 +137,7 @@ def run_baseline(seconds: int) -> dict[str, Any]:
     )  # fmt: skip
     out = op.map_value("agg", w.down, lambda kv: {"count": kv[1][0], "mean": kv[1][1] / kv[1][0]})
     op.output("out", out, Sink())
-    t0, c0 = time.perf_counter(), time.process_time()
-    run_main(flow)
-    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    n = counts["readings"]
-    return {
-        "side": "baseline",
-        "readings": n,
-        "seconds": dt,
-        "per_s": n / dt,
-        "per_cpu_s": n / cpu,
-        "windows": counts["windows"],
-    }
+    return run_baseline_flow(flow, counts)
 
 
 def main() -> None:

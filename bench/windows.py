@@ -23,7 +23,6 @@ exits 1 naming the figure that is out of bounds.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -36,8 +35,10 @@ from _common import (
     emit,
     peak_rss_mb,
     per_reading_source,
+    run_baseline_flow,
     run_child,
     simulated_sensors,
+    window_summary,
 )
 
 DEVICES = 1000
@@ -82,7 +83,6 @@ def run_baseline(seconds: int) -> dict[str, Any]:
     from bytewax.dataflow import Dataflow
     from bytewax.operators.windowing import EventClock, TumblingWindower, fold_window
     from bytewax.outputs import DynamicSink, StatelessSinkPartition
-    from bytewax.testing import run_main
 
     from edgeflow.connectors.base import SourceContext
 
@@ -103,18 +103,6 @@ def run_baseline(seconds: int) -> dict[str, Any]:
     def ts(x: tuple[str, int, float]) -> datetime:
         return epoch + timedelta(microseconds=x[1] // 1000)
 
-    def summarise(acc: list[float]) -> dict[str, float]:
-        n = len(acc)
-        mean = sum(acc) / n
-        s = sorted(acc)
-        h = (n - 1) * 0.95
-        lo = math.floor(h)
-        hi = min(lo + 1, n - 1)
-        return {
-            "count": n, "mean": mean, "min": s[0], "max": s[-1],
-            "std": math.sqrt(sum((x - mean) ** 2 for x in acc) / n), "p95": s[lo] + (h - lo) * (s[hi] - s[lo]),
-        }  # fmt: skip
-
     def folder(acc: list[float], x: tuple[str, int, float]) -> list[float]:
         acc.append(x[2])
         return acc
@@ -128,21 +116,9 @@ def run_baseline(seconds: int) -> dict[str, Any]:
     clock = EventClock(ts, wait_for_system_duration=timedelta(0), now_getter=lambda: frozen)
     windower = TumblingWindower(length=timedelta(seconds=1), align_to=epoch)
     w = fold_window("win", keyed, clock, windower, list, folder, lambda a, b: a + b)
-    out = op.map_value("agg", w.down, lambda kv: summarise(kv[1]))
+    out = op.map_value("agg", w.down, lambda kv: window_summary(kv[1]))
     op.output("out", out, Sink())
-    t0, c0 = time.perf_counter(), time.process_time()
-    run_main(flow)
-    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    n = counts["readings"]
-    return {
-        "side": "baseline",
-        "readings": n,
-        "seconds": dt,
-        "per_s": n / dt,
-        "per_cpu_s": n / cpu,
-        "windows": counts["windows"],
-        "peak_rss_mb": peak_rss_mb(),
-    }
+    return {**run_baseline_flow(flow, counts), "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> None:
