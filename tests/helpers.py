@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +55,20 @@ def popen_edgeflow(
         env=env,
         start_new_session=new_session,
     )
+
+
+def kill_9_after(args: tuple[str, ...], out: Path, at_least: int, timeout: float = 120.0) -> bool:
+    """``edgeflow *args`` in the background, killed with SIGKILL once ``out`` has
+    ``at_least`` JSON lines (or after ``timeout`` s: generous for a loaded CI machine).
+    Whether the run was still going when it was killed."""
+    proc = popen_edgeflow(*args)
+    deadline = time.monotonic() + timeout
+    while len(lines(out)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
+    running = proc.poll() is None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return running
 
 
 @contextlib.contextmanager

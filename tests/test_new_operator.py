@@ -10,9 +10,6 @@ optional output may go nowhere while its readings may not."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,7 @@ from edgeflow.errors import FlowValidationError
 from edgeflow.flow.api import ReadingStream
 from edgeflow.ops.args import Arg
 from edgeflow.ops.kernel import OPERATORS, Emitted, Operator, register
-from tests.helpers import edgeflow, lines, popen_edgeflow, records, write_flow
+from tests.helpers import edgeflow, kill_9_after, lines, records, write_flow
 
 SEC = 1_000_000_000
 
@@ -279,13 +276,7 @@ def test_a_stateful_new_operator_resumes_after_kill_9_exactly(tmp_path: Path) ->
     assert all(ns == [float(i + 1) for i in range(len(ns))] for ns in by_key.values())
     crash = write_flow(tmp_path / "crash.py", STATEFUL_FLOW.format(speed="8", out=str(crash_out)))
     args = ("run", str(crash), "--state-dir", str(tmp_path / "st"), "--snapshot-every", "200ms")
-    proc = popen_edgeflow(*args)
-    deadline = time.monotonic() + 120  # generous: a loaded machine
-    while len(lines(crash_out)) < 1000 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert kill_9_after(args, crash_out, 1000), "the run ended before it could be killed"
     edgeflow(*args)
     assert sorted(lines(crash_out)) == sorted(lines(ref_out))
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from edgeflow.cli.main import main
-from tests.helpers import edgeflow, lines, popen_edgeflow, records, write_flow
+from tests.helpers import edgeflow, kill_9_after, lines, records, write_flow
 
 FLOW = """
 from edgeflow import Flow, detect, downsample
@@ -59,12 +56,7 @@ def test_one_and_two_workers_and_a_kill_9_give_the_same_alerts_and_trends(tmp_pa
         "--snapshot-every",
         "200ms",
     )
-    proc = popen_edgeflow(*args)
-    deadline = time.monotonic() + 180  # generous: CI may run on a loaded machine
-    while len(lines(crash["lttb"])) < 600 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_after(args, crash["lttb"], 600, timeout=180)
     edgeflow(*args)
     for k in ("trend", "lttb"):
         assert sorted(lines(ref[k])) == sorted(lines(crash[k])), k

@@ -7,9 +7,6 @@ an uninterrupted run."""
 from __future__ import annotations
 
 import math
-import os
-import signal
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,7 @@ from edgeflow import Flow, agg, window
 from edgeflow.connectors import files
 from edgeflow.engine.figures import figures, summary_line
 from edgeflow.engine.runner import RunOptions, run
-from tests.helpers import ROOT, edgeflow, lines, popen_edgeflow, records, write_flow
+from tests.helpers import ROOT, edgeflow, kill_9_after, lines, records, write_flow
 from tests.kafka_helpers import free_port
 from tests.test_examples import sim_env
 from tests.test_metrics import scrape
@@ -295,12 +292,7 @@ def test_kill_9_and_resume_with_user_functions_equals_an_uninterrupted_run(
         "--snapshot-every",
         "200ms",
     )
-    proc = popen_edgeflow(*args)
-    deadline = time.monotonic() + 120  # generous: CI may run on a loaded machine
-    while len(lines(crash["win"])) < 40 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_after(args, crash["win"], 40)
     assert 0 < len(lines(crash["win"])) < len(lines(ref["win"])), "killed mid-run"
     edgeflow(*args)
     assert len(lines(ref["win"])) > 8 * 30 and len(lines(ref["hi"])) > 1000
