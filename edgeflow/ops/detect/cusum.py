@@ -156,6 +156,10 @@ class CUSUMStacked(StackedModel):
     :class:`~edgeflow.ops.detect.filters.StackedEwma`), autocorrelation and sums as a row, in
     2-D passes or a tick at a time."""
 
+    PASS_DATA = (
+        "m_after", "v_after", "c_after", "err", "sps", "sns", "t_err", "t_c", "tp", "tn",
+    )  # fmt: skip
+
     def __init__(self, det: CUSUM, sts: list[dict[str, Any]]) -> None:
         self.det = det
         self.ew = StackedEwma(det.base.alpha, [s["ew"] for s in sts])

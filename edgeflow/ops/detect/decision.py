@@ -29,7 +29,7 @@ import numpy as np
 from edgeflow.batch import F64
 from edgeflow.ops.args import Arg, check, counter, points, rate
 from edgeflow.ops.detect.base import calibrate, raw_at
-from edgeflow.ops.detect.spread import floored, resolution
+from edgeflow.ops.detect.spread import floored, resolution, resolution_rows
 
 #: points since the last event of a key that never raised one
 NO_EVENT_YET = 1 << 30
@@ -193,6 +193,25 @@ def warm_up_inliers(block: F64) -> np.ndarray:
     out: np.ndarray = dev <= WARM_UP_OUTLIER * scale
     if (~out).sum() > WARM_UP_MINORITY * len(block):
         out[:] = True  # a level the signal spends real time at (a square wave): not outliers
+    return out
+
+
+def warm_up_inliers_rows(blocks: F64) -> np.ndarray:
+    """:func:`warm_up_inliers` of each row of ``blocks`` (keys' whole warm-up blocks of one
+    length), in array operations: the same readings, row by row."""
+    k, n = blocks.shape
+    if n < 5:
+        return np.ones((k, n), bool)
+    med = np.median(blocks, axis=1)
+    dev = np.abs(blocks - med[:, None])
+    scale = 1.4826 * np.median(dev, axis=1)
+    flat = ~(scale > 0)
+    if flat.any():
+        scale[flat] = 1.2533 * np.array([float(d.mean()) for d in dev[flat]])
+    res, _ = resolution_rows(np.full(k, math.inf), np.full(k, np.nan), blocks, np.full(k, n))
+    scale = floored(scale, res, med)
+    out: np.ndarray = dev <= WARM_UP_OUTLIER * scale[:, None]
+    out[(~out).sum(axis=1) > WARM_UP_MINORITY * n] = True  # a level it spends time at
     return out
 
 

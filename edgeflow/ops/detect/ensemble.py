@@ -199,6 +199,8 @@ class RecentNoise(Detector):
 class RecentNoiseStacked(StackedModel):
     """The stacked form of :class:`RecentNoise`: each key's last reading and noise variance."""
 
+    PASS_DATA = ("after", "x")
+
     def __init__(self, det: RecentNoise, sts: list[dict[str, Any]]) -> None:
         self.det = det
         self.prev = np.array([np.nan if s["prev"] is None else s["prev"] for s in sts])
@@ -263,7 +265,7 @@ class TailMAD(MAD):
     the spread widens by as much as the window's own 1 % tails show."""
 
     def estimate(self, win: F64) -> tuple[F64, F64]:
-        return robust_spread(win, tails=TAIL_Q)
+        return robust_spread(win, tails=TAIL_Q, scratch=True)
 
     def stacked_model(self, states: list[dict[str, Any]]) -> MADStacked:
         return MADStacked(self, states)  # (it estimates with this class's estimate)
@@ -288,7 +290,8 @@ class SeenRange(MAD):
 
     def estimate(self, win: F64) -> tuple[F64, F64]:
         """The centre and half-width of the range between the quantiles of each window."""
-        lo, hi = tail_quantiles(np.sort(win, axis=-1), self.quantile)
+        win.sort(axis=-1)  # the caller's scratch block (see MAD.estimate)
+        lo, hi = tail_quantiles(win, self.quantile)
         return (lo + hi) / 2, (hi - lo) / 2
 
     def score(self, st: dict[str, Any], x: F64) -> Scores:
@@ -306,8 +309,8 @@ class SeenRange(MAD):
 class SeenRangeStacked(MADStacked):
     """The stacked form of :class:`SeenRange`."""
 
-    def score(self, rows: Rows, x: F64) -> tuple[F64, F64, F64]:
-        _, centre, half = super().score(rows, x)
+    def score(self, rows: Rows, x: F64, wanted: np.ndarray | None = None) -> tuple[F64, F64, F64]:
+        _, centre, half = super().score(rows, x, wanted)
         return np.zeros(x.shape), centre, half
 
 
@@ -497,15 +500,24 @@ class StackedEnsemble:
     def run(self, rows: Rows, xmat: F64, lens: Rows) -> Events:
         """The ensemble's events over a grid of keys' points (as :func:`run_stacked`)."""
         width = xmat.shape[1]
-        ranges: list[tuple[F64, F64] | None] = []
-        found = []
-        for i, part in enumerate(self.parts):
+        ranges: list[tuple[F64, F64] | None] = [None] * len(self.parts)
+        found: list[tuple[Rows, F64]] = [(np.empty(0, np.int64), np.empty(0))] * len(self.parts)
+        # parts that alarm first; then the context parts (never an alarm): their ranges are
+        # read only where some part flagged a point
+        order = sorted(range(len(self.parts)), key=lambda i: self.roles[i] in CONTEXT_ROLES)
+        wanted = None
+        for i in order:
+            part = self.parts[i]
+            if self.roles[i] in CONTEXT_ROLES and wanted is None:
+                wanted = np.zeros(xmat.shape, bool)
+                flat = np.concatenate([f[0] for f in found])
+                wanted.flat[flat] = True
             rg = (np.empty_like(xmat), np.empty_like(xmat)) if i in self.ranged else None
-            ranges.append(rg)
+            ranges[i] = rg
             gi, ci, _, raw, _, _ = run_stacked(
-                part, rows, xmat, lens, every_anomaly=True, ranges=rg
+                part, rows, xmat, lens, every_anomaly=True, ranges=rg, wanted=wanted
             ).arrays()
-            found.append((gi * width + ci, raw / part.driver.detector.level))
+            found[i] = (gi * width + ci, raw / part.driver.detector.level)
         out = Events()
         at = np.unique(np.concatenate([f[0] for f in found]))  # points some part flagged
         if not len(at):

@@ -104,6 +104,8 @@ class EWMAStacked(StackedModel):
     """Stacked EWMA control chart: each key's EW mean and variance as a row (see
     :class:`~edgeflow.ops.detect.filters.StackedEwma`), in 2-D passes or a tick at a time."""
 
+    PASS_DATA = ("m_after", "v_after")
+
     def __init__(self, det: EWMA, sts: list[dict[str, Any]]) -> None:
         self.det = det
         self.ew = StackedEwma(det.alpha, sts)

@@ -17,11 +17,22 @@ from edgeflow.ops.args import Arg, counter, level, points
 from edgeflow.ops.detect.base import Detector, Scores, calibrate, warm_up_mask, warm_up_rows
 from edgeflow.ops.detect.decision import ADAPT_AFTER
 from edgeflow.ops.detect.spread import floored, resolution
-from edgeflow.ops.detect.stacked import Rows, StackedModel, pack_rows, slide_rows, unpad_row
+from edgeflow.ops.detect.stacked import (
+    Rows,
+    StackedModel,
+    pack_rows,
+    slide_rows,
+    unpad_row,
+    window_rows,
+)
 
 #: 1.4826 MAD, IQR / 1.349 and 1.2533 x the mean absolute deviation each estimate a normal
 #: distribution's standard deviation
 MAD_TO_STD, IQR_TO_STD, MEAN_DEV_TO_STD = 1.4826, 1.349, 1.2533
+#: values per block of windows a stacked pass estimates at once (bounded memory with many keys)
+ESTIMATE_BLOCK = 1 << 22
+#: windows from which :func:`robust_spread` finds MADs by selection, not by sorting
+SELECT_FROM = 64
 #: on a lasting change the window keeps this many times the streak's length of older points
 CONTEXT = 3
 
@@ -114,8 +125,9 @@ class MAD(Detector):
 
     def estimate(self, win: F64) -> tuple[F64, F64]:
         """The centre and spread of windows of values (the last axis; NaN: an empty slot):
-        :func:`robust_spread`. Every form calls this, so a subclass may estimate otherwise."""
-        return robust_spread(win)
+        :func:`robust_spread`. Every form calls this, so a subclass may estimate otherwise.
+        ``win`` is the caller's scratch block: an estimate may reorder it (sort in place)."""
+        return robust_spread(win, scratch=True)
 
     def _last(self, st: dict[str, Any]) -> float:
         """The last learnt reading (NaN: none)."""
@@ -150,7 +162,7 @@ class MAD(Detector):
             st["med"], st["mad"] = float(m[0]), float(d[0])
         st["hist"] = z[-self.window :]
         if self.warmup and not st["n"]:  # the warm-up block: estimated from all of it
-            m, d = self.estimate(st["hist"][None, :])
+            m, d = self.estimate(st["hist"][None, :].copy())
             st["med"], st["mad"] = float(m[0]), float(d[0])
         st["n"] = _counted(st["n"], len(x), self.warmup)
         st["prev"] = float(x[-1])  # an anomaly is not learnt: differences skip it
@@ -194,6 +206,11 @@ class MADStacked(StackedModel):
     key's learnt count reaches a multiple of ``stride``: all such refreshes of a pass at
     once, as order statistics over a (keys, refreshes, window) block."""
 
+    PASS_DATA = ("hx", "y", "x", "first", "ests", "made", "z")
+    made: np.ndarray | None = None
+    #: ``score`` takes ``wanted`` (see :meth:`score`)
+    LAZY = True
+
     def __init__(self, det: MAD, sts: list[dict[str, Any]]) -> None:
         self.det = det
         w = det.window
@@ -204,7 +221,11 @@ class MADStacked(StackedModel):
         self.prev = np.array([np.nan if s["prev"] is None else s["prev"] for s in sts])
         self.pend = pack_rows([s["pend"] for s in sts], ADAPT_AFTER)
 
-    def score(self, rows: Rows, x: F64) -> tuple[F64, F64, F64]:
+    def score(self, rows: Rows, x: F64, wanted: np.ndarray | None = None) -> tuple[F64, F64, F64]:
+        """(See :class:`StackedModel`.) ``wanted``: where the caller reads the results (a
+        bool matrix shaped like ``x``; None: everywhere). Only the estimates in force at
+        those points, and at each row's last point (for :meth:`learn`), are made: a context
+        part's range is read where another part alarmed, a few points a pass."""
         det = self.det
         w, s = det.window, det.stride
         k, span = x.shape
@@ -218,17 +239,43 @@ class MADStacked(StackedModel):
         # refreshes: after j points of this pass, where n0 + j is a multiple of the stride
         self.first = first = s - n0 % s  # 1..s
         n_ref = int(max(0, (span - int(first.min())) // s + 1))
-        if n_ref:
+        self.made = None  # which estimates were made (None: all)
+        if not n_ref:
+            self.ests = (np.empty((k, 0)), np.empty((k, 0)))
+        elif wanted is None:
             z = np.concatenate([self.hx, y], axis=1)
             jr = first[:, None] + s * np.arange(n_ref)  # (k, R)
             # refreshes past a row's last point are never used: point them at a window
             # without padding, so the medians need no NaN handling
             rem = np.count_nonzero(~np.isnan(x), axis=1)
-            jr = np.where(jr <= rem[:, None], jr, 0)
-            win = z[np.arange(k)[:, None, None], jr[:, :, None] + np.arange(w)]  # (k, R, w)
-            self.ests = det.estimate(win)
+            # in blocks of rows of at most about ESTIMATE_BLOCK values (many keys: bounded
+            # memory; smaller blocks are slower)
+            step = max(1, ESTIMATE_BLOCK // (n_ref * w))
+            parts = [
+                det.estimate(window_rows(z[a : a + step], jr[a : a + step], w, rem[a : a + step]))
+                for a in range(0, k, step)
+            ]
+            self.ests = (
+                (parts[0][0], parts[0][1])
+                if len(parts) == 1
+                else (np.concatenate([q[0] for q in parts]), np.concatenate([q[1] for q in parts]))
+            )
         else:
-            self.ests = (np.empty((k, 0)), np.empty((k, 0)))
+            self.z = np.concatenate([self.hx, y], axis=1)
+            self.ests = (np.full((k, n_ref), np.nan), np.full((k, n_ref), np.nan))
+            self.made = np.zeros((k, n_ref), bool)
+            rem = np.count_nonzero(~np.isnan(x), axis=1)
+            at = (np.arange(span)[None, :] - first[:, None]) // s  # refresh in force - 1
+            wi, wc = np.nonzero(wanted & (at >= 0))
+            ends = (rem - first) // s
+            has_end = ends >= 0
+            self._make(
+                np.concatenate([wi, np.flatnonzero(has_end)]),
+                np.minimum(np.concatenate([at[wi, wc], ends[has_end]]), n_ref - 1),
+            )
+        if wanted is not None:  # (a context part's: no verdicts) the ranges where wanted
+            wi, wc = np.nonzero(wanted)
+            return self._ranges_at(rows, x, y, (wi, wc))
         med, mad = self._in_force(rows, np.arange(span)[None, :])
         centre = x - y + med if det.diff else med
         last = p0 if det.diff else self.hx[:, -1]
@@ -240,27 +287,69 @@ class MADStacked(StackedModel):
             zz = zz * warm_up_rows(n0, span, det.warmup)
         return zz, centre, det.level * spread
 
-    def _in_force(self, rows: Rows, j: Rows) -> tuple[F64, F64]:
-        """Median and spread in force before point j of the pass (j: (k, m) or (k, 1))."""
+    def _ranges_at(
+        self, rows: Rows, x: F64, y: F64, points: tuple[Rows, Rows]
+    ) -> tuple[F64, F64, F64]:
+        """A lazy pass's (raw, centre, half): raw 0, the range only at ``points`` (pass
+        row, column), NaN elsewhere."""
+        det = self.det
+        wi, wc = points
+        centre, half = np.full(x.shape, np.nan), np.full(x.shape, np.nan)
+        if len(wi):
+            med, mad = self._in_force(rows[wi], wc[:, None], self.first[wi], wi)
+            at = x[wi, wc] - y[wi, wc] + med[:, 0] if det.diff else med[:, 0]
+            last = self.prev[rows][wi] if det.diff else self.hx[wi, -1]
+            res = resolution_before(self.resolution(rows)[wi], last, x[wi])[np.arange(len(wi)), wc]
+            centre[wi, wc] = at
+            half[wi, wc] = det.level * floored(mad[:, 0], res, at)
+        return np.zeros(x.shape), centre, half
+
+    def _make(self, ri: Rows, ref: Rows) -> None:
+        """Make the estimates of refreshes ``ref`` of pass rows ``ri`` (a lazy pass)."""
+        assert self.made is not None
+        todo = ~self.made[ri, ref]
+        ri, ref = ri[todo], ref[todo]
+        if not len(ri):
+            return
+        w, s = self.det.window, self.det.stride
+        view = np.lib.stride_tricks.sliding_window_view(self.z, w, axis=1)
+        start = np.minimum(self.first[ri] + s * ref, view.shape[1] - 1)
+        m, d = self.det.estimate(view[ri, start])  # (a copy: the estimate's scratch)
+        self.ests[0][ri, ref], self.ests[1][ri, ref] = m, d
+        self.made[ri, ref] = True
+
+    def _in_force(
+        self, rows: Rows, j: Rows, first: Rows | None = None, ri: Rows | None = None
+    ) -> tuple[F64, F64]:
+        """Median and spread in force before point j of the pass (j: (k, m) or (k, 1)): the
+        estimate of the pass's last refresh at or before j (``first`` is 1..stride, so a
+        point before the first refresh counts 0: the row's estimate from before the pass).
+        ``first``, ``ri``: the rows' refresh offsets and places in the pass (default: the
+        pass's rows, in order)."""
         m, d = self.ests
-        cnt = np.where(
-            j >= self.first[:, None], (j - self.first[:, None]) // self.det.stride + 1, 0
-        )
+        if ri is not None:
+            m, d = m[ri], d[ri]
+        first = self.first if first is None else first
         if not m.shape[1]:
+            shape = np.broadcast_shapes(j.shape, (len(rows), 1))
             return (
-                np.broadcast_to(self.med[rows][:, None], cnt.shape),
-                np.broadcast_to(self.mad[rows][:, None], cnt.shape),
+                np.broadcast_to(self.med[rows][:, None], shape),
+                np.broadcast_to(self.mad[rows][:, None], shape),
             )
-        at = np.clip(cnt - 1, 0, m.shape[1] - 1)
+        cnt = np.minimum((j - first[:, None]) // self.det.stride + 1, m.shape[1])
         ri = np.arange(len(rows))[:, None]
-        med = np.where(cnt > 0, m[ri, at], self.med[rows][:, None])
-        mad = np.where(cnt > 0, d[ri, at], self.mad[rows][:, None])
+        med = np.concatenate([self.med[rows][:, None], m], axis=1)[ri, cnt]
+        mad = np.concatenate([self.mad[rows][:, None], d], axis=1)[ri, cnt]
         return med, mad
 
     def learn(self, rows: Rows, f: Rows) -> None:
         moved = f > 0
         if not moved.any():
             return
+        if self.made is not None and self.made.shape[1]:  # a lazy pass: the ones needed now
+            at = (f - self.first) // self.det.stride
+            due = at >= 0
+            self._make(np.flatnonzero(due), np.minimum(at[due], self.made.shape[1] - 1))
         med, mad = self._in_force(rows, f[:, None])  # the estimates in force next
         self.med[rows] = med[:, 0]
         self.mad[rows] = mad[:, 0]
@@ -268,7 +357,7 @@ class MADStacked(StackedModel):
         self.prev[rows[moved]] = self.x[np.flatnonzero(moved), f[moved] - 1]
         if self.det.warmup:  # a warm-up block (the Driver's, usually): from all of it
             for r in rows[moved & (self.n[rows] == 0)].tolist():
-                m, d = self.det.estimate(unpad_row(self.h[r])[None, :])
+                m, d = self.det.estimate(unpad_row(self.h[r])[None, :].copy())
                 self.med[r], self.mad[r] = m[0], d[0]
         self.n[rows] = _counted(self.n[rows], f, self.det.warmup)
         self.pend[rows[moved]] = np.nan
@@ -304,7 +393,7 @@ def _counted(n: Any, learnt: Any, warmup: int) -> Any:
     return np.where(n == 0, np.where(learnt > 0, np.maximum(learnt, warmup), 0), n + learnt)
 
 
-def robust_spread(win: F64, tails: float = 0.0) -> tuple[F64, F64]:
+def robust_spread(win: F64, tails: float = 0.0, scratch: bool = False) -> tuple[F64, F64]:
     """The median and robust spread of each window of values (the last axis; NaN: an empty
     slot of a window still filling up; an all-NaN window gives NaN).
 
@@ -316,6 +405,8 @@ def robust_spread(win: F64, tails: float = 0.0) -> tuple[F64, F64]:
     deviations: how far the signal moves when it moves. 0 only for a constant window;
     callers floor it (:func:`edgeflow.ops.detect.spread.floored`).
 
+    ``scratch``: ``win`` may be sorted in place (the caller's own copy).
+
     ``tails`` > 0: the spread is also at least the distance between the window's ``tails``
     and ``1 - tails`` quantiles over that of a normal distribution's (a heavy-tailed window
     spreads wider than its MAD says; a normal one's tails agree with it).
@@ -323,7 +414,11 @@ def robust_spread(win: F64, tails: float = 0.0) -> tuple[F64, F64]:
     The same arithmetic whatever the shape of the leading axes, so the reference and stacked
     forms agree to the last bit."""
     w = win.shape[-1]
-    srt = np.sort(win, axis=-1)  # NaN last
+    if scratch:  # the caller's own copy: sorted in place (a copy of a large block saved)
+        win.sort(axis=-1)
+        srt = win
+    else:
+        srt = np.sort(win, axis=-1)  # NaN last
     if np.isnan(srt[..., -1]).any():
         count = np.count_nonzero(~np.isnan(win), axis=-1)
         med, q1, q3 = (_order_stat(srt, count, q) for q in (0.5, 0.25, 0.75))
@@ -331,27 +426,76 @@ def robust_spread(win: F64, tails: float = 0.0) -> tuple[F64, F64]:
             lo, hi = (_order_stat(srt, count, q) for q in (tails, 1 - tails))
         dev = np.abs(srt - med[..., None])  # V-shaped: sorts fast
         mad = _order_stat(np.sort(dev, axis=-1), count, 0.5)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_dev = np.nansum(dev, axis=-1) / count
     else:
-        count = np.full(win.shape[:-1], w)
         med, q1, q3 = (_order_stat_full(srt, w, q) for q in (0.5, 0.25, 0.75))
         if tails > 0:
             lo, hi = (_order_stat_full(srt, w, q) for q in (tails, 1 - tails))
-        # deviations of the sorted values fall then rise: numpy sorts them several times
-        # faster than random values (and faster than np.partition finds their median)
-        dev = np.abs(srt - med[..., None])
-        mad = _order_stat_full(np.sort(dev, axis=-1), w, 0.5)
-        mean_dev = dev.sum(axis=-1) / w
+        mad = _median_deviation_sorted(srt, med)
     spread = np.maximum(MAD_TO_STD * mad, (q3 - q1) / IQR_TO_STD)
     if tails > 0:
         spread = np.fmax(spread, (hi - lo) / (2 * NormalDist().inv_cdf(1 - tails)))
-    collapsed = ~(spread > 0) & (mean_dev > 0)
-    if collapsed.any():  # mean_dev > 0: some deviation is not 0
-        moves = np.count_nonzero(dev[collapsed] > 0, axis=-1)  # NaN > 0 is False
-        spread[collapsed] = MEAN_DEV_TO_STD * mean_dev[collapsed] * count[collapsed] / moves
+    flat = ~(spread > 0)
+    if flat.any():  # 0 (or NaN): the mean of the non-zero deviations, where there are any
+        dev_flat = np.abs(srt[flat] - med[flat][..., None])
+        moves = np.count_nonzero(dev_flat > 0, axis=-1)  # NaN > 0 is False
+        with np.errstate(invalid="ignore", divide="ignore"):
+            moved = MEAN_DEV_TO_STD * np.nansum(dev_flat, axis=-1) / moves
+        spread[flat] = np.where(moves > 0, moved, spread[flat])
     out: F64 = spread
     return med, out
+
+
+def _median_deviation_sorted(srt: F64, med: F64) -> F64:
+    """The median of ``|srt - med|`` for full sorted windows (the last axis) with their
+    medians ``med``: exactly :func:`_order_stat_full` of the sorted deviations. Left of the
+    middle the deviations rise leftwards, right of it rightwards: two sorted runs, whose k-th
+    smallest a binary search over how many come from the left run finds (about log2(w / 2)
+    vectorised steps instead of sorting every window's deviations; a few windows are sorted,
+    where the steps' fixed cost is more)."""
+    w = srt.shape[-1]
+    if srt.size < SELECT_FROM * w or w < 4:
+        dev = np.abs(srt - med[..., None])
+        return _order_stat_full(np.sort(dev, axis=-1), w, 0.5)
+    flat = srt.reshape(-1)
+    m = med.reshape(-1)
+    c = w // 2  # left run: srt[c-1], srt[c-2], ...; right run: srt[c], srt[c+1], ...
+    na, nb = c, w - c
+    base = np.arange(len(m)) * w
+    left0, right0 = base + (c - 1), base + c
+
+    def left(i: np.ndarray) -> F64:  # the i-th smallest left deviation (0 <= i < na)
+        v: F64 = np.abs(flat[left0 - i] - m)
+        return v
+
+    def right(j: np.ndarray) -> F64:  # the j-th smallest right deviation (0 <= j < nb)
+        v: F64 = np.abs(flat[right0 + j] - m)
+        return v
+
+    p = (w - 1) * 0.5
+    k = math.floor(p)  # the k-th smallest (0-based), and the next when p is between
+    # a: how many of the k + 1 smallest deviations are on the left: the largest a with
+    # left[a - 1] <= right[k + 1 - a] (true for small a, false for large)
+    lo = np.full(len(m), max(0, k + 1 - nb), np.int64)
+    hi = np.full(len(m), min(k + 1, na), np.int64)
+    for _ in range(int(hi[0] - lo[0]).bit_length() + 1):
+        mid = (lo + hi + 1) // 2
+        b = k + 1 - mid
+        ok = (mid == 0) | (b >= nb)
+        ok |= left(np.maximum(mid - 1, 0)) <= right(np.minimum(b, nb - 1))
+        ok &= lo < hi
+        lo = np.where(ok, mid, lo)
+        hi = np.where(ok | (lo >= hi), hi, mid - 1)
+    a, b = lo, k + 1 - lo
+    last_left = np.where(a > 0, left(np.maximum(a - 1, 0)), -np.inf)
+    last_right = np.where(b > 0, right(np.maximum(b - 1, 0)), -np.inf)
+    kth = np.maximum(last_left, last_right)
+    frac = p - k
+    if frac != 0.0:
+        next_left = np.where(a < na, left(np.minimum(a, na - 1)), np.inf)
+        next_right = np.where(b < nb, right(np.minimum(b, nb - 1)), np.inf)
+        kth = kth + frac * (np.minimum(next_left, next_right) - kth)
+    out: F64 = kth.reshape(med.shape)
+    return out
 
 
 def _order_stat_full(srt: F64, w: int, q: float) -> F64:

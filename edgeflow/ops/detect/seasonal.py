@@ -317,7 +317,11 @@ def estimate_rows(h: F64) -> tuple[np.ndarray, F64, F64, F64, F64]:
     for p in np.unique(period).tolist():  # rows of one period at a time: no padding
         at = period == p
         med[at], scale[at] = robust_spread(h[at, p:] - h[at, :-p])
-    vmed, vscale = robust_spread(h)
+    # the readings' own median and spread: read only while there is no season (P = 1)
+    vmed, vscale = np.zeros(m), np.zeros(m)
+    flat = period == 1
+    if flat.any():
+        vmed[flat], vscale[flat] = robust_spread(h[flat])
     return period, med, scale, vmed, vscale
 
 
@@ -405,6 +409,8 @@ class SeasonalStacked(StackedModel):
     reading and a streak's anomalies. A row decides no further than its next re-estimate
     (every ``refresh`` readings), where all rows due are re-estimated at once (one FFT over
     their histories)."""
+
+    PASS_DATA = ("hx", "x", "expected", "half", "same", "g", "f")
 
     def __init__(self, det: Seasonal, sts: list[dict[str, Any]]) -> None:
         self.det = det
@@ -503,20 +509,16 @@ class SeasonalStacked(StackedModel):
 
     def _estimate(self, rows: Rows) -> None:
         """Re-estimate period, median and scale of these rows, as Seasonal._estimate does:
-        rows with a full history all at once, the others (a key's first window) one by one."""
+        rows with histories of the same length (full, or a key's first window: keys that
+        started together) together."""
         hist = self.h[rows]
-        full = ~np.isnan(hist[:, 0])  # histories are right-aligned
-        for r in rows[~full].tolist():
-            h = unpad_row(self.h[r])
-            if len(h) >= MIN_HISTORY:
-                got = seasonal_estimate(h[None, :])
-                for name, v in zip(ESTIMATES, got, strict=True):
-                    getattr(self, name)[r] = v[0]
-        if full.any():
-            got = seasonal_estimate(hist[full])
-            rows = rows[full]
+        length = np.count_nonzero(~np.isnan(hist), axis=1)  # histories are right-aligned
+        w = hist.shape[1]
+        for n in np.unique(length[length >= MIN_HISTORY]).tolist():
+            at = np.flatnonzero(length == n)
+            got = seasonal_estimate(hist[at, w - n :])
             for name, v in zip(ESTIMATES, got, strict=True):
-                getattr(self, name)[rows] = v
+                getattr(self, name)[rows[at]] = v
 
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         s["hist"], s["n"], s["period"] = unpad_row(self.h[i]), int(self.n[i]), int(self.period[i])

@@ -38,6 +38,7 @@ from edgeflow.ops.detect.decision import (
     is_adapting,
     starts_episode,
     streak_after,
+    warm_up_inliers_rows,
 )
 from edgeflow.ops.detect.driver import Driver
 from edgeflow.ops.detect.spread import resolution_rows
@@ -89,6 +90,23 @@ def unpad_row(row: F64) -> F64:
     return out
 
 
+def window_rows(z: F64, starts: Rows, w: int, last: Rows) -> F64:
+    """``z[i, starts[i, j] : starts[i, j] + w]`` for every row i and column j: a (k, R, w)
+    block, copied from a strided view of ``z`` (a gather of whole windows, not of an index
+    per value: several times faster). A start past its row's ``last`` is never
+    used: it gets the row's first window (``starts`` may run past the end there)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    view = sliding_window_view(z, w, axis=1)  # (k, L - w + 1, w), no copy
+    at = np.minimum(starts, view.shape[1] - 1)
+    out: F64 = view[np.arange(len(z))[:, None], at]  # whole windows: no index per value
+    past = starts > last[:, None]
+    if past.any():
+        ii, jj = np.nonzero(past)
+        out[ii, jj] = view[ii, 0]
+    return out
+
+
 def slide_rows(h: F64, rows: Rows, old: F64, new: F64, f: Rows) -> None:
     """Row i of ``h[rows]`` (which held ``old[i]``) learnt the first ``f[i]`` of ``new[i]``:
     keep the last w values of old + those."""
@@ -121,6 +139,15 @@ class StackedModel:
 
     #: each row's resolution (inf: no step seen yet), kept by :class:`Stacked`
     res: F64 = np.zeros(0)
+    #: what a pass keeps from ``score`` for ``learn`` (the pass's readings, estimates):
+    #: not state, so never in a snapshot
+    PASS_DATA: tuple[str, ...] = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in self.PASS_DATA:
+            state.pop(name, None)
+        return state
 
     def resolution(self, rows: Rows) -> F64:
         """The resolution of the keys at ``rows`` (inf where none was seen yet)."""
@@ -380,13 +407,16 @@ def run_stacked(
     *,
     every_anomaly: bool = False,
     ranges: tuple[F64, F64] | None = None,
+    wanted: np.ndarray | None = None,
 ) -> Events:
     """Score and learn ``xmat`` (row i: the points of the key at state row ``rows[i]``, the
     first ``lens[i]`` of them valid) with one-at-a-time semantics; the state moves on.
 
     Returns the anomalies that raise an event or, with ``every_anomaly``, every anomaly
     (an ensemble decides its events over all its parts' anomalies). ``ranges``: (low, high)
-    matrices shaped like ``xmat`` that receive every point's expected range."""
+    matrices shaped like ``xmat`` that receive every point's expected range; ``wanted``
+    (for a model that never alarms and scores lazily, see ``MADStacked.score``): the points
+    of the grid whose range the caller reads - only those are then right."""
     driver = stacked.driver
     det, dec = driver.detector, driver.decision
     thr, cooldown, adapt = dec.value, dec.cooldown, driver.adapt_after
@@ -426,7 +456,15 @@ def run_stacked(
             cols = pos[active][:, None] + np.arange(span)
             x = np.where(inside, xmat[active[:, None], np.minimum(cols, width - 1)], np.nan)
         first = False
-        raw, centre, half = model.score(g, x)  # expected range: centre -/+ half
+        if wanted is not None and getattr(model, "LAZY", False):
+            want = (
+                wanted
+                if whole
+                else np.where(inside, wanted[active[:, None], np.minimum(cols, width - 1)], False)
+            )
+            raw, centre, half = model.score(g, x, wanted=want)  # type: ignore[call-arg]
+        else:
+            raw, centre, half = model.score(g, x)  # expected range: centre -/+ half
         flagged, _ = decide.flags(raw, inside)
         has = flagged.any(axis=1)
         # points before the first anomaly, and points decided in this pass
@@ -499,9 +537,21 @@ def _warm_up_rows(
     of its warm-up (collecting them, then learning the block: no verdicts) and the key's
     position moves past them; the rest of its readings go through the stacked passes."""
     driver = stacked.driver
-    for i in np.flatnonzero(
+    need = driver.detector.warmup
+    warming = np.flatnonzero(
         np.fromiter((r in stacked.warming for r in rows.tolist()), bool, len(rows))
-    ).tolist():
+    )
+    # keys whose whole warm-up block is in this grid: learnt together
+    whole = np.fromiter(
+        (not stacked.warming[int(rows[i])] and lens[i] >= need for i in warming.tolist()),
+        bool,
+        len(warming),
+    )
+    if whole.sum() > 1 and need > 0:
+        _learn_warm_up_blocks(stacked, rows, xmat, warming[whole], need, ranges)
+        pos[warming[whole]] = need
+        warming = warming[~whole]
+    for i in warming.tolist():
         r = int(rows[i])
         take = min(int(lens[i]), driver.detector.warmup - len(stacked.warming[r]))
         st = stacked.driver_state(r)
@@ -512,6 +562,43 @@ def _warm_up_rows(
         if ranges is not None:
             ranges[0][i, :take], ranges[1][i, :take] = out.low, out.high
         pos[i] = take
+
+
+def _learn_warm_up_blocks(
+    stacked: Stacked,
+    rows: Rows,
+    xmat: F64,
+    at: Rows,
+    need: int,
+    ranges: tuple[F64, F64] | None,
+) -> None:
+    """The grid rows ``at`` hold their keys' first ``need`` readings (their whole warm-up
+    block, nothing collected before): each key learns its block without its robust outliers
+    (in order, with them, for a model that needs no gaps), as the Driver's warm-up does,
+    all keys in one stacked pass. No verdicts: no events, no expected range."""
+    det = stacked.driver.detector
+    g = rows[at]
+    block = xmat[at, :need]
+    if getattr(det, "warm_up_in_order", False):
+        learnt = block
+        count = np.full(len(at), need, np.int64)
+    else:
+        keep = warm_up_inliers_rows(block)
+        count = keep.sum(axis=1)
+        order = np.argsort(~keep, axis=1, kind="stable")  # inliers first, in order
+        learnt = np.take_along_axis(block, order, axis=1)
+        learnt[np.arange(need)[None, :] >= count[:, None]] = np.nan
+    stacked.model.score(g, learnt)
+    stacked.model.learn(g, count)
+    stacked.res[g], stacked.res_last[g] = resolution_rows(
+        stacked.res[g], stacked.res_last[g], learnt, count
+    )
+    stacked.since[g] += need  # (no events in a warm-up)
+    for r in g.tolist():
+        del stacked.warming[r]
+    if ranges is not None:
+        ranges[0][at, :need] = ranges[1][at, :need] = np.nan
+    stacked.quiet = False
 
 
 def keep_ranges(

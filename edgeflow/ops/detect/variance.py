@@ -96,6 +96,8 @@ def nan_for_none(values: list[float | None]) -> F64:
 class VarianceChangeStacked(StackedModel):
     """Stacked variance change: fast and slow EW variances of the first difference."""
 
+    PASS_DATA = ("vf_after", "vs_after", "x")
+
     def __init__(self, det: VarianceChange, sts: list[dict[str, Any]]) -> None:
         self.det = det
         self.prev = nan_for_none([s["prev"] for s in sts])

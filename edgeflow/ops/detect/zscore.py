@@ -103,6 +103,8 @@ class ZScoreStacked(StackedModel):
     """Stacked rolling z-score: each key's window of learnt values as a row (a ring for live
     ticks, with running sums), scored in 2-D passes or a tick at a time."""
 
+    PASS_DATA = ("hx", "x")
+
     def __init__(self, det: ZScore, sts: list[dict[str, Any]]) -> None:
         self.det = det
         w = det.window
