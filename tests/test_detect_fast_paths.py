@@ -205,3 +205,28 @@ def test_a_snapshot_keeps_state_not_the_last_pass() -> None:
     a = st.run(rows, nxt.copy(), np.full(1000, 50, np.int64)).arrays()
     b = restored.run(rows, nxt.copy(), np.full(1000, 50, np.int64)).arrays()
     assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+def test_resolutions_skip_rows_whose_steps_cannot_lower_them() -> None:
+    """A pass need not scan a row whose resolution is already at most the smallest step of
+    its grid; the result equals the full scan, also across an anomaly skipped between two
+    passes (the step from the last learnt reading to the next pass's first)."""
+    from edgeflow.ops.detect.spread import (
+        resolution_rows,
+        resolution_rows_within,
+        step_floor_rows,
+    )
+
+    for name, x in shapes(30, 60).items():
+        lens = RNG.integers(1, 61, 30)
+        x = np.where(np.arange(60)[None, :] < lens[:, None], x, np.nan)
+        floor = step_floor_rows(x, lens)
+        res = np.where(RNG.random(30) < 0.5, np.inf, RNG.choice([1e-3, 0.5, 2.0], 30))
+        last = np.where(RNG.random(30) < 0.2, np.nan, RNG.normal(size=30))
+        for start in (0, 7):
+            sub = x[:, start:]
+            learnt = np.minimum(RNG.integers(0, 61, 30), np.maximum(lens - start, 0))
+            want = resolution_rows(res, last, sub, learnt)
+            got = resolution_rows_within(res, last, sub, learnt, floor)
+            assert np.array_equal(got[0], want[0]), name
+            assert np.array_equal(got[1], want[1], equal_nan=True), name

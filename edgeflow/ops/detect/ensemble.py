@@ -44,6 +44,7 @@ from edgeflow.ops.detect.decision import NO_EVENT_YET, episode_starts, starts_ep
 from edgeflow.ops.detect.driver import Driver, DriverOut
 from edgeflow.ops.detect.mad import MAD, MADStacked, floored_before, robust_spread
 from edgeflow.ops.detect.seasonal import Seasonal, SeasonalStacked
+from edgeflow.ops.detect.spread import step_floor_rows
 from edgeflow.ops.detect.stacked import Events, Rows, Stacked, StackedModel, run_stacked
 from edgeflow.ops.detect.variance import VarianceChange
 from edgeflow.ops.scipy_lazy import lfilter
@@ -506,6 +507,7 @@ class StackedEnsemble:
         # read only where some part flagged a point
         order = sorted(range(len(self.parts)), key=lambda i: self.roles[i] in CONTEXT_ROLES)
         wanted = None
+        floor = step_floor_rows(xmat, lens)  # (the same readings for every part)
         for i in order:
             part = self.parts[i]
             if self.roles[i] in CONTEXT_ROLES and wanted is None:
@@ -515,7 +517,7 @@ class StackedEnsemble:
             rg = (np.empty_like(xmat), np.empty_like(xmat)) if i in self.ranged else None
             ranges[i] = rg
             gi, ci, _, raw, _, _ = run_stacked(
-                part, rows, xmat, lens, every_anomaly=True, ranges=rg, wanted=wanted
+                part, rows, xmat, lens, every_anomaly=True, ranges=rg, wanted=wanted, floor=floor
             ).arrays()
             found[i] = (gi * width + ci, raw / part.driver.detector.level)
         out = Events()

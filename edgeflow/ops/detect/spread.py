@@ -70,3 +70,41 @@ def floored(scale: F64 | float, res: F64 | float, centre: F64 | float) -> F64:
         floor = np.where(np.isfinite(r), r, rel)
     out: F64 = np.fmax(np.asarray(scale, dtype=np.float64), floor)
     return out
+
+
+def step_floor_rows(x: F64, lens: np.ndarray) -> F64:
+    """The smallest non-zero step between consecutive readings within each row's first
+    ``lens[i]`` values of ``x`` (inf: none): no pass over a stretch of the row can learn a
+    smaller step between two of its readings."""
+    n, w = x.shape
+    if w < 2:
+        return np.full(n, np.inf)
+    steps = np.abs(np.diff(x, axis=1))
+    steps[~(steps > 0)] = np.inf  # (NaN: padding)
+    if (lens < w).any():
+        steps[np.arange(w - 1)[None, :] >= (lens - 1)[:, None]] = np.inf
+    out: F64 = steps.min(axis=1)
+    return out
+
+
+def resolution_rows_within(
+    res: F64, last: F64, x: F64, learnt: np.ndarray, floor: F64
+) -> tuple[F64, F64]:
+    """:func:`resolution_rows` for passes over stretches of rows whose own steps are no
+    smaller than ``floor`` (:func:`step_floor_rows` of the grid): a row whose resolution is
+    already at most its floor can only move by the step from its last learnt reading to the
+    pass's first; only the other rows are scanned."""
+    scan = floor < res
+    if scan.all():
+        return resolution_rows(res, last, x, learnt)
+    new_res, new_last = res.copy(), last.copy()
+    if scan.any():
+        at = np.flatnonzero(scan)
+        new_res[at], new_last[at] = resolution_rows(res[at], last[at], x[at], learnt[at])
+    keep = np.flatnonzero(~scan & (learnt > 0))
+    if len(keep):
+        first = np.abs(x[keep, 0] - last[keep])
+        first[~(first > 0)] = np.inf  # no move, or nothing learnt before (NaN)
+        new_res[keep] = np.minimum(res[keep], first)
+        new_last[keep] = x[keep, learnt[keep] - 1]
+    return new_res, new_last

@@ -41,7 +41,7 @@ from edgeflow.ops.detect.decision import (
     warm_up_inliers_rows,
 )
 from edgeflow.ops.detect.driver import Driver
-from edgeflow.ops.detect.spread import resolution_rows
+from edgeflow.ops.detect.spread import resolution_rows, resolution_rows_within, step_floor_rows
 
 Rows = np.ndarray  # row indices, counts and masks of the stacked state
 
@@ -408,6 +408,7 @@ def run_stacked(
     every_anomaly: bool = False,
     ranges: tuple[F64, F64] | None = None,
     wanted: np.ndarray | None = None,
+    floor: F64 | None = None,
 ) -> Events:
     """Score and learn ``xmat`` (row i: the points of the key at state row ``rows[i]``, the
     first ``lens[i]`` of them valid) with one-at-a-time semantics; the state moves on.
@@ -416,7 +417,8 @@ def run_stacked(
     (an ensemble decides its events over all its parts' anomalies). ``ranges``: (low, high)
     matrices shaped like ``xmat`` that receive every point's expected range; ``wanted``
     (for a model that never alarms and scores lazily, see ``MADStacked.score``): the points
-    of the grid whose range the caller reads - only those are then right."""
+    of the grid whose range the caller reads - only those are then right. ``floor``: the
+    grid's :func:`~edgeflow.ops.detect.spread.step_floor_rows` (made here if not given)."""
     driver = stacked.driver
     det, dec = driver.detector, driver.decision
     thr, cooldown, adapt = dec.value, dec.cooldown, driver.adapt_after
@@ -425,6 +427,8 @@ def run_stacked(
     model, streak, since = stacked.model, stacked.streak, stacked.since
     stacked.quiet = False  # streaks change here
     pos = np.zeros(k, np.int64)
+    if floor is None:
+        floor = step_floor_rows(xmat, lens)
     handoff: list[int] = []
     if stacked.warming:  # keys in warm-up: the Driver collects and learns their block
         _warm_up_rows(stacked, rows, xmat, lens, pos, events, every_anomaly, ranges)
@@ -472,7 +476,9 @@ def run_stacked(
         if ranges is not None:
             keep_ranges(ranges, active, pos, centre, half, np.where(has, f + 1, f), whole)
         model.learn(g, f)
-        res_g, last_g = resolution_rows(stacked.res[g], stacked.res_last[g], x, f)
+        res_g, last_g = resolution_rows_within(
+            stacked.res[g], stacked.res_last[g], x, f, floor[active]
+        )
         stacked.res[g], stacked.res_last[g] = res_g, last_g
         since[g] += f
         if has.any():
