@@ -191,3 +191,8 @@ class SinkSpec(ABC):
     def report(self, ctx: SinkContext) -> list[str]:
         """Lines for the end-of-run summary (e.g. what is still queued)."""
         return []
+
+    def failures(self, ctx: SinkContext) -> list[str]:
+        """Why the run failed although the engine ended (one line each, e.g. the broker
+        refused the connection): the CLI prints them as errors and exits non-zero."""
+        return []

@@ -35,6 +35,13 @@ Guarantees:
   line when it changes, and the status key ``kafka.connection`` of the outbox
   (:func:`connection_state`). kafka-python's own log lines are not printed; the last one is
   the "last error" of that state.
+* A connection the broker refuses for a security reason (wrong password, untrusted
+  certificate, no client certificate: :mod:`kafka_security`) is the state "refused": said once
+  in one line naming the cause (:meth:`Forwarder.failure`), retried only every
+  ``REFUSED_RETRY_S`` (the broker's side may be fixed), and at the end of the run the
+  forwarders do not wait for a drain: the records stay in the outbox and the run fails with
+  that line. The security options' secrets are read inside the forwarder processes: they never
+  pass through argv or a pipe, and are never logged.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from typing import Any, ClassVar, TypeVar
 import orjson
 
 from edgeflow.connectors.connection_state import CONNECTIONS
+from edgeflow.connectors.kafka_security import KafkaSecurity, SecretError, refusal
 from edgeflow.connectors.outbox import LANES, Outbox, Stored
 from edgeflow.connectors.process import (
     ABORT,
@@ -90,7 +98,14 @@ FETCH_LIMIT = 20_000
 #: a forwarder in a crash loop: at most one line per this many seconds about its deaths
 DEATH_LOG_EVERY_S = 1.0
 
-CONNECTING, CONNECTED, UNREACHABLE = 0, 1, 2
+#: a connection refused for a security reason is tried again after this long
+REFUSED_RETRY_S = 15.0
+#: with security options, a first failed attempt is said to be "unreachable" only after this
+#: long: the broker delays and drops connections after a refused one, so another forwarder's
+#: first attempt may end in a timeout before the refusal is seen
+REFUSAL_GRACE_S = 2.0 * BOOTSTRAP_TIMEOUT_MS / 1000 + 1.0
+
+CONNECTING, CONNECTED, UNREACHABLE, REFUSED = 0, 1, 2, 3
 _ERROR_CHARS = 300
 
 
@@ -146,6 +161,8 @@ class _KafkaLogTap(logging.Handler):
         self.at = 0.0
         self.connection = ""  # the last "Connection failed/lost: ..." (more telling than a timeout)
         self.connection_at = 0.0
+        self.refused = ""  # the last error that is a security refusal (kafka_security.refusal)
+        self.refused_at = 0.0
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):
@@ -153,12 +170,18 @@ class _KafkaLogTap(logging.Handler):
             self.last, self.at = text, time.monotonic()
             if "Connection failed" in text or "Connection lost" in text:
                 self.connection, self.connection_at = text.split(">: ")[-1], self.at
+            if refusal(text) is not None:
+                self.refused, self.refused_at = text.split(">: ")[-1], self.at
 
     def cause(self) -> str:
         """The last connection error if it is recent (it says more than a timeout), else the last error."""
         if self.connection and self.at - self.connection_at < 30:
             return self.connection
         return self.last
+
+    def refusal_since(self, t: float) -> str:
+        """The last security refusal logged since ``t`` (time.monotonic()), or ""."""
+        return self.refused if self.refused and self.refused_at >= t else ""
 
     def install(self) -> _KafkaLogTap:
         kafka_log = logging.getLogger("kafka")
@@ -188,10 +211,12 @@ class _Drain:
         lanes: list[int],
         links: _Links,
         parent: Parent,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.path = path
         self.bootstrap = bootstrap
         self.config = {"bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS, **config}
+        self.security = security or KafkaSecurity()
         self.slot = slot
         self.lanes = lanes
         self.links = links
@@ -224,6 +249,18 @@ class _Drain:
                 f"error.{self.lanes[0]}",
                 f"{utc(time.time())} Kafka at {self.bootstrap} unreachable: {cause}",
             )
+
+    def refused(self, cause: str) -> None:
+        """The broker refused the connection for a security reason: the monitor says it once."""
+        if self.links.set(self.slot, REFUSED, cause):
+            self.status(
+                f"error.{self.lanes[0]}",
+                f"{utc(time.time())} Kafka at {self.bootstrap} refused the connection: {cause}",
+            )
+
+    def client_config(self) -> dict[str, Any]:
+        """The producer's or admin's security options, secrets read now (never logged)."""
+        return self.security.client_config()
 
     def connected(self) -> None:
         was, since = self.links.state[self.slot], self.links.since[self.slot]
@@ -292,10 +329,14 @@ class _Drain:
                 if self._connect():
                     backoff = 0.1
                     continue
-                if self.parent.stopping() and not self.links.reached.value:
+                refused = self.links.state[self.slot] == REFUSED
+                if self.parent.stopping() and (refused or not self.links.reached.value):
                     return  # never reachable in this run: the records stay for the next one
                 # at a stop, wake up for one last attempt
-                self.parent.pause(backoff, wake_on_stop=not self.parent.stopping())
+                self.parent.pause(
+                    REFUSED_RETRY_S if refused else backoff,
+                    wake_on_stop=not self.parent.stopping(),
+                )
                 backoff = min(backoff * 2, 5.0)
                 continue
             rows, newest = self.retry("read records", box.fetch, self.lanes, after, FETCH_LIMIT)
@@ -317,10 +358,22 @@ class _Drain:
     def _connect(self) -> bool:
         from kafka import KafkaProducer
 
+        started = time.monotonic()
         try:
-            self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, **self.config)
+            self.producer = KafkaProducer(
+                bootstrap_servers=self.bootstrap, **self.config, **self.client_config()
+            )
+        except SecretError as exc:
+            self.refused(str(exc))
+            return False
         except Exception as exc:
-            self.unreachable(exc)
+            # a broker drops the connections that follow a refused one: a refusal seen in the
+            # last minute is still the cause of an attempt that only timed out
+            cause = self.kafka_log.refusal_since(started - 4 * REFUSED_RETRY_S)
+            if cause:
+                self.refused(cause)
+            else:
+                self.unreachable(exc)
             return False
         self.connected()
         return True
@@ -348,6 +401,7 @@ class _Drain:
                 bootstrap_servers=self.bootstrap,
                 request_timeout_ms=10_000,
                 bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+                **self.client_config(),
             )
             try:
                 with contextlib.suppress(TopicAlreadyExistsError):
@@ -495,11 +549,14 @@ def _process_main(
     links: _Links,
     command: Command,
     parent: int,
+    security: KafkaSecurity | None = None,
 ) -> None:
     die_with_parent()
     ignore_termination()  # the parent decides when to stop (a signal to the group reaches it too)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    _Drain(Path(path), bootstrap, config, slot, lanes, links, Parent(command, parent)).run()
+    _Drain(
+        Path(path), bootstrap, config, slot, lanes, links, Parent(command, parent), security
+    ).run()
 
 
 @dataclass
@@ -521,7 +578,7 @@ class _Slot:
 class Forwarder:
     """The forwarder processes of one (outbox, cluster) pair, shared by the sinks of a run."""
 
-    _running: ClassVar[dict[tuple[Path, str], Forwarder]] = {}
+    _running: ClassVar[dict[tuple[Path, str, KafkaSecurity], Forwarder]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
@@ -532,30 +589,48 @@ class Forwarder:
         config: dict[str, Any],
         topics: dict[str, tuple[int, int]],
         processes: int = 2,
+        security: KafkaSecurity | None = None,
+        who: str = "kafka sink",
     ) -> Forwarder:
+        """The running forwarder of (outbox, cluster, security options), or a new one;
+        ``who`` (e.g. ``kafka sink 'alerts'``) names the sink in its error lines."""
         for topic, (parts, repl) in topics.items():
             outbox.set_status(f"topic.{topic}", f"{parts},{repl}")
+        security = security or KafkaSecurity()
         with cls._lock:
-            key = (outbox.path, bootstrap)
+            key = (outbox.path, bootstrap, security)
             fw = cls._running.get(key)
             if fw is None or not fw.alive():
-                fw = cls._running[key] = Forwarder(outbox.path, bootstrap, config, processes)
+                fw = cls._running[key] = Forwarder(
+                    outbox.path, bootstrap, config, processes, security, who
+                )
             fw.users += 1
             return fw
 
     def __init__(
-        self, path: Path, bootstrap: str, config: dict[str, Any], processes: int = 2
+        self,
+        path: Path,
+        bootstrap: str,
+        config: dict[str, Any],
+        processes: int = 2,
+        security: KafkaSecurity | None = None,
+        who: str = "kafka sink",
     ) -> None:
         self.ctx = mp.get_context("spawn")  # no fork: the engine runs threads
         self.path = path
         self.bootstrap = bootstrap
         self.config = config
+        self.security = security or KafkaSecurity()
+        self.who = who
+        #: the one line saying why the broker refused the connection, once it did
+        self.refused_line: str | None = None
         self.users = 0
         n = max(1, min(processes, LANES))
         self.command = Command(self.ctx)
         self.links = _Links(self.ctx, n)
         self.slots = [_Slot(i, lanes_of(i, n)) for i in range(n)]
         self.link = CONNECTING  # the state last logged
+        self.created_at = time.monotonic()
         self.stopped = False
         self.signalled = False  # the run is being stopped by a signal: bounded stop
         # the monitor starts the processes: PR_SET_PDEATHSIG ties a child to the thread that
@@ -578,7 +653,7 @@ class Forwarder:
             self.users -= 1
             if self.users > 0:
                 return
-            Forwarder._running.pop((self.path, self.bootstrap), None)
+            Forwarder._running.pop((self.path, self.bootstrap, self.security), None)
         self.stop(drain_timeout)
 
     def stop(self, drain_timeout: float) -> None:
@@ -597,10 +672,8 @@ class Forwarder:
             if time.monotonic() >= deadline:
                 break
             if (
-                CONNECTIONS.run_over()
-                and self._never_reached()
-                and time.monotonic() - start > LAST_ATTEMPT_S
-            ):
+                (CONNECTIONS.run_over() and self._never_reached()) or self._all_refused()
+            ) and time.monotonic() - start > LAST_ATTEMPT_S:
                 # the run was asked to end (--for, a signal): every forwarder tried and failed,
                 # and made one last attempt; at the natural end of the input the backlog
                 # gets the whole drain_timeout instead (the uplink may come back)
@@ -610,6 +683,16 @@ class Forwarder:
         self.monitor.join(EXIT_GRACE_S + 10)  # the monitor ends (kills) every process first
         self.stopped = True
         self._say_what_stays()
+
+    def _all_refused(self) -> bool:
+        """Every forwarder's connection was refused for a security reason: waiting for a
+        drain is pointless (retrying does not fix a password or a certificate)."""
+        return all(self.links.state[i] == REFUSED for i in range(len(self.slots)))
+
+    def failure(self) -> str | None:
+        """Why this run could not deliver, when the broker refused the connection for a
+        security reason (one line naming the sink, the broker and the cause), else None."""
+        return self.refused_line
 
     def _never_reached(self) -> bool:
         """No forwarder reached the broker in this run, and each one tried at least once."""
@@ -677,7 +760,7 @@ class Forwarder:
             target=_process_main,
             args=(
                 str(self.path), self.bootstrap, self.config, s.index, s.lanes, self.links,
-                self.command, os.getpid(),
+                self.command, os.getpid(), self.security,
             ),
             name=f"edgeflow-forwarder-{s.index}",
             daemon=True,
@@ -697,13 +780,33 @@ class Forwarder:
     def _watch_link(self) -> None:
         """One log line (and the ``kafka.connection`` status) per change of the connection state."""
         n = len(self.slots)
+        refused = [i for i in range(n) if self.links.state[i] == REFUSED]
         down = [i for i in range(n) if self.links.state[i] == UNREACHABLE]
         up = [i for i in range(n) if self.links.state[i] == CONNECTED]
-        state = UNREACHABLE if down else CONNECTED if up else CONNECTING
+        state = REFUSED if refused else UNREACHABLE if down else CONNECTED if up else CONNECTING
         if state == self.link:
             return
+        if (
+            state == UNREACHABLE
+            and self.link == CONNECTING
+            and not self.security.plaintext
+            and time.monotonic() - self.created_at < REFUSAL_GRACE_S
+        ):
+            return  # a refused first attempt may look like a timeout at first: wait and see
         before, self.link = self.link, state
-        if state == UNREACHABLE:
+        if state == REFUSED:
+            first = min(refused, key=lambda i: self.links.since[i])
+            since, error = self.links.since[first], self.links.error(first)
+            line = self.security.explain(self.who, self.bootstrap, error)
+            if line != self.refused_line:  # said once, not once per retry
+                self.refused_line = line
+                log.error(
+                    "edgeflow: %s; records wait in the outbox %s (nothing is lost) and are sent "
+                    "once the connection is accepted",
+                    line, self.path,
+                )  # fmt: skip
+            self._status(CONNECTION_KEY, f"refused since {utc(since)}: {line}")
+        elif state == UNREACHABLE:
             first = min(down, key=lambda i: self.links.since[i])
             since, error = self.links.since[first], self.links.error(first)
             log.warning(
@@ -718,6 +821,12 @@ class Forwarder:
                 log.warning(
                     "edgeflow: Kafka at %s is reachable again; sending the backlog", self.bootstrap
                 )
+            elif before == REFUSED:  # e.g. a fixed password file: the run no longer fails
+                self.refused_line = None
+                log.warning(
+                    "edgeflow: %s: Kafka at %s accepts the connection now; sending the backlog",
+                    self.who, self.bootstrap,
+                )  # fmt: skip
             self._status(CONNECTION_KEY, f"connected since {utc(since)}")
 
     def _end_processes(self) -> None:
@@ -743,7 +852,9 @@ class Forwarder:
             if not n:
                 return
             why = (
-                "was not reachable during this run"
+                "refused the connection (see above)"
+                if self.link == REFUSED
+                else "was not reachable during this run"
                 if not self.links.reached.value
                 else f"did not take the backlog within the {SIGNAL_STOP_S:.0f}s a stop by a "
                 "signal allows"

@@ -25,6 +25,16 @@ One run of a flow at a time uses an outbox (a lock file beside it): a second one
 The broker address comes from ``bootstrap=``, else ``EDGEFLOW_KAFKA_BOOTSTRAP``, else
 ``KAFKA_BOOTSTRAP`` (``edgeflow run --kafka-bootstrap`` sets the first), so one flow file
 runs at many sites.
+
+**Security** (both): ``security_protocol`` (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL),
+``ssl_cafile``, ``ssl_certfile`` + ``ssl_keyfile`` (mTLS; a key password from
+``ssl_key_password_env``/``_file``), ``ssl_check_hostname`` (on by default),
+``sasl_mechanism`` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), ``sasl_username`` and the password
+from ``sasl_password_env="VAR"`` or ``sasl_password_file="path"`` only: see
+:mod:`edgeflow.connectors.kafka_security`. The sink's producers and its topic creation and
+the source's consumers all use them. A connection the broker refuses for a security reason is
+said once in one line naming the cause; the sink keeps its records in the outbox and the run
+fails with that line at its end; the source fails the run at once.
 """
 
 from __future__ import annotations
@@ -54,6 +64,11 @@ from edgeflow.connectors.base import (
 )
 from edgeflow.connectors.connection_state import CONNECTIONS
 from edgeflow.connectors.forwarder import Forwarder, KafkaLogTap
+from edgeflow.connectors.kafka_security import (
+    KafkaSecurity,
+    SecretError,
+    raw_option_problems,
+)
 from edgeflow.connectors.outbox import (
     DEFAULT_BUDGET,
     PRIORITIES,
@@ -189,6 +204,8 @@ ACCEPT_LOSS_ENV = "EDGEFLOW_ACCEPT_OUTBOX_LOSS"
 
 #: (outbox path, sink step) -> the sink's counters when this run opened it, for the summary
 _AT_START: dict[tuple[Path, str], dict[str, int]] = {}
+#: (outbox path, sink step) -> why the broker refused this run's connection (security), if it did
+_REFUSED: dict[tuple[Path, str], str] = {}
 
 
 def _resume_position(resume: Any) -> tuple[str | None, int, int]:
@@ -275,6 +292,7 @@ class _KafkaSinkPartition(SinkPartition):
             self.last = self.outbox.last_seq()
         bootstrap = resolve_bootstrap(spec.bootstrap)
         self._note_start(bootstrap, lost)
+        _REFUSED.pop((self.outbox.path, ctx.step), None)
         self.forwarder: Forwarder | None = None
         if bootstrap and spec.forwarders > 0:
             self.forwarder = Forwarder.ensure(
@@ -285,6 +303,8 @@ class _KafkaSinkPartition(SinkPartition):
                 if spec.create_topic
                 else {},
                 spec.forwarders,
+                security=spec.security,
+                who=f"kafka sink {ctx.step!r}",
             )
 
     def write(self, batches: list[RecordBatch]) -> None:
@@ -436,6 +456,9 @@ class _KafkaSinkPartition(SinkPartition):
     def close(self) -> None:
         if self.forwarder is not None:
             self.forwarder.release(self.spec.drain_timeout_s)
+            line = self.forwarder.failure()
+            if line:
+                _REFUSED[(self.outbox.path, self.ctx.step)] = line
 
 
 class KafkaSink(SinkSpec):
@@ -457,8 +480,10 @@ class KafkaSink(SinkSpec):
         drain_timeout: Duration | None = None,
         producer_options: dict[str, Any] | None = None,
         forwarders: int = 2,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.topic = topic
+        self.security = security or KafkaSecurity()
         self.bootstrap = bootstrap
         self.priority = priority
         self.create_topic = create_topic
@@ -508,6 +533,8 @@ class KafkaSink(SinkSpec):
                 out.append(
                     f"producer_options[{k!r}] is fixed by edgeflow (acks=all, idempotent); remove it"
                 )
+        out.extend(raw_option_problems(self.producer_options, "producer_options"))
+        out.extend(self.security.problems())
         return out
 
     @property
@@ -531,12 +558,21 @@ class KafkaSink(SinkSpec):
         }
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "kind": self.kind,
             "topic": self.topic,
             "bootstrap": self.bootstrap or "(from EDGEFLOW_KAFKA_BOOTSTRAP/KAFKA_BOOTSTRAP)",
             "priority": self.priority,
         }
+        if not self.security.plaintext:  # a plain sink's description is as it always was
+            out["security"] = self.security.describe()
+        return out
+
+    def failures(self, ctx: SinkContext) -> list[str]:
+        """Why this run failed to deliver: the broker refused the connection for a security
+        reason (one line naming the cause); the records stay in the outbox."""
+        line = _REFUSED.get((outbox_path(ctx).resolve(), ctx.step))
+        return [line] if line else []
 
     def open_partition(self, partition: str, resume: Any, ctx: SinkContext) -> SinkPartition:
         """Open a partition; raises :class:`OutboxError` when the outbox is damaged or lost
@@ -600,8 +636,26 @@ def sink(
     drain_timeout: Duration | None = None,
     producer_options: dict[str, Any] | None = None,
     forwarders: int = 2,
+    security_protocol: str = "PLAINTEXT",
+    ssl_cafile: str | None = None,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    ssl_key_password_env: str | None = None,
+    ssl_key_password_file: str | None = None,
+    ssl_check_hostname: bool = True,
+    sasl_mechanism: str | None = None,
+    sasl_username: str | None = None,
+    sasl_password_env: str | None = None,
+    sasl_password_file: str | None = None,
+    sasl_password: Any = None,
+    ssl_password: Any = None,
 ) -> KafkaSink:
     """Publish records to ``topic`` through the durable outbox (see the module docstring).
+
+    Security (producers and topic creation alike): ``security_protocol``, ``ssl_cafile``,
+    ``ssl_certfile``/``ssl_keyfile`` (mTLS), ``ssl_check_hostname``, ``sasl_mechanism``,
+    ``sasl_username`` and ``sasl_password_env``/``sasl_password_file``; a literal
+    ``sasl_password=`` or ``ssl_password=`` is refused (a password never sits in a flow file).
 
     ``priority`` (raw < trend < summary < alert) decides what the outbox drops first when
     it reaches ``budget_bytes`` (default 1 GiB). At the end of a run the outbox drains for up
@@ -610,10 +664,23 @@ def sink(
     letters are ``summary`` and late/raw readings ``raw``. ``forwarders`` is the number of
     processes draining the outbox (each owns some keys, so per-key order holds).
     """
+    security = KafkaSecurity.of(
+        {
+            "security_protocol": security_protocol, "ssl_cafile": ssl_cafile,
+            "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile,
+            "ssl_key_password_env": ssl_key_password_env,
+            "ssl_key_password_file": ssl_key_password_file,
+            "ssl_check_hostname": ssl_check_hostname, "sasl_mechanism": sasl_mechanism,
+            "sasl_username": sasl_username, "sasl_password_env": sasl_password_env,
+            "sasl_password_file": sasl_password_file,
+        },
+        {"sasl_password": sasl_password, "ssl_password": ssl_password},
+    )  # fmt: skip
     return KafkaSink(
         topic, bootstrap=bootstrap, priority=priority, create_topic=create_topic, partitions=partitions,
         replication=replication, budget_bytes=budget_bytes, compression=compression,
         drain_timeout=drain_timeout, producer_options=producer_options, forwarders=forwarders,
+        security=security,
     )  # fmt: skip
 
 
@@ -631,6 +698,7 @@ class _KafkaPartition(SourcePartition):
         self.consumer = KafkaConsumer(
             bootstrap_servers=spec.resolved(), enable_auto_commit=False, group_id=None,
             max_poll_records=ctx.batch_max, consumer_timeout_ms=0,
+            **spec.security.client_config(),
         )  # fmt: skip
         self.link = _Link(self.consumer, self.tp, ctx.step, str(partition))
         self.consumer.assign([self.tp])
@@ -765,9 +833,11 @@ class KafkaSource(SourceSpec):
         fields: list[str] | None,
         time_unit: str,
         limits: dict[str, Any] | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.topic = topic
         self.bootstrap = bootstrap
+        self.security = security or KafkaSecurity()
         self.start = start
         self.stop_at_end = stop_at_end
         self.fields = fields
@@ -802,15 +872,19 @@ class KafkaSource(SourceSpec):
             out.append(
                 f"kafka.source({self.topic!r}): no broker address; pass bootstrap= or set EDGEFLOW_KAFKA_BOOTSTRAP"
             )
+        out.extend(self.security.problems())
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "kind": self.kind,
             "topic": self.topic,
             "start": self.start,
             "stop_at_end": self.stop_at_end,
         }
+        if not self.security.plaintext:  # a plain source's description is as it always was
+            out["security"] = self.security.describe()
+        return out
 
     @property
     def label(self) -> str:
@@ -829,12 +903,20 @@ class KafkaSource(SourceSpec):
         CONNECTIONS.open(self.label, BROKER, bootstrap)
         backoff = 0.5
         while True:
+            started = time.monotonic()
             try:
                 parts = self._read_partitions(bootstrap)
                 break
             except EdgeflowError:
                 raise
+            except SecretError as exc:
+                raise EdgeflowError(f"kafka source {self.label}: {exc}") from None
             except Exception as exc:
+                refused = tap.refusal_since(started)
+                if refused:  # a password or certificate: retrying does not fix it
+                    line = self.security.explain(f"{self.label}", bootstrap, refused)
+                    CONNECTIONS.report(self.label, False, line)
+                    raise EdgeflowError(line) from None
                 CONNECTIONS.report(self.label, False, tap.cause() or _why(exc))
             if CONNECTIONS.wait(backoff):
                 self._parts = (CONNECTIONS.run_id, [])
@@ -851,6 +933,7 @@ class KafkaSource(SourceSpec):
             bootstrap_servers=bootstrap,
             request_timeout_ms=15_000,
             bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+            **self.security.client_config(),
         )
         try:
             deadline = time.monotonic() + 15
@@ -883,6 +966,19 @@ def source(
     max_readings: int = 10_000,
     max_future: Duration | None = "1h",
     max_past: Duration | None = None,
+    security_protocol: str = "PLAINTEXT",
+    ssl_cafile: str | None = None,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    ssl_key_password_env: str | None = None,
+    ssl_key_password_file: str | None = None,
+    ssl_check_hostname: bool = True,
+    sasl_mechanism: str | None = None,
+    sasl_username: str | None = None,
+    sasl_password_env: str | None = None,
+    sasl_password_file: str | None = None,
+    sasl_password: Any = None,
+    ssl_password: Any = None,
 ) -> KafkaSource:
     """Readings from a Kafka topic whose messages are JSON objects (or arrays of them).
 
@@ -893,8 +989,21 @@ def source(
     :mod:`edgeflow.connectors.payloads`): a message is one payload, so a message with a bad
     reading is one dead letter (source ``topic/partition@offset``). ``max_payload``,
     ``max_depth``, ``max_readings``, ``max_future`` and ``max_past`` are the limits, as for
-    MQTT (``max_past`` is off by default so old topics replay).
+    MQTT (``max_past`` is off by default so old topics replay). The security options are the
+    sink's (see :func:`sink`).
     """
+    security = KafkaSecurity.of(
+        {
+            "security_protocol": security_protocol, "ssl_cafile": ssl_cafile,
+            "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile,
+            "ssl_key_password_env": ssl_key_password_env,
+            "ssl_key_password_file": ssl_key_password_file,
+            "ssl_check_hostname": ssl_check_hostname, "sasl_mechanism": sasl_mechanism,
+            "sasl_username": sasl_username, "sasl_password_env": sasl_password_env,
+            "sasl_password_file": sasl_password_file,
+        },
+        {"sasl_password": sasl_password, "ssl_password": ssl_password},
+    )  # fmt: skip
     return KafkaSource(
         topic,
         bootstrap=bootstrap,
@@ -909,6 +1018,7 @@ def source(
             "max_future": max_future,
             "max_past": max_past,
         },
+        security=security,
     )
 
 

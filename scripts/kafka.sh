@@ -10,12 +10,36 @@
 # Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_DIR (run dir,
 # default /tmp/edgeflow-kafka-$KAFKA_PORT), EDGEFLOW_CACHE (jar cache, ~/.cache/edgeflow).
 # If KAFKA_BOOTSTRAP is already set, that broker is used and nothing is started.
+#
+# Secure mode (KAFKA_SECURE=1 with up|start|stop|down|status): a broker with TLS listeners
+# whose certificates it makes (openssl): SSL (server auth only, KAFKA_SSL_PORT 19194), SSL with
+# client certificates required (mTLS, KAFKA_MTLS_PORT 19195) and SASL_SSL with SCRAM-SHA-256
+# and SCRAM-SHA-512 (KAFKA_SASL_PORT 19196, user KAFKA_SCRAM_USER "edge" created at storage
+# format time; its password is KAFKA_SCRAM_PASSWORD, else a random one written to
+# $KAFKA_DIR/certs/scram-password, mode 0600). Inter-broker traffic is PLAINTEXT on KAFKA_PORT
+# (19192), the controller on KAFKA_CONTROLLER_PORT (19193); KAFKA_DIR defaults to
+# /tmp/edgeflow-kafka-secure-$KAFKA_PORT. $KAFKA_DIR/certs holds ca.pem (trust it), client.pem
+# and client.key (an mTLS client), and other-ca.pem (a CA the broker does not use). A set
+# KAFKA_BOOTSTRAP is ignored in secure mode.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 KAFKA_VERSION=4.1.1
-PORT=${KAFKA_PORT:-9092}
-CPORT=${KAFKA_CONTROLLER_PORT:-9093}
-DIR=${KAFKA_DIR:-/tmp/edgeflow-kafka-$PORT}
+SECURE=${KAFKA_SECURE:-}
+if [ -z "$SECURE" ] || [ "$SECURE" = 0 ]; then
+  SECURE=
+  PORT=${KAFKA_PORT:-9092}
+  CPORT=${KAFKA_CONTROLLER_PORT:-9093}
+  DIR=${KAFKA_DIR:-/tmp/edgeflow-kafka-$PORT}
+else
+  SECURE=1
+  PORT=${KAFKA_PORT:-19192}
+  CPORT=${KAFKA_CONTROLLER_PORT:-19193}
+  SSL_PORT=${KAFKA_SSL_PORT:-19194}
+  MTLS_PORT=${KAFKA_MTLS_PORT:-19195}
+  SASL_PORT=${KAFKA_SASL_PORT:-19196}
+  DIR=${KAFKA_DIR:-/tmp/edgeflow-kafka-secure-$PORT}
+  SCRAM_USER=${KAFKA_SCRAM_USER:-edge}
+fi
 CACHE=${EDGEFLOW_CACHE:-$HOME/.cache/edgeflow}/kafka-$KAFKA_VERSION
 PIDFILE=$DIR/broker.pid
 LOG=$DIR/broker.log
@@ -65,19 +89,108 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 PROPS
+  if [ -n "$SECURE" ]; then write_secure_config; fi
+}
+
+# -- secure mode ---------------------------------------------------------------------------
+CERTS=$DIR/certs
+STOREPASS=edgeflow-test-store  # protects the test keystores only (they sit beside their keys)
+
+# a CA (its key and ca.pem) named $1 in $CERTS
+make_ca() {
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=edgeflow test $1" \
+    -keyout "$CERTS/$1.key" -out "$CERTS/$1.pem" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+    2>/dev/null
+}
+
+# a certificate named $1 for CN $2 signed by ca.pem, with the extensions in $3
+make_cert() {
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=$2" -keyout "$CERTS/$1.key" \
+    -out "$CERTS/$1.csr" 2>/dev/null
+  printf '%s\n' "$3" > "$CERTS/$1.ext"
+  openssl x509 -req -in "$CERTS/$1.csr" -CA "$CERTS/ca.pem" -CAkey "$CERTS/ca.key" \
+    -CAcreateserial -days 30 -extfile "$CERTS/$1.ext" -out "$CERTS/$1.pem" 2>/dev/null
+  rm -f "$CERTS/$1.csr" "$CERTS/$1.ext"
+}
+
+make_certs() {
+  mkdir -p "$CERTS"
+  chmod 700 "$CERTS"
+  make_ca ca
+  make_ca other-ca
+  make_cert broker localhost \
+    "subjectAltName=DNS:localhost,IP:127.0.0.1
+extendedKeyUsage=serverAuth,clientAuth"
+  make_cert client edgeflow-client "extendedKeyUsage=clientAuth"
+  # the broker reads PKCS12 stores: its key and certificate chain, and the CA it trusts
+  openssl pkcs12 -export -in "$CERTS/broker.pem" -inkey "$CERTS/broker.key" \
+    -certfile "$CERTS/ca.pem" -name broker -passout "pass:$STOREPASS" \
+    -out "$CERTS/broker.p12"
+  keytool -importcert -noprompt -alias ca -file "$CERTS/ca.pem" -storetype PKCS12 \
+    -keystore "$CERTS/truststore.p12" -storepass "$STOREPASS" >/dev/null 2>&1
+  if [ -n "${KAFKA_SCRAM_PASSWORD:-}" ]; then
+    printf '%s' "$KAFKA_SCRAM_PASSWORD" > "$CERTS/scram-password"
+  else
+    openssl rand -hex 16 | tr -d '\n' > "$CERTS/scram-password"
+  fi
+  chmod 600 "$CERTS"/*.key "$CERTS/scram-password"
+}
+
+write_secure_config() {
+  # the plaintext listener of write_config becomes INTERNAL (inter-broker only)
+  sed -i \
+    -e "s#^listeners=.*#listeners=INTERNAL://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT,SSL://127.0.0.1:$SSL_PORT,MTLS://127.0.0.1:$MTLS_PORT,SASL_SSL://127.0.0.1:$SASL_PORT#" \
+    -e "s#^advertised.listeners=.*#advertised.listeners=INTERNAL://127.0.0.1:$PORT,SSL://127.0.0.1:$SSL_PORT,MTLS://127.0.0.1:$MTLS_PORT,SASL_SSL://127.0.0.1:$SASL_PORT#" \
+    -e "s#^inter.broker.listener.name=.*#inter.broker.listener.name=INTERNAL#" \
+    -e "s#^listener.security.protocol.map=.*#listener.security.protocol.map=INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,MTLS:SSL,SASL_SSL:SASL_SSL#" \
+    "$DIR/server.properties"
+  cat >> "$DIR/server.properties" <<PROPS
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$CERTS/broker.p12
+ssl.keystore.password=$STOREPASS
+ssl.key.password=$STOREPASS
+ssl.truststore.type=PKCS12
+ssl.truststore.location=$CERTS/truststore.p12
+ssl.truststore.password=$STOREPASS
+ssl.client.auth=none
+listener.name.mtls.ssl.client.auth=required
+sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+PROPS
+}
+
+# the SCRAM users, as StorageTool format arguments
+scram_args() {
+  local password
+  password=$(cat "$CERTS/scram-password")
+  printf '%s\n' --add-scram "SCRAM-SHA-256=[name=$SCRAM_USER,password=$password]" \
+    --add-scram "SCRAM-SHA-512=[name=$SCRAM_USER,password=$password]"
+}
+
+endpoints() {
+  echo "KAFKA_BOOTSTRAP=127.0.0.1:$PORT"
+  if [ -n "$SECURE" ]; then
+    echo "KAFKA_SSL_BOOTSTRAP=127.0.0.1:$SSL_PORT"
+    echo "KAFKA_MTLS_BOOTSTRAP=127.0.0.1:$MTLS_PORT"
+    echo "KAFKA_SASL_SSL_BOOTSTRAP=127.0.0.1:$SASL_PORT"
+    echo "KAFKA_CERTS=$CERTS"
+    echo "KAFKA_SCRAM_USER=$SCRAM_USER"
+  fi
 }
 
 start() {
   jars
   need_java
-  if running; then echo "KAFKA_BOOTSTRAP=127.0.0.1:$PORT"; return 0; fi
+  if running; then endpoints; return 0; fi
   : > "$LOG"
   nohup java -Xmx512m -Xms256m -XX:+UseSerialGC -Dlog4j2.configurationFile="$here/kafka/log4j2.xml" \
     -cp "$CACHE/libs/*" kafka.Kafka "$DIR/server.properties" >> "$LOG" 2>&1 &
   echo $! > "$PIDFILE"
   for _ in $(seq 1 240); do
     if grep -q "Kafka Server started" "$LOG"; then
-      echo "KAFKA_BOOTSTRAP=127.0.0.1:$PORT"
+      endpoints
       return 0
     fi
     if ! running; then
@@ -101,7 +214,7 @@ stop() {
   rm -f "$PIDFILE"
 }
 
-if [ -n "${KAFKA_BOOTSTRAP:-}" ] && [ "${1:-}" != "jars" ]; then
+if [ -n "${KAFKA_BOOTSTRAP:-}" ] && [ "${1:-}" != "jars" ] && [ -z "$SECURE" ]; then
   echo "KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP (external broker; nothing started)"
   exit 0
 fi
@@ -114,9 +227,14 @@ case "${1:-}" in
     write_config
     jars
     need_java
+    extra=()
+    if [ -n "$SECURE" ]; then
+      make_certs
+      mapfile -t extra < <(scram_args)
+    fi
     java -cp "$CACHE/libs/*" kafka.tools.StorageTool format --standalone \
       -t "$(java -cp "$CACHE/libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)" \
-      -c "$DIR/server.properties" >/dev/null
+      -c "$DIR/server.properties" ${extra[@]+"${extra[@]}"} >/dev/null
     start ;;
   start) start ;;
   stop) stop ;;
