@@ -50,6 +50,7 @@ from edgeflow.connectors.base import (
 from edgeflow.connectors.parse import TIME_UNITS, BatchBuilder
 from edgeflow.connectors.payloads import Decoder, Limits, PayloadError, Schema
 from edgeflow.connectors.records import TIME_FORMATS, json_lines
+from edgeflow.file_modes import open_output
 from edgeflow.timeutil import Duration, now_ns
 
 BOM = b"\xef\xbb\xbf"
@@ -322,8 +323,7 @@ class _FileSinkPartition(SinkPartition):
         self.path = path
         self.failed = False
         with self._named():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.f = open(path, "ab")  # noqa: SIM115 - closed in close()
+            self.f = open_output(path)  # the user's permissions: see edgeflow.file_modes
             self.f.truncate(0 if resume is None else resume)
             self.f.seek(0, os.SEEK_END)
         self.time_format = time_format

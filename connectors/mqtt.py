@@ -267,6 +267,81 @@ class _Decoding:
         return ("batch", out.items(), mids, self.seq, nbytes)
 
 
+#: what a connection closed by the broker before it answered the connect is reported as
+CLOSED_DURING_CONNECT = "the broker closed the connection before accepting it"
+
+
+def _tls_detail(error: str) -> str:
+    """``[SSL: CODE] text (_ssl.c:1006)`` -> ``text``."""
+    text = re.sub(r"^\[[A-Z_ ]+: [A-Z0-9_]+\]\s*", "", error)
+    return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", text).strip() or error
+
+
+def failure_cause(error: str, spec: MqttSource) -> str:
+    """One phrase naming why a connection to the broker failed and what to change, from
+    paho's error (an ``ssl`` error, a refused connect's reason code, a closed connection).
+    It names files and the username, never the password."""
+    ca, cert, _ = spec.tls
+    low = error.lower()
+    if error.startswith("refused: "):
+        reason = error.removeprefix("refused: ")
+        if "not authori" in low or "user name or password" in low:
+            if not spec.username:
+                return (
+                    f"the broker requires a username and password (it refused: {reason}); "
+                    "give username= and password_env="
+                )
+            src = f" from ${spec.password_env}" if spec.password_env else " (none given)"
+            return (
+                f"the broker refused username {spec.username!r} with the password{src} "
+                f"({reason}): check the username and password"
+            )
+        return f"the broker refused the connection: {reason}"
+    detail = _tls_detail(error)
+    if "certificate_verify_failed" in low:
+        if "mismatch" in low:
+            return (
+                f"TLS: the broker's certificate is not for host {spec.host!r} ({detail}); "
+                "connect by a name or address its certificate lists"
+            )
+        if "expired" in low:
+            return f"TLS: the broker's certificate has expired ({detail})"
+        if ca:
+            return (
+                f"TLS: untrusted CA: the broker's certificate is not signed by the CA in "
+                f"tls_ca={ca!r} ({detail}); give the CA that signed it"
+            )
+        return (
+            f"TLS: the broker's certificate is not signed by a CA this machine trusts "
+            f"({detail}); give its CA with tls_ca="
+        )
+    if "certificate_required" in low or "certificate required" in low:
+        if not cert:
+            return (
+                "TLS: the broker requires a client certificate and none was given "
+                f"({detail}); give tls_cert= and tls_key="
+            )
+        return f"TLS: the broker did not accept the client certificate tls_cert={cert!r} ({detail})"
+    if any(k in low for k in ("unknown_ca", "unknown ca", "bad_certificate", "bad certificate")):
+        return (
+            f"TLS: the broker does not trust the client certificate tls_cert={cert!r} "
+            f"({detail}); it must be signed by a CA the broker trusts"
+        )
+    if "wrong_version_number" in low or "record_layer_failure" in low:
+        return (
+            f"TLS: the broker does not speak TLS on port {spec.port} ({detail}); a plain "
+            "listener? drop tls_ca=/tls_cert= or use its TLS port"
+        )
+    if error == CLOSED_DURING_CONNECT or "reset by peer" in low:
+        if not (ca or cert):
+            return f"{error}: is it a TLS listener (give tls_ca=)?"
+        return (
+            f"{error}: is it a plain listener (no TLS on port {spec.port}), or one that "
+            "requires a client certificate (tls_cert=, tls_key=)?"
+        )
+    return detail if "ssl" in low else error
+
+
 def _buffered_client(mqtt: Any) -> Any:
     """paho's ``Client`` reading the socket :data:`READ_CHUNK` bytes at a time. paho reads
     each packet with one ``recv`` for the command byte, one per length byte and one for the
@@ -277,12 +352,20 @@ def _buffered_client(mqtt: Any) -> Any:
         _rbuf = b""
         _rpos = 0
         _rsock: Any = None  # the socket the buffered bytes came from
+        #: the last error reading the socket (paho only logs it): a TLS alert from the broker
+        sock_error: str | None = None
 
         def _sock_recv(self, bufsize: int) -> bytes:
             if self._rsock is not self._sock:  # a new connection: nothing buffered is its
                 self._rbuf, self._rpos, self._rsock = b"", 0, self._sock
             if self._rpos >= len(self._rbuf):
-                data: bytes = super()._sock_recv(max(bufsize, READ_CHUNK))
+                try:
+                    data: bytes = super()._sock_recv(max(bufsize, READ_CHUNK))
+                except BlockingIOError:
+                    raise
+                except OSError as exc:
+                    self.sock_error = str(exc) or type(exc).__name__
+                    raise
                 if len(data) <= bufsize:
                     return data
                 self._rbuf, self._rpos = data, 0
@@ -325,6 +408,7 @@ class _Receiver:
         self.inbox: collections.deque[Message] = collections.deque()
         self.links: collections.deque[Link] = collections.deque()  # sent by the main loop
         self.up = False  # connected now
+        self.refused = False  # the broker refused the last connect (_on_connect said why)
         self.client = _buffered_client(mqtt)(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -350,8 +434,10 @@ class _Receiver:
         self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if getattr(reason, "is_failure", False):
-            self.links.append(("link", False, f"the broker refused the connection: {reason}"))
+            self.refused = True
+            self.links.append(("link", False, failure_cause(f"refused: {reason}", self.spec)))
             return
+        client.sock_error = None  # an earlier connection's
         client.subscribe([(t, self.spec.qos) for t in self.subscribe])
         if self.spec.persistent and self.stale:  # new subscription first: never a gap
             client.unsubscribe(self.stale)
@@ -361,12 +447,20 @@ class _Receiver:
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         # paho calls this inside its ``except OSError``: the exception is the reason
         exc = sys.exc_info()[1]
-        self.links.append(("link", False, str(exc) if exc else "connection failed"))
+        why = str(exc) or type(exc).__name__ if exc else "connection failed"
+        self.links.append(("link", False, failure_cause(why, self.spec)))
 
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
-        if not self.up:  # a refused connect: _on_connect reported why
+        if not self.up:
+            if self.refused:  # _on_connect reported why
+                self.refused = False
+                return
+            # closed before the broker accepted: a TLS alert (a client certificate it
+            # requires) or a TLS listener that a plain client reached
+            why, client.sock_error = client.sock_error or CLOSED_DURING_CONNECT, None
+            self.links.append(("link", False, failure_cause(why, self.spec)))
             return
         self.up = False
         by_broker = getattr(flags, "is_disconnect_packet_from_server", False)

@@ -176,6 +176,22 @@ class _Pending:
         return bool(self.bumps or self.sets or self.status)
 
 
+def _make_private(path: Path) -> None:
+    """The outbox holds the flow's records: its file is 0600 whatever the umask (SQLite gives
+    the ``-wal`` and ``-shm`` files the mode of the database file); an outbox an older
+    edgeflow made 0644 is restricted. Errors (a full disk) are left to SQLite to report."""
+    with contextlib.suppress(OSError):
+        os.close(_private_fd(path))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(OSError):
+            os.chmod(p, 0o600)
+
+
+def _private_fd(path: Path) -> int:
+    """``path`` opened for appending, created 0600 if missing."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+
 def _file_size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -208,6 +224,7 @@ class Outbox:
     def __init__(self, path: Path, budget_bytes: int | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path.resolve()
+        _make_private(self.path)
         self.wal_path = self.path.with_name(self.path.name + "-wal")
         self.lock = threading.RLock()
         self._pending = _Pending()
@@ -311,7 +328,7 @@ class Outbox:
             keep = min(KEEP_FREE_MAX, st.f_blocks * st.f_frsize // 8)
             if st.f_bavail * st.f_frsize < self._reserve - size + keep + self.wal_cap:
                 return  # not while space is short
-            with open(self.reserve_path, "ab") as f:
+            with open(_private_fd(self.reserve_path), "ab") as f:
                 f.write(bytes(self._reserve - size))
                 f.flush()
                 os.fsync(f.fileno())
@@ -794,7 +811,7 @@ def hold_for_run(path: Path) -> int | None:
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = path.with_name(path.name + ".lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

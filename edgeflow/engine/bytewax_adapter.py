@@ -57,6 +57,7 @@ from edgeflow.connectors.base import (
     SourceContext,
     SourcePartition,
 )
+from edgeflow.connectors.connection_state import CONNECTIONS
 from edgeflow.engine.counters import COUNTERS
 from edgeflow.engine.engine_output import closing_part, in_step
 from edgeflow.engine.options import RunOptions
@@ -687,6 +688,8 @@ def execute(plan: Plan, opts: RunOptions) -> None:
             init_db_dir(db, 1)  # type: ignore[no-untyped-call]
         recovery = RecoveryConfig(str(db))  # type: ignore[no-untyped-call]
     _ACTIVE.append(control)
+    if CONNECTIONS.stop_requested():  # a stop (SIGTERM) that came while the flow was built
+        control.deadline_ns = now_ns()
     try:
         cli_main(  # type: ignore[no-untyped-call]
             flow,

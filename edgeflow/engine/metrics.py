@@ -1,4 +1,9 @@
-"""Prometheus metrics for a running flow (``--metrics-port``).
+"""Prometheus metrics and health endpoints for a running flow (``--metrics-port``).
+
+Served on 127.0.0.1 unless ``--metrics-host`` (``EDGEFLOW_METRICS_HOST``) widens it:
+``/metrics`` (Prometheus text), ``/healthz`` (200 while the process runs: liveness) and
+``/ready`` (200 once the sources that read from a broker are connected, else 503 with a
+one-line reason: readiness).
 
 Values are read from the run's counters when Prometheus scrapes, so counting costs the hot
 path nothing. Labels are bounded: ``flow``, and ``sink`` for per-sink figures (never keys).
@@ -24,9 +29,14 @@ path nothing. Labels are bounded: ``flow``, and ``sink`` for per-sink figures (n
 from __future__ import annotations
 
 import errno
+import os
+import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from edgeflow.engine.counters import COUNTERS
 from edgeflow.engine.figures import outbox_figures
@@ -128,23 +138,102 @@ def _source_connected(flow: str) -> object:
     return fam
 
 
-def serve(flow: str, port: int, outbox: Path | None = None) -> None:
-    """Expose the metrics of ``flow`` on http://0.0.0.0:<port>/metrics (a daemon thread).
+#: where the metrics server listens unless ``--metrics-host`` / ``EDGEFLOW_METRICS_HOST`` says
+#: otherwise: this machine only (a Kubernetes probe or a remote Prometheus needs ``0.0.0.0``)
+DEFAULT_HOST = "127.0.0.1"
+#: the source kinds that read from a broker: ``/ready`` waits for their connections
+BROKER_KINDS = ("mqtt", "kafka")
 
-    Raises :class:`~edgeflow.errors.MetricsPortError` (one line saying what to do) when the
-    port cannot be listened on: in use by another process, or not allowed."""
-    from prometheus_client import CollectorRegistry, start_http_server
 
+def metrics_host() -> str:
+    """The address to listen on: ``EDGEFLOW_METRICS_HOST`` (set by ``--metrics-host``), else
+    :data:`DEFAULT_HOST`."""
+    return os.environ.get("EDGEFLOW_METRICS_HOST", "").strip() or DEFAULT_HOST
+
+
+def readiness(broker_sources: Sequence[str]) -> tuple[bool, str]:
+    """Whether the flow is ready (``/ready``): every source in ``broker_sources`` has
+    connected and is connected now; flows without such sources are ready while they run.
+    The reason is one line."""
+    from edgeflow.connectors.connection_state import CONNECTIONS, describe
+
+    states = CONNECTIONS.snapshot()
+    for name in broker_sources:
+        state = states.get(name)
+        if state is None:
+            return False, f"source {name!r} has not started connecting yet"
+        if not state["connected"]:
+            return False, f"source {name!r} is not connected: {describe(state)}"
+    return True, "ready"
+
+
+class _ServerV6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def _handler(registry: Any, broker_sources: Sequence[str]) -> type[BaseHTTPRequestHandler]:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self._send(200, b"ok\n")
+            elif path == "/ready":
+                ok, why = readiness(broker_sources)
+                self._send(200 if ok else 503, why.encode() + b"\n")
+            else:
+                self._send(404, b"not found: try /metrics, /healthz or /ready\n")
+
+        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # a scrape every few seconds is not news
+
+    return Handler
+
+
+def serve(
+    flow: str,
+    port: int,
+    outbox: Path | None = None,
+    broker_sources: Sequence[str] = (),
+    host: str | None = None,
+) -> ThreadingHTTPServer:
+    """Serve the metrics of ``flow`` on ``http://HOST:PORT`` (a daemon thread): ``/metrics``
+    (Prometheus), ``/healthz`` (200 while the process runs) and ``/ready`` (200 once every
+    source in ``broker_sources`` is connected to its broker, else 503 with the reason).
+    ``host`` defaults to :func:`metrics_host` (127.0.0.1: this machine only).
+
+    Raises :class:`~edgeflow.errors.MetricsPortError` (one line naming HOST:PORT and what to
+    do) when the address cannot be listened on: in use by another process, not allowed, or
+    not an address of this machine."""
+    from prometheus_client import CollectorRegistry
+
+    host = host or metrics_host()
     registry = CollectorRegistry()
     registry.register(_Collector(flow, outbox))  # type: ignore[arg-type]
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        start_http_server(port, registry=registry)
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        server_class = _ServerV6 if family == socket.AF_INET6 else ThreadingHTTPServer
+        server = server_class((host, port), _handler(registry, tuple(broker_sources)))
     except (OSError, OverflowError) as exc:
         why = getattr(exc, "strerror", None) or str(exc)
         if getattr(exc, "errno", None) == errno.EADDRINUSE:
             why = "the port is already in use by another process"
         raise MetricsPortError(
-            f"--metrics-port {port}: cannot serve metrics on 0.0.0.0:{port} ({why}); "
-            "choose a free port with --metrics-port (or EDGEFLOW_METRICS_PORT), or stop what "
-            "listens on it"
+            f"--metrics-port {port}: cannot serve metrics on {where} ({why}); choose a free "
+            "port with --metrics-port (or EDGEFLOW_METRICS_PORT), or stop what listens on it; "
+            "--metrics-host (or EDGEFLOW_METRICS_HOST) must be an address of this machine"
         ) from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="edgeflow-metrics", daemon=True).start()
+    return server

@@ -30,6 +30,7 @@ from edgeflow.engine.state_faults import (
     is_disk_full,
     recovery_failure_line,
 )
+from edgeflow.file_modes import private_state
 from edgeflow.flow.plan import Plan
 from edgeflow.timeutil import now_ns
 
@@ -67,21 +68,31 @@ class RunSummary:
 
 
 def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
-    """Run ``plan`` to completion (end of input, or ``run_for_ns``); blocks."""
+    """Run ``plan`` to completion (end of input, or ``run_for_ns``); blocks. With a state
+    directory, what the run writes there is its owner's alone (files 0600, directories 0700:
+    see :mod:`edgeflow.file_modes`)."""
+    opts = options or RunOptions()
+    if opts.state_dir is None:
+        return _run(plan, opts)
+    with private_state(opts.state_dir):
+        return _run(plan, opts)
+
+
+def _run(plan: Plan, opts: RunOptions) -> RunSummary:
     from edgeflow.engine import bytewax_adapter  # the only bytewax import
 
-    opts = options or RunOptions()
     if opts.state_dir is not None:
         _prepare_state_dir(plan, opts.state_dir)
     COUNTERS.reset()
     CONNECTIONS.run_started(opts.run_for_ns)
     if opts.metrics_port is not None:
-        from edgeflow.engine.metrics import serve
+        from edgeflow.engine.metrics import BROKER_KINDS, serve
 
         serve(
             plan.name,
             opts.metrics_port,
             opts.state_dir / "outbox.sqlite" if opts.state_dir is not None else None,
+            [s.name for s in plan.sources if s.spec.kind in BROKER_KINDS],
         )
     t0 = now_ns()
     stats_file = os.environ.get("EDGEFLOW_STATS_FILE")
@@ -108,9 +119,9 @@ def run(plan: Plan, options: RunOptions | None = None) -> RunSummary:
     summary = RunSummary(plan.name, (now_ns() - t0) / 1e9, COUNTERS.snapshot(), plan.unrouted)
     summary.failures = [c.never_reached() for c in CONNECTIONS.never_connected()]
     for k in plan.sinks:
-        summary.reports.extend(
-            k.spec.report(SinkContext(plan.name, k.name, plan.version, opts.state_dir))
-        )
+        sink_ctx = SinkContext(plan.name, k.name, plan.version, opts.state_dir)
+        summary.reports.extend(k.spec.report(sink_ctx))
+        summary.failures.extend(k.spec.failures(sink_ctx))  # e.g. Kafka refused the connection
     return summary
 
 
@@ -131,13 +142,18 @@ def _write_stats(path: Path, outbox: Path | None, done: threading.Event) -> None
 
 
 def stop() -> None:
-    """Ask the flow running in this process to stop gracefully (as at the end of ``--for``)."""
-    from edgeflow.engine import bytewax_adapter
+    """Ask the flow running in this process to stop gracefully (as at the end of ``--for``).
 
+    Safe from a signal handler at any moment: the engine adapter may still be importing
+    (it is not imported here); a flow that starts after this sees the request and stops at
+    once."""
     _STOP_WAITING.set()
 
     CONNECTIONS.request_stop()  # connectors stop waiting for brokers, forwarders for the drain
-    bytewax_adapter.request_stop()
+    adapter = sys.modules.get("edgeflow.engine.bytewax_adapter")
+    request = getattr(adapter, "request_stop", None)
+    if request is not None:
+        request()
 
 
 def state_mismatch(plan: Plan, state_dir: Path) -> str | None:
@@ -214,7 +230,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     fsynced, renamed over it, and the directory fsynced."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             view = memoryview(data)
             while view:
