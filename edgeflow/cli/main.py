@@ -13,15 +13,27 @@ from typing import Any, TypeVar
 import click
 import orjson
 
+from edgeflow.cli.bundle import bundle_group
 from edgeflow.cli.deployments import (
     DEPLOY_ROOT_OPTION,
     RESTART_WINDOW_DEFAULT,
+    fleet_options,
+    fleet_settings,
+    install_bundle,
+    install_flow_file,
     list_cmd,
     logs_cmd,
+    open_deployable,
+    private_dir,
+    report_update,
     start_detached,
     status_cmd,
     stop_cmd,
+    update_policy,
+    update_running,
+    wait_for_update,
 )
+from edgeflow.cli.fleet import fleet_group
 from edgeflow.cli.live import LiveView, wanted
 from edgeflow.cli.params import DURATION, FLOW
 from edgeflow.cli.plot import plot_cmd
@@ -31,6 +43,7 @@ from edgeflow.engine import RunOptions, run, stop
 from edgeflow.engine.figures import outbox_figures
 from edgeflow.engine.runner import move_state_aside, state_mismatch
 from edgeflow.errors import FlowValidationError, UserInputError
+from edgeflow.fleet.release import current_release
 from edgeflow.flow.plan import Flow, Plan
 
 
@@ -138,6 +151,12 @@ def _metrics_port(ctx: click.Context, param: click.Parameter, value: int | None)
     return value
 
 
+def _metrics_host(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value:
+        os.environ["EDGEFLOW_METRICS_HOST"] = value.strip()
+    return value
+
+
 _common = [
     click.option(
         "--metrics-port",
@@ -145,7 +164,17 @@ _common = [
         callback=_metrics_port,
         expose_value=False,
         is_eager=True,
-        help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (or set EDGEFLOW_METRICS_PORT).",
+        help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics, and /healthz and "
+        "/ready probes (or set EDGEFLOW_METRICS_PORT).",
+    ),
+    click.option(
+        "--metrics-host",
+        metavar="HOST",
+        callback=_metrics_host,
+        expose_value=False,
+        is_eager=True,
+        help="The address --metrics-port listens on [default: 127.0.0.1, this machine only]; "
+        "0.0.0.0 for a Kubernetes probe or a remote Prometheus (or set EDGEFLOW_METRICS_HOST).",
     ),
     click.option(
         "--kafka-bootstrap",
@@ -276,6 +305,7 @@ def run_cmd(
     default=None,
     help=f"With --detach: the window --max-restarts counts in [default: {RESTART_WINDOW_DEFAULT}].",
 )
+@fleet_options
 def deploy_cmd(
     flow_ref: str,
     run_for: int | None,
@@ -289,43 +319,110 @@ def deploy_cmd(
     new_state: bool,
     max_restarts: int | None,
     restart_window: int | None,
+    trust: tuple[Path, ...],
+    grace: int,
+    max_error_rate: float,
+    wait: bool,
+    status_topic: str | None,
+    status_bootstrap: str | None,
+    control_topic: str | None,
+    node_id: str | None,
+    status_every: int,
 ) -> None:
     """Validate FLOW, print its plan, and run it with a state directory (resumes after a crash).
 
-    With --detach, a supervisor runs it in the background from a copy of the flow file,
-    restarting it with backoff when it dies, and giving up after --max-restarts deaths within
-    --restart-window; see edgeflow status / logs / stop / list."""
-    if detach:
+    FLOW is a flow file or a bundle (edgeflow bundle build; verified, and with --trust or
+    EDGEFLOW_TRUST its signature required). With --detach, a supervisor runs it in the background
+    from a copy (0600 files in a 0700 directory, checked against their sha256 before every
+    start), restarting it with backoff when it dies, and giving up after --max-restarts deaths
+    within --restart-window; see edgeflow status / logs / stop / list.
+
+    A bundle deployed under the NAME of a running deployment is an over-the-air update: the
+    new version starts, its health is checked for --grace, and it rolls back to the previous
+    version by itself when the check fails."""
+    from edgeflow.bundle import trusted_keys_from_env
+
+    trust_keys = list(trust) or trusted_keys_from_env()
+    bundle = open_deployable(Path(flow_ref), trust_keys)
+    dep = name or (re.sub(r"[^A-Za-z0-9_-]", "_", bundle.name) if bundle is not None else None)
+    updating = bundle is not None and dep is not None and alive(root / dep / "supervisor.pid")
+    if detach or updating:
         _refuse_with_detach(state_dir=state_dir, live=live)
     else:
         for opt, value in (("--max-restarts", max_restarts), ("--restart-window", restart_window)):
             if value is not None:
                 raise click.UsageError(f"{opt} applies to --detach (a supervised deployment) only")
+    fleet = fleet_settings(
+        status_topic, status_bootstrap, node_id, status_every, control_topic, trust_keys
+    )
+    installed = None
+    if bundle is not None:
+        assert dep is not None
+        running = (current_release(root / dep) or {}).get("version") if updating else None
+        if running == bundle.version:
+            raise click.ClickException(
+                f"{dep} already runs version {bundle.version}; build the update with a new version"
+            )
+        installed = install_bundle(private_dir(root / dep), bundle)
+        flow_ref = str(root / dep / installed["entry"])
+        click.echo(
+            f"bundle {bundle.name} {bundle.version} verified"
+            + (f" (signed by {bundle.signed_by})" if bundle.signed_by else " (unsigned)"),
+            err=True,
+        )
     flow = FLOW.convert(flow_ref, None, click.get_current_context())
     plan = _plan_or_exit(flow)
-    dep = name or re.sub(r"[^A-Za-z0-9_-]", "_", plan.name)
+    dep = dep or name or re.sub(r"[^A-Za-z0-9_-]", "_", plan.name)
     click.echo(plan.describe(), err=True)
+    ctx = click.get_current_context()
+    given = {
+        p for p in ("run_for", "workers", "snapshot_every", "max_restarts", "restart_window",
+                    "grace", "max_error_rate")
+        if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE
+    }  # fmt: skip
+    grace_s, max_error_rate = update_policy(root / dep, given, grace / 1e9, max_error_rate)
+    if given & {"grace", "max_error_rate"}:  # kept for later updates (also from a control topic)
+        fleet["policy"] = {"grace_s": grace_s, "max_error_rate": max_error_rate}
+    extra = ["--snapshot-every", f"{snapshot_every}ns", "--workers", str(workers)]
+    if run_for is not None:
+        extra += ["--for", f"{run_for}ns"]
+    limits = []
+    if max_restarts is not None:
+        limits += ["--max-restarts", str(max_restarts)]
+    if restart_window is not None:
+        limits += ["--restart-window", f"{restart_window / 1e9}"]
+    if updating and installed is not None:
+        d = root / dep
+        problem = state_mismatch(plan, d / "state")
+        update_running(
+            d, installed, problem, grace_s=grace_s, max_error_rate=max_error_rate,
+            run_args=extra if given & {"run_for", "workers", "snapshot_every"} else None,
+            limits=limits if given & {"max_restarts", "restart_window"} else None,
+            fleet=fleet,
+        )  # fmt: skip
+        click.echo(
+            f"updating {dep} to {installed['version']}: checking its health for "
+            f"{grace_s:.0f} s; see: edgeflow status {dep}",
+            err=True,
+        )
+        if wait:
+            report_update(d, wait_for_update(d, grace_s + 180))
+        return
     if detach:
         path = Path(flow_ref)
         if path.suffix != ".py" or not path.is_file():
             raise click.UsageError(
-                f"--detach deploys a flow file (path/to/flow.py); {flow_ref!r} is not one"
+                f"--detach deploys a flow file (path/to/flow.py) or a bundle; {flow_ref!r} is not one"
             )
-        running = alive(root / dep / "supervisor.pid")
-        if running:
+        running_pid = alive(root / dep / "supervisor.pid")
+        if running_pid:
             raise click.ClickException(
-                f"deployment {dep!r} is already running (supervisor pid {running}); stop it first with: edgeflow stop {dep}"
+                f"deployment {dep!r} is already running (supervisor pid {running_pid}); stop it first with: edgeflow stop {dep}"
             )
         _fresh_state(plan, root / dep / "state", new_state, "Deploy with")
-        extra = ["--snapshot-every", f"{snapshot_every}ns", "--workers", str(workers)]
-        if run_for is not None:
-            extra += ["--for", f"{run_for}ns"]
-        limits = []
-        if max_restarts is not None:
-            limits += ["--max-restarts", str(max_restarts)]
-        if restart_window is not None:
-            limits += ["--restart-window", f"{restart_window / 1e9}"]
-        pid = start_detached(path, dep, root, extra, limits)
+        d = private_dir(root / dep)
+        current = installed or install_flow_file(d, path)
+        pid = start_detached(d, current, extra, limits, fleet)
         click.echo(
             f"deployed {dep} (supervisor pid {pid}) in {root / dep}; see: edgeflow status {dep}"
         )
@@ -363,7 +460,8 @@ def _refuse_with_detach(*, state_dir: Path | None, live: bool | None) -> None:
 
 main.add_command(score_cmd)
 main.add_command(plot_cmd)
-for _cmd in (status_cmd, logs_cmd, stop_cmd, list_cmd):
+main.add_command(bundle_group)
+for _cmd in (status_cmd, logs_cmd, stop_cmd, list_cmd, fleet_group):
     main.add_command(_cmd)
 
 

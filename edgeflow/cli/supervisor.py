@@ -34,6 +34,18 @@ from typing import Any
 
 import orjson
 
+from edgeflow.file_modes import restrict_tree
+from edgeflow.fleet.control_topic import ControlListener
+from edgeflow.fleet.health import MAX_ERROR_RATE, GraceCheck
+from edgeflow.fleet.release import (
+    current_release,
+    integrity_problem,
+    read_release,
+    restore_state,
+    write_release,
+)
+from edgeflow.fleet.status_topic import DEFAULT_PERIOD_S, StatusReporter, node_id
+
 
 def alive(pid_file: Path) -> int | None:
     """The pid in ``pid_file`` if that process is running."""
@@ -83,6 +95,109 @@ def last_error(log: Path, offset: int) -> str | None:
     return last[-1] if last else None
 
 
+def _stop_worker(worker: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+    """SIGTERM (the flow snapshots its state and exits), SIGKILL after ``timeout``."""
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            return worker.wait(timeout)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    return worker.wait()
+
+
+def node_status(deploy_dir: Path, status: dict[str, Any], checking: bool) -> dict[str, Any]:
+    """What the status topic says about this deployment."""
+    release = read_release(deploy_dir)
+    cur = current_release(deploy_dir) or {}
+    state = status.get("state", "running")
+    if state == "running":
+        health = (
+            "checking update" if checking else "ok" if status.get("worker_up") else "restarting"
+        )
+    else:
+        health = state
+    return {
+        "deployment": deploy_dir.name,
+        "version": cur.get("version"),
+        "state": state,
+        "health": health,
+        "restarts": status.get("restarts", 0),
+        "last_exit": status.get("last_exit"),
+        "error": status.get("error"),
+        "last_update": release.get("update"),
+    }
+
+
+def _reporter(deploy_dir: Path, log: Any) -> StatusReporter | None:
+    conf = read_release(deploy_dir).get("status") or {}
+    if not conf.get("topic") or not conf.get("bootstrap"):
+        return None
+
+    def say(line: str) -> None:
+        log.write(f"[supervisor] {line}\n".encode())
+
+    return StatusReporter(
+        conf["bootstrap"],
+        conf["topic"],
+        f"{node_id(conf.get('node_id'))}/{deploy_dir.name}",
+        say,
+        float(conf.get("period_s") or DEFAULT_PERIOD_S),
+    )
+
+
+def _control(deploy_dir: Path, log: Any) -> ControlListener | None:
+    conf = read_release(deploy_dir).get("control") or {}
+    if not conf.get("topic") or not conf.get("bootstrap"):
+        return None
+
+    def say(line: str) -> None:
+        log.write(f"[supervisor] {line}\n".encode())
+
+    return ControlListener(deploy_dir, conf["bootstrap"], conf["topic"], say)
+
+
+def _probation(deploy_dir: Path) -> GraceCheck | None:
+    """The grace check of an update that has not passed yet (also after a supervisor restart)."""
+    rec = read_release(deploy_dir)
+    upd = rec.get("update") or {}
+    if upd.get("result") != "checking" or not rec.get("previous"):
+        return None
+    return GraceCheck(
+        grace_s=float(upd.get("grace_s", 30)),
+        started=time.monotonic(),
+        need_input=bool(upd.get("need_input", False)),
+        max_error_rate=float(upd.get("max_error_rate", MAX_ERROR_RATE)),
+    )
+
+
+def _update_passed(deploy_dir: Path, check: GraceCheck) -> str:
+    rec = read_release(deploy_dir)
+    upd = rec["update"]
+    upd.update(result="succeeded", at=time.time())
+    write_release(deploy_dir, rec)
+    return (
+        f"update to {upd.get('to')} succeeded: healthy for its {check.grace_s:.0f} s grace period"
+    )
+
+
+def _roll_back(deploy_dir: Path, reason: str) -> str:
+    """Back to the previous version (and its state, when the update moved it aside)."""
+    rec = read_release(deploy_dir)
+    upd = rec["update"]
+    aside = upd.get("state_aside")
+    if aside:
+        failed_state = restore_state(deploy_dir / "state", Path(aside))
+        upd["state"] = f"restored the state of {upd.get('from')} from {aside}"
+        if failed_state is not None:
+            upd["state"] += f"; the state of {upd.get('to')} was moved aside to {failed_state}"
+    rec["current"], rec["previous"] = rec["previous"], None
+    rec["rolled_back"] = [*(rec.get("rolled_back") or []), upd.get("to")][-20:]
+    upd.update(result="rolled back", reason=reason, at=time.time())
+    write_release(deploy_dir, rec)
+    return f"update to {upd.get('to')} failed: {reason}; rolled back to {upd.get('from')}"
+
+
 def supervise(
     deploy_dir: Path,
     extra: list[str],
@@ -90,7 +205,12 @@ def supervise(
     restart_window_s: float = RESTART_WINDOW_S,
 ) -> int:
     """The supervisor's loop (runs in its own process)."""
+    # what the supervisor creates is its owner's only; the worker gets the user's umask back
+    # (its state is private by itself, files it writes elsewhere are the user's choice)
+    user_umask = os.umask(0o077)
+    restrict_tree(deploy_dir)
     status_path = deploy_dir / "status.json"
+    stats_path = deploy_dir / "stats.json"
     log_path = deploy_dir / "edgeflow.log"
     log = log_path.open("ab", buffering=0)
     status: dict[str, Any] = {
@@ -102,7 +222,19 @@ def supervise(
         "max_restarts": max_restarts,
         "restart_window_s": restart_window_s,
     }
-    write_json(status_path, status)
+    reporter = _reporter(deploy_dir, log)
+    control = _control(deploy_dir, log)
+    check = _probation(deploy_dir)
+
+    def save() -> None:
+        write_json(status_path, status)
+        if reporter is not None:
+            reporter.publish(node_status(deploy_dir, status, check is not None))
+
+    def say(line: str) -> None:
+        log.write(f"[supervisor] {line}\n".encode())
+
+    save()
     stopping = False
     worker: subprocess.Popen[bytes] | None = None
 
@@ -116,59 +248,125 @@ def supervise(
     signal.signal(signal.SIGINT, on_term)
     backoff = 1.0
     deaths: collections.deque[float] = collections.deque()  # monotonic times, in the window
-    env = {**os.environ, "EDGEFLOW_STATS_FILE": str(deploy_dir / "stats.json")}
+    env = {**os.environ, "EDGEFLOW_STATS_FILE": str(stats_path)}
+
+    def roll_back(reason: str) -> None:
+        nonlocal check, backoff
+        line = _roll_back(deploy_dir, reason)
+        say(line)
+        status.update(update=line, restarts=0, worker_up=False, last_exit=None)
+        status.pop("error", None)
+        check = None
+        deaths.clear()
+        backoff = 1.0
+        save()
+
     while not stopping:
+        problem = integrity_problem(deploy_dir)
+        if problem and check is not None:
+            roll_back(problem)
+            continue
+        if problem:
+            status.update(state="refused", error=problem, refused_at=time.time(), worker_up=False)
+            save()
+            say(f"refusing to start the flow: {problem}")
+            break
+        entry = deploy_dir / (current_release(deploy_dir) or {}).get("entry", "flow.py")
         cmd = [
             sys.executable,
             "-m",
             "edgeflow",
             "run",
-            str(deploy_dir / "flow.py"),
+            str(entry),
             "--state-dir",
             str(deploy_dir / "state"),
             *extra,
         ]
-        log.write(f"[supervisor] starting worker: {' '.join(cmd)}\n".encode())
+        say(f"starting worker: {' '.join(cmd)}")
         offset = log_path.stat().st_size
-        worker = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
+        if check is not None:  # judge the new version on its own figures only
+            stats_path.unlink(missing_ok=True)
+        worker = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, umask=user_umask)
         (deploy_dir / "worker.pid").write_text(str(worker.pid))
+        status["worker_up"] = True
+        save()
         started = time.monotonic()
+        failed_reason = None
+        while (code := worker.poll()) is None:
+            if check is not None and not stopping:
+                verdict, failed_reason = check.verdict(
+                    time.monotonic(), True, read_json(stats_path), time.time()
+                )
+                if verdict == "passed":
+                    line = _update_passed(deploy_dir, check)
+                    say(line)
+                    status["update"] = line
+                    check = None
+                    save()
+                elif verdict == "failed":
+                    say(f"stopping the new version: {failed_reason}")
+                    _stop_worker(worker)
+                    break
+            time.sleep(0.2)
+        if failed_reason is not None and check is not None:
+            roll_back(failed_reason)
+            continue
         code = worker.wait()
-        status["last_exit"] = code
+        status.update(last_exit=code, worker_up=False)
         if code == 0 or stopping:
+            if check is not None and code == 0 and not stopping:
+                status["update"] = _update_passed(deploy_dir, check)
+                check = None
             status["state"] = "stopped" if stopping else "finished"
-            write_json(status_path, status)
+            save()
             break
         now = time.monotonic()
+        error = last_error(log_path, offset)
+        if check is not None:
+            check.worker_exited(now, code, error)
+            verdict, reason = check.verdict(now, False, {}, time.time())
+            if verdict == "failed" and reason is not None:
+                roll_back(reason)
+                continue
         if now - started > 60:
             backoff = 1.0
         deaths.append(now)
         while deaths and now - deaths[0] > restart_window_s:
             deaths.popleft()
-        status["error"] = last_error(log_path, offset)
+        status["error"] = error
         status["exits_in_window"] = len(deaths)
         if len(deaths) > max_restarts:
             status.update(state="failed", failed_at=time.time())
-            write_json(status_path, status)
-            log.write(
-                f"[supervisor] worker exited with {code}: {len(deaths)} exits within "
+            save()
+            say(
+                f"worker exited with {code}: {len(deaths)} exits within "
                 f"{restart_window_s:.0f}s, more than --max-restarts {max_restarts}; "
-                f"giving up (failed): {status['error']}\n".encode()
+                f"giving up (failed): {status['error']}"
             )
             break
         status["restarts"] += 1
-        write_json(status_path, status)
-        log.write(
-            f"[supervisor] worker exited with {code}; restarting in {backoff:.0f}s (restart {status['restarts']})\n".encode()
+        save()
+        say(
+            f"worker exited with {code}; restarting in {backoff:.0f}s (restart {status['restarts']})"
         )
         deadline = time.monotonic() + backoff
         while time.monotonic() < deadline and not stopping:
+            if check is not None:
+                verdict, reason = check.verdict(time.monotonic(), False, {}, time.time())
+                if verdict == "failed" and reason is not None:
+                    roll_back(reason)
+                    break
             time.sleep(0.1)
         backoff = min(backoff * 2, 30.0)
     if stopping and status["state"] == "running":
         status["state"] = "stopped"
-        write_json(status_path, status)
-    log.write(b"[supervisor] stopped\n")
+    status["worker_up"] = False
+    save()
+    if control is not None:
+        control.close()
+    if reporter is not None:
+        reporter.close()
+    say("stopped")
     for name in ("worker.pid", "supervisor.pid"):
         with contextlib.suppress(OSError):
             (deploy_dir / name).unlink()
