@@ -118,3 +118,18 @@ def source_connected_gauge(port: int, source: str) -> str | None:
         if line.startswith("edgeflow_source_connected{") and f'source="{source}"' in line:
             return str(line.rsplit(" ", 1)[1])
     return None
+
+
+def wait_for(cond: Any, timeout: float = 90, what: str = "condition") -> None:
+    """Poll ``cond()`` every 0.1 s until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def stop_deployments(root: Path) -> None:
+    """SIGTERM the supervisor of every deployment under ``root`` (a test's clean-up)."""
+    for pid_file in root.glob("*/supervisor.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)

@@ -5,27 +5,12 @@ worker start, and an edited copy is refused with the reason in `edgeflow status`
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import stat
-import time
 from pathlib import Path
 
-from tests.helpers import edgeflow, lines, write_flow
-
-
-def wait_for(cond: object, timeout: float = 90, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
-def stop_all(root: Path) -> None:
-    for pid_file in root.glob("*/supervisor.pid"):
-        with contextlib.suppress(OSError, ValueError):
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+from tests.helpers import edgeflow, lines, stop_deployments, wait_for, write_flow
 
 
 def slow_flow(path: Path, out: Path) -> Path:
@@ -86,7 +71,7 @@ def test_deployment_dir_is_0700_and_its_files_0600_also_after_a_restart_of_an_ol
         loose = {p: oct(m) for p, m in modes(d).items() if m not in (0o700, 0o600)}
         assert not loose, f"still readable by others after the restart: {loose}"
     finally:
-        stop_all(root)
+        stop_deployments(root)
 
 
 def test_an_edited_deployed_flow_is_refused_on_the_next_restart_and_status_says_why(
@@ -119,4 +104,4 @@ def test_an_edited_deployed_flow_is_refused_on_the_next_restart_and_status_says_
         wait_for(lambda: len(lines(out)) > before, what="output after the redeploy")
         assert "running" in edgeflow("status", "press", "--root", str(root)).stdout
     finally:
-        stop_all(root)
+        stop_deployments(root)

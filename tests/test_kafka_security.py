@@ -314,7 +314,9 @@ def test_fleet_status_topic_works_over_sasl_ssl_from_the_fleet_variables(
         monkeypatch.setenv(k, v)
     logged: list[str] = []
     reporter = StatusReporter(endpoint, "fleet.sec", "node-1/plant", logged.append, period_s=60)
-    reporter.publish({"node": "node-1", "deployment": "plant", "version": "1.0", "state": "running"})
+    reporter.publish(
+        {"node": "node-1", "deployment": "plant", "version": "1.0", "state": "running"}
+    )
     reporter.close(timeout=60)
     assert not logged, logged
     env = {**os.environ, **fleet_env}

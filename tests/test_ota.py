@@ -6,16 +6,15 @@ that fits it, and an update whose plan changed moves the old state aside (kept) 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from edgeflow.bundle import build, generate, sign
-from tests.helpers import edgeflow, lines, write_flow
+from edgeflow.cli.supervisor import read_json
+from tests.helpers import edgeflow, lines, stop_deployments, wait_for, write_flow
 from tests.kafka_helpers import consume_all
 
 SIM = (
@@ -35,27 +34,6 @@ def keep(r):
         os._exit(1)
     return True
 """
-
-
-def wait_for(cond: Any, timeout: float = 90, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
-def stop_all(root: Path) -> None:
-    for pid_file in root.glob("*/supervisor.pid"):
-        with contextlib.suppress(OSError, ValueError):
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-        return data
-    except (OSError, ValueError):
-        return {}
 
 
 def readings_in(d: Path) -> int:
@@ -166,7 +144,7 @@ def test_a_crash_looping_update_rolls_back_within_the_grace_period_with_no_recor
         row = next(ln for ln in fleet.stdout.splitlines() if ln.startswith("node-7"))
         assert "plant" in row and "1.0" in row and "2.0 failed, rolled back to 1.0" in row, row
     finally:
-        stop_all(root)
+        stop_deployments(root)
 
 
 def test_a_good_update_keeps_fitting_state_and_a_changed_plan_moves_it_aside(
@@ -212,7 +190,7 @@ def test_a_good_update_keeps_fitting_state_and_a_changed_plan_moves_it_aside(
         assert "version 4.0" in status and f"moved aside to {aside[0]}" in status, status
         assert sorted(p.name for p in (d / "versions").iterdir()) == ["1.0", "3.0", "4.0"]
     finally:
-        stop_all(root)
+        stop_deployments(root)
 
 
 def test_a_node_that_trusts_keys_refuses_plain_flows_and_unsigned_bundles_and_runs_a_signed_one(
@@ -327,4 +305,4 @@ def test_a_node_takes_signed_bundles_from_its_control_topic_and_skips_a_rolled_b
         log = (d / "edgeflow.log").read_text()
         assert log.count("control topic ota-control: updating plant") == 2, log[-3000:]
     finally:
-        stop_all(root)
+        stop_deployments(root)

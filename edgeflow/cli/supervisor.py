@@ -95,6 +95,11 @@ def last_error(log: Path, offset: int) -> str | None:
     return last[-1] if last else None
 
 
+#: how long a stopping worker gets to snapshot and exit before SIGKILL (``edgeflow stop``
+#: waits 60 s for the whole deployment; the next start resumes from the last snapshot)
+STOP_TIMEOUT_S = 45.0
+
+
 def _stop_worker(worker: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
     """SIGTERM (the flow snapshots its state and exits), SIGKILL after ``timeout``."""
     if worker.poll() is None:
@@ -239,10 +244,10 @@ def supervise(
     worker: subprocess.Popen[bytes] | None = None
 
     def on_term(*_: Any) -> None:
+        # only a flag: the loop below signals the worker, also one that was being started
+        # when the SIGTERM came (signalling here could miss it)
         nonlocal stopping
         stopping = True
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
@@ -292,7 +297,15 @@ def supervise(
         save()
         started = time.monotonic()
         failed_reason = None
+        term_at = None  # when the worker was asked to stop (SIGTERM)
         while (code := worker.poll()) is None:
+            if stopping:  # the flow snapshots its state and exits; SIGKILL if it does not
+                if term_at is None:
+                    worker.send_signal(signal.SIGTERM)
+                    term_at = time.monotonic()
+                elif time.monotonic() - term_at > STOP_TIMEOUT_S:
+                    say(f"the worker did not stop within {STOP_TIMEOUT_S:.0f}s of SIGTERM: killed")
+                    worker.kill()
             if check is not None and not stopping:
                 verdict, failed_reason = check.verdict(
                     time.monotonic(), True, read_json(stats_path), time.time()
