@@ -230,3 +230,39 @@ def test_resolutions_skip_rows_whose_steps_cannot_lower_them() -> None:
             got = resolution_rows_within(res, last, sub, learnt, floor)
             assert np.array_equal(got[0], want[0]), name
             assert np.array_equal(got[1], want[1], equal_nan=True), name
+
+
+@pytest.mark.parametrize("steps", [[1], [1, 2], [0, 1, 2, 3], [0, 5, 9, 40, 70]])
+def test_slide_rows_equals_keeping_the_last_window_of_old_plus_learnt(steps: list[int]) -> None:
+    """Rows that learnt different numbers of points (a live batch: 1 or 2 per key) keep the
+    last w values of what they held plus what they learnt, as a plain concatenation does."""
+    from edgeflow.ops.detect.stacked import slide_rows
+
+    k, w, span = 30, 64, 80
+    h = RNG.normal(size=(50, w))
+    rows = RNG.choice(50, k, replace=False)
+    old = h[rows].copy()
+    new = RNG.normal(size=(k, span))
+    f = RNG.choice(steps, k)
+    want = h.copy()
+    for i, r in enumerate(rows):
+        want[r] = np.concatenate([old[i], new[i, : f[i]]])[-w:]
+    slide_rows(h, rows, old, new, f)
+    assert np.array_equal(h, want)
+
+
+def test_zscore_windows_rotated_by_slices_equal_the_ring_in_order() -> None:
+    """A live key's window is a ring; rows that ticked together are put in order by one
+    rotation: the same values as reading each ring from its head."""
+    drv = Driver(detect.zscore(window=16), detect.threshold())
+    st = Stacked(drv)
+    rows = st.rows_of([f"k{i}" for i in range(6)])
+    st.run(rows, RNG.normal(size=(6, 40)), np.full(6, 40, np.int64))
+    for _ in range(5):  # live ticks move every ring's head together
+        st.tick(RNG.normal(size=6))
+    m = st.model
+    got = m._ordered(rows)
+    for i, r in enumerate(rows):
+        ring = m.h[r]
+        assert np.array_equal(got[i], np.concatenate([ring[m.head[r] :], ring[: m.head[r]]]))
+    assert m.head[rows].any()  # (the rotation was exercised)

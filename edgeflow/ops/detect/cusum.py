@@ -215,7 +215,7 @@ class CUSUMStacked(StackedModel):
         if got is None:
             return None
         m, std = got
-        std = floor_rows(std, self.resolution(rows), m)
+        std = self.tick_floor(rows, std, m)
         err = x - m
         self.t_err = te = np.minimum(np.maximum(err, -ERR_CAP), ERR_CAP)
         b = ew.b

@@ -45,7 +45,14 @@ from edgeflow.ops.detect.driver import Driver, DriverOut
 from edgeflow.ops.detect.mad import MAD, MADStacked, floored_before, robust_spread
 from edgeflow.ops.detect.seasonal import Seasonal, SeasonalStacked
 from edgeflow.ops.detect.spread import step_floor_rows
-from edgeflow.ops.detect.stacked import Events, Rows, Stacked, StackedModel, run_stacked
+from edgeflow.ops.detect.stacked import (
+    FLOOR_FROM,
+    Events,
+    Rows,
+    Stacked,
+    StackedModel,
+    run_stacked,
+)
 from edgeflow.ops.detect.variance import VarianceChange
 from edgeflow.ops.scipy_lazy import lfilter
 
@@ -507,7 +514,8 @@ class StackedEnsemble:
         # read only where some part flagged a point
         order = sorted(range(len(self.parts)), key=lambda i: self.roles[i] in CONTEXT_ROLES)
         wanted = None
-        floor = step_floor_rows(xmat, lens)  # (the same readings for every part)
+        # (the same readings for every part: their smallest steps found once)
+        floor = step_floor_rows(xmat, lens) if xmat.size >= FLOOR_FROM else None
         for i in order:
             part = self.parts[i]
             if self.roles[i] in CONTEXT_ROLES and wanted is None:

@@ -134,7 +134,7 @@ class EWMAStacked(StackedModel):
         if got is None:
             return None
         m, std = got
-        std = floor_rows(std, self.resolution(rows), m)
+        std = self.tick_floor(rows, std, m)
         # (past warm-up, m is finite and std is kept above 0: raw is finite)
         raw = np.minimum(np.abs(x - m) / std, RAW_CAP * self.det.level)
         return raw, m, self.det.level * std

@@ -44,6 +44,8 @@ from edgeflow.ops.detect.driver import Driver
 from edgeflow.ops.detect.spread import resolution_rows, resolution_rows_within, step_floor_rows
 
 Rows = np.ndarray  # row indices, counts and masks of the stacked state
+#: grids of at least this many points look for their smallest steps once (see run_stacked)
+FLOOR_FROM = 4096
 
 #: a key with at least this many readings in a batch (one long series: a one-sensor flow, a
 #: replay) runs them in the Driver, whose passes are cheaper than a stacked pass of one row;
@@ -121,6 +123,15 @@ def slide_rows(h: F64, rows: Rows, old: F64, new: F64, f: Rows) -> None:
         else:
             h[rows] = np.concatenate([old[:, step:], new[:, :step]], axis=1)
         return
+    steps = np.unique(f[moved])
+    if len(steps) <= 4:  # a few distinct steps (live batches: 1 or 2): slices, no index
+        for step in steps.tolist():
+            at = np.flatnonzero(f == step)
+            if step >= w:
+                h[rows[at]] = new[at, step - w : step]
+            else:
+                h[rows[at]] = np.concatenate([old[at, step:], new[at, :step]], axis=1)
+        return
     z = np.concatenate([old[moved], new[moved]], axis=1)
     cols = f[moved][:, None] + np.arange(w)  # the w columns of z ending before w + f
     h[rows[moved]] = np.take_along_axis(z, cols, axis=1)
@@ -139,6 +150,9 @@ class StackedModel:
 
     #: each row's resolution (inf: no step seen yet), kept by :class:`Stacked`
     res: F64 = np.zeros(0)
+    #: known: every row has seen a step (``res`` finite), so a live tick's spread floor is
+    #: ``fmax(scale, res)`` (kept by :class:`Stacked`; False when unsure)
+    res_finite: bool = False
     #: what a pass keeps from ``score`` for ``learn`` (the pass's readings, estimates):
     #: not state, so never in a snapshot
     PASS_DATA: tuple[str, ...] = ()
@@ -153,6 +167,16 @@ class StackedModel:
         """The resolution of the keys at ``rows`` (inf where none was seen yet)."""
         out: F64 = self.res[rows]
         return out
+
+    def tick_floor(self, rows: Rows, scale: F64, centre: F64) -> F64:
+        """A live tick's spread floor (``rows``: every row, in order): one ``fmax`` once every
+        row has seen a step (see :func:`~edgeflow.ops.detect.filters.floor_rows`)."""
+        if self.res_finite:
+            out: F64 = np.fmax(scale, self.res)
+            return out
+        from edgeflow.ops.detect.filters import floor_rows
+
+        return floor_rows(scale, self.resolution(rows), centre)
 
     def score(self, rows: Rows, x: F64) -> tuple[F64, F64, F64]:
         raise NotImplementedError
@@ -253,6 +277,7 @@ class Stacked:
             self.res = np.concatenate([self.res, np.full(len(new), np.inf)])
             self.res_last = np.concatenate([self.res_last, np.full(len(new), np.nan)])
             self.model.res = self.res
+            self.model.res_finite = False
             if det.warmup > 0:
                 self.warming.update(
                     (r, []) for r in range(len(self.names) - len(new), len(self.names))
@@ -278,6 +303,7 @@ class Stacked:
 
     def load(self, r: int, st: dict[str, Any]) -> None:
         self.model.load(r, st["det"])
+        self.model.res_finite = False
         self.streak[r], self.since[r] = st["streak"], st["since_event"]
         self.res[r] = st["det"].get("res", np.inf)
         last = st["det"].get("res_last")
@@ -314,11 +340,13 @@ class Stacked:
                 # the Driver calls their detector's adapt: their state before this tick
                 starting = [(r, self.driver_state(r)) for r in np.flatnonzero(start).tolist()]
         rows = self.all_rows
+        if not model.res_finite:  # (res only falls: once all are finite they stay so)
+            model.res_finite = bool(len(self.res)) and bool(np.isfinite(self.res).all())
         got = model.tick(rows, x)
         if got is None:
             return None
         raw, centre, half = got
-        flagged, anomalous = RawThreshold(driver.detector.level, driver.decision.value).flags(raw)
+        flagged, anomalous = self.decide().flags(raw)
         events = Events()
         if starting:  # the tick leaves them alone; the Driver takes their reading below
             aside = np.zeros(len(x), bool)
@@ -361,16 +389,26 @@ class Stacked:
                            out.high)  # fmt: skip
         return events
 
+    def decide(self) -> RawThreshold:
+        """The threshold decision on raw statistics (made once: a live tick is a few µs)."""
+        d = self.__dict__.get("_decide")
+        if d is None:
+            det, dec = self.driver.detector, self.driver.decision
+            d = self.__dict__["_decide"] = RawThreshold(det.level, dec.value)
+        return d
+
     def _learnt_tick(self, learnt: Rows | None, x: F64) -> None:
         """Every row learnt its reading ``x[i]`` where ``learnt`` (None: all): resolutions."""
         step = np.abs(x - self.res_last)
-        step[step == 0] = np.inf  # no move is no step
         if learnt is None:
             self.res_last[:] = x
         else:
             step[~learnt] = np.inf
             np.copyto(self.res_last, x, where=learnt)
-        np.fmin(self.res, step, out=self.res)  # (fmin: NaN, a row's first reading, is no step)
+        lower = step < self.res  # (NaN, a row's first reading, compares False: no step)
+        if lower.any():
+            lower &= step > 0  # no move is no step
+            self.res[lower] = step[lower]
 
 
 def restore_stacked(driver: Driver, names: list[str], keys: list[dict[str, Any]]) -> Stacked:
@@ -421,13 +459,13 @@ def run_stacked(
     grid's :func:`~edgeflow.ops.detect.spread.step_floor_rows` (made here if not given)."""
     driver = stacked.driver
     det, dec = driver.detector, driver.decision
-    thr, cooldown, adapt = dec.value, dec.cooldown, driver.adapt_after
+    cooldown, adapt = dec.cooldown, driver.adapt_after
     k, width = xmat.shape
     events = Events()
     model, streak, since = stacked.model, stacked.streak, stacked.since
     stacked.quiet = False  # streaks change here
     pos = np.zeros(k, np.int64)
-    if floor is None:
+    if floor is None and xmat.size >= FLOOR_FROM:
         floor = step_floor_rows(xmat, lens)
     handoff: list[int] = []
     if stacked.warming:  # keys in warm-up: the Driver collects and learns their block
@@ -442,7 +480,7 @@ def run_stacked(
     hint = stacked.reach_hint
     reach = 96 if hint is None else hint
     found = 0
-    decide = RawThreshold(det.level, thr)
+    decide = stacked.decide()
     while len(active):
         g = rows[active]  # state rows of the active grid rows
         rem = lens[active] - pos[active]
@@ -476,9 +514,12 @@ def run_stacked(
         if ranges is not None:
             keep_ranges(ranges, active, pos, centre, half, np.where(has, f + 1, f), whole)
         model.learn(g, f)
-        res_g, last_g = resolution_rows_within(
-            stacked.res[g], stacked.res_last[g], x, f, floor[active]
-        )
+        if floor is None:  # (a small grid: scanned as it is)
+            res_g, last_g = resolution_rows(stacked.res[g], stacked.res_last[g], x, f)
+        else:
+            res_g, last_g = resolution_rows_within(
+                stacked.res[g], stacked.res_last[g], x, f, floor[active]
+            )
         stacked.res[g], stacked.res_last[g] = res_g, last_g
         since[g] += f
         if has.any():

@@ -128,6 +128,10 @@ class ZScoreStacked(StackedModel):
         if not head.any():
             out: F64 = self.h[rows]
             return out
+        if (head == head[0]).all():  # rows that ticked together: one rotation, by slices
+            hd = int(head[0])
+            out = np.concatenate([self.h[rows, hd:], self.h[rows, :hd]], axis=1)
+            return out
         cols = (head[:, None] + np.arange(self.det.window)) % self.det.window
         out = np.take_along_axis(self.h[rows], cols, axis=1)
         return out
@@ -203,7 +207,7 @@ class ZScoreStacked(StackedModel):
         mean = self.s1 / den
         std = np.sqrt(np.maximum(self.s2 / den - mean * mean, 0.0))
         centre = self.c + mean
-        std = floor_rows(std, self.resolution(rows), centre)
+        std = self.tick_floor(rows, std, centre)
         # std is kept above 0 and x is finite: raw is finite
         raw = np.minimum(np.abs(x - centre) / std, RAW_CAP * det.level)
         return raw, centre, det.level * std
