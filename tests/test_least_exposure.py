@@ -119,12 +119,16 @@ def test_ready_is_503_with_the_reason_until_the_broker_source_connects(tmp_path:
     port = free_port()
     proc = popen_edgeflow("run", str(flow), "--metrics-port", str(port), "--no-live")
     try:
-        code, body = wait_for(
-            "/ready to name the source",
-            lambda: "plant" in get(port, "/ready")[1] and get(port, "/ready"),
-        )
+
+        def answer_once_tried() -> tuple[int, str] | None:
+            # before its first attempt the source is "not started connecting yet" (also 503);
+            # after it, the reason names the broker it cannot reach
+            code, body = get(port, "/ready")
+            return (code, body) if f"127.0.0.1:{broker}" in body else None
+
+        code, body = wait_for("/ready to name the source and its broker", answer_once_tried)
         assert code == 503 and len(body.strip().splitlines()) == 1, body
-        assert f"127.0.0.1:{broker}" in body, body
+        assert "plant" in body, body
         assert get(port, "/healthz")[0] == 200  # alive, though not ready
     finally:
         stop(proc)
