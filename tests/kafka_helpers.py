@@ -55,7 +55,7 @@ class KafkaBroker:
 
 
 def consume_all(
-    bootstrap: str, topic: str, expect: int | None = None, timeout: float = 60
+    bootstrap: str, topic: str, expect: int | None = None, timeout: float = 60, **client: Any
 ) -> list[Any]:
     """Every message of ``topic`` from the beginning, waiting until ``expect`` arrived, if given.
 
@@ -64,6 +64,7 @@ def consume_all(
     can poll a topic that the flow under test has not created yet. With ``expect`` set, fewer
     messages than expected by the deadline is returned as is; the caller's assertion says what
     was missing. Broker calls that time out on a loaded machine are retried until the deadline.
+    ``client``: more kafka-python options (a secured connection's).
     """
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
@@ -74,6 +75,7 @@ def consume_all(
         enable_auto_commit=False,
         group_id=None,
         request_timeout_ms=30_000,
+        **client,
     )
     try:
         parts: set[int] = set()

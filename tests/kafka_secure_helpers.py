@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import service_script
-from tests.kafka_helpers import free_port
+from tests.kafka_helpers import consume_all, free_port
 
 
 class SecureKafkaBroker:
@@ -99,32 +98,8 @@ def consume_secure(
 ) -> list[Any]:
     """The messages of ``topic`` from the beginning over a secured connection (``config`` as
     :meth:`SecureKafkaBroker.client` gives it), waiting until ``expect`` arrived or ``timeout``."""
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
-
-    deadline = time.monotonic() + timeout
-    consumer = KafkaConsumer(
-        enable_auto_commit=False, group_id=None, request_timeout_ms=30_000, **config
-    )
-    try:
-        parts: set[int] = set()
-        while not parts and time.monotonic() < deadline:
-            with contextlib.suppress(KafkaError):
-                parts = consumer.partitions_for_topic(topic) or set()
-            if not parts:
-                time.sleep(0.2)
-        if not parts:
-            return []
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out: list[Any] = []
-        while len(out) < expect and time.monotonic() < deadline:
-            for msgs in consumer.poll(timeout_ms=500).values():
-                out.extend(msgs)
-        return out
-    finally:
-        consumer.close()
+    options = dict(config)
+    return consume_all(options.pop("bootstrap_servers"), topic, expect, timeout, **options)
 
 
 def process_tree(pid: int) -> list[int]:

@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,19 +135,25 @@ def node_status(deploy_dir: Path, status: dict[str, Any], checking: bool) -> dic
     }
 
 
+def _logger(log: Any) -> Callable[[str], None]:
+    """A writer of ``[supervisor] LINE`` lines to the deployment's log."""
+
+    def say(line: str) -> None:
+        log.write(f"[supervisor] {line}\n".encode())
+
+    return say
+
+
 def _reporter(deploy_dir: Path, log: Any) -> StatusReporter | None:
     conf = read_release(deploy_dir).get("status") or {}
     if not conf.get("topic") or not conf.get("bootstrap"):
         return None
 
-    def say(line: str) -> None:
-        log.write(f"[supervisor] {line}\n".encode())
-
     return StatusReporter(
         conf["bootstrap"],
         conf["topic"],
         f"{node_id(conf.get('node_id'))}/{deploy_dir.name}",
-        say,
+        _logger(log),
         float(conf.get("period_s") or DEFAULT_PERIOD_S),
     )
 
@@ -156,10 +163,7 @@ def _control(deploy_dir: Path, log: Any) -> ControlListener | None:
     if not conf.get("topic") or not conf.get("bootstrap"):
         return None
 
-    def say(line: str) -> None:
-        log.write(f"[supervisor] {line}\n".encode())
-
-    return ControlListener(deploy_dir, conf["bootstrap"], conf["topic"], say)
+    return ControlListener(deploy_dir, conf["bootstrap"], conf["topic"], _logger(log))
 
 
 def _probation(deploy_dir: Path) -> GraceCheck | None:
@@ -236,8 +240,7 @@ def supervise(
         if reporter is not None:
             reporter.publish(node_status(deploy_dir, status, check is not None))
 
-    def say(line: str) -> None:
-        log.write(f"[supervisor] {line}\n".encode())
+    say = _logger(log)
 
     save()
     stopping = False

@@ -38,7 +38,7 @@ import numpy.typing as npt
 import orjson
 
 from edgeflow.batch import Batch
-from edgeflow.ops.kernel import Emitted, Kernel
+from edgeflow.ops.kernel import Emitted, StatelessKernel
 
 #: the stream of readings whose key is not in the table (``missing="route"``)
 UNMATCHED = "unmatched"
@@ -282,7 +282,7 @@ class TableWatcher:
         return out
 
 
-class EnrichKernel(Kernel[None]):
+class EnrichKernel(StatelessKernel):
     """Joins batches with the watched table: outputs by port (``readings``, and
     ``unmatched`` with ``missing="route"``). Stateless (the table is the file's)."""
 
@@ -306,20 +306,8 @@ class EnrichKernel(Kernel[None]):
     def problems(self) -> list[str]:
         return self.spec.problems()
 
-    def init(self) -> None:
-        return None
-
     def process(self, state: None, batch: Batch, now_ns: int) -> Emitted:
         return list(self.step_batch(batch, now_ns))
-
-    def finish(self, state: None) -> Emitted:
-        return []  # nothing is held back
-
-    def snapshot(self, state: None) -> bytes:
-        return b""
-
-    def restore(self, blob: bytes, now_ns: int) -> None:
-        return None
 
     def step_batch(self, b: Batch, now_ns: int | None = None) -> list[tuple[str, Batch]]:
         table = self.watcher.current(now_ns)

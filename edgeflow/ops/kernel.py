@@ -112,6 +112,23 @@ class RecordKernel(Kernel[dict[str, Any]]):
         return state
 
 
+class StatelessKernel(Kernel[None]):
+    """The protocol for a kernel that holds nothing between batches (user functions, a
+    table join): ``init``, ``finish``, ``snapshot`` and ``restore`` written once."""
+
+    def init(self) -> None:
+        return None
+
+    def finish(self, state: None) -> Emitted:
+        return []  # nothing is held back
+
+    def snapshot(self, state: None) -> bytes:
+        return b""
+
+    def restore(self, blob: bytes, now_ns: int) -> None:
+        return None
+
+
 #: step kinds edgeflow wires itself (a registered operator cannot take one of these names)
 BUILTIN_KINDS = ("source", "window", "downsample", "detect", "features", "udf", "enrich", "sink")
 

@@ -36,7 +36,7 @@ import numpy.typing as npt
 import orjson
 
 from edgeflow.batch import Batch, RecordBatch, intern_keys
-from edgeflow.ops.kernel import Emitted, Kernel
+from edgeflow.ops.kernel import Emitted, StatelessKernel
 from edgeflow.timeutil import now_ns
 
 #: the vectorised step kinds and the per-record one
@@ -136,7 +136,7 @@ class UdfSpec:
         return ("readings",)
 
 
-class UdfKernel(Kernel[None]):
+class UdfKernel(StatelessKernel):
     """Runs a :class:`UdfSpec` on batches; stateless (nothing to snapshot)."""
 
     inputs: tuple[str, ...] = ("readings",)
@@ -157,9 +157,6 @@ class UdfKernel(Kernel[None]):
             else [f"unknown operation {self.op!r}; use one of {', '.join(OPS)}"]
         )
 
-    def init(self) -> None:
-        return None
-
     def process(self, state: None, batch: Batch, now_ns: int) -> Emitted:
         out: Emitted = []
         outputs, dead = self.step_batch(batch)
@@ -167,15 +164,6 @@ class UdfKernel(Kernel[None]):
         if dead is not None:
             out.append(("dead_letters", dead))
         return out
-
-    def finish(self, state: None) -> Emitted:
-        return []  # nothing is held back
-
-    def snapshot(self, state: None) -> bytes:
-        return b""
-
-    def restore(self, blob: bytes, now_ns: int) -> None:
-        return None
 
     # -- one batch -------------------------------------------------------------------
     def _vector(self, b: Batch) -> list[tuple[str, Batch]]:
