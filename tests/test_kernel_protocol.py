@@ -26,10 +26,14 @@ from edgeflow.ops.detect.limits import FieldLimitsKernel, Limits
 from edgeflow.ops.downsample import DownsampleKernel
 from edgeflow.ops.enrich import EnrichKernel, TableWatcher
 from edgeflow.ops.kernel import Kernel
+from edgeflow.ops.rollup import RollupKernel
 from edgeflow.ops.udf import UdfKernel
 from edgeflow.ops.window_kernel import WindowKernel
 
-KERNELS = (WindowKernel, DownsampleKernel, DetectKernel, FieldLimitsKernel, UdfKernel, EnrichKernel)
+KERNELS = (
+    WindowKernel, DownsampleKernel, DetectKernel, FieldLimitsKernel, UdfKernel, EnrichKernel,
+    RollupKernel,
+)  # fmt: skip
 MEMBERS = ("problems", "init", "process", "finish", "snapshot", "restore")
 DECLARED = ("step", "inputs", "outputs", "reads")
 

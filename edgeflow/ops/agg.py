@@ -8,6 +8,9 @@ Missing values (NaN) are skipped: ``mean_accel`` is the mean of the readings tha
 an ``accel`` value; a window with none gets ``null``. ``std``/``var`` are population
 statistics (ddof=0). Percentiles use linear interpolation between closest ranks (numpy's
 default). ``first``/``last`` are by event time (ties: arrival order).
+
+:func:`mergeable` is one spec that emits several columns (see :attr:`Agg.output_names`):
+the summaries of a field that a later tier combines exactly (:mod:`edgeflow.ops.rollup`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,12 @@ from edgeflow.ops.args import Arg, check
 FUNCS = (
     "count", "sum", "mean", "min", "max", "std", "var", "rms",
     "first", "last", "median", "percentile", "ptp", "kurtosis", "crest_factor", "band_energy",
-    "heart_rate", "rr_irregularity",
+    "heart_rate", "rr_irregularity", "mergeable",
+)  # fmt: skip
+
+#: the columns :func:`mergeable` emits for a field ``f``: ``<prefix>_<f>``
+MERGEABLE_COLUMNS = (
+    "count", "sum", "sumsq", "min", "max", "first", "first_t", "last", "last_t", "sketch",
 )  # fmt: skip
 
 _FS = Arg("fs", "number", 0, 1e9, low_open=True, hint="the sample rate in Hz, e.g. fs=250")
@@ -35,6 +43,15 @@ ARGS: dict[str, tuple[Arg, ...]] = {
     "band_energy": (Arg("low_hz", "number", 0, 1e9), Arg("high_hz", "number", 0, 1e9), _FS),
     "heart_rate": (_FS,),
     "rr_irregularity": (_FS,),
+    "mergeable": (
+        Arg(
+            "relative_accuracy",
+            "number",
+            0.0001,
+            0.5,
+            hint="the sketch's relative error, e.g. 0.01",
+        ),
+    ),
 }
 
 
@@ -47,6 +64,21 @@ class Agg:
     q: float | None = None
     band: tuple[float, float, float] | None = None  # band_energy: (low Hz, high Hz, sample rate Hz)
     fs: float | None = None  # heart_rate, rr_irregularity: sample rate Hz
+    alpha: float | None = None  # mergeable: the quantile sketch's relative accuracy
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Every column this aggregation adds to a window record (one, but for
+        :func:`mergeable`: ``count_<f>``, ``sum_<f>``, ... ``sketch_<f>``)."""
+        if self.func == "mergeable":
+            return tuple(f"{c}_{self.field}" for c in MERGEABLE_COLUMNS)
+        return (self.output_name,)
+
+    @property
+    def number_columns(self) -> tuple[str, ...]:
+        """The columns of :attr:`output_names` that hold numbers (all but a sketch): what a
+        window's summaries offer as reading fields."""
+        return tuple(c for c in self.output_names if not c.startswith("sketch_"))
 
     @property
     def output_name(self) -> str:
@@ -59,6 +91,8 @@ class Agg:
         if self.func == "band_energy" and self.band is not None:
             lo, hi, _ = (v if isinstance(v, int | float) else 0.0 for v in self.band)
             return f"band_{lo:g}_{hi:g}hz_{self.field}".replace(".", "_")
+        if self.func == "mergeable":
+            return f"sketch_{self.field}"  # the column only it makes (all: output_names)
         return f"{self.func}_{self.field}"
 
     def problems(self) -> list[str]:
@@ -75,7 +109,10 @@ class Agg:
             out.append(f"agg.{self.func}() needs a field name, e.g. agg.{self.func}('accel')")
         label = f"agg.{self.func}({self.field!r})"
         band = self.band if self.band is not None else (None, None, None)
-        values = {"q": self.q, "low_hz": band[0], "high_hz": band[1], "fs": self.fs}
+        values = {
+            "q": self.q, "low_hz": band[0], "high_hz": band[1], "fs": self.fs,
+            "relative_accuracy": self.alpha,
+        }  # fmt: skip
         if self.func == "band_energy":
             values["fs"] = band[2]
         bad = check(label, ARGS.get(self.func, ()), values)
@@ -92,6 +129,9 @@ class Agg:
         d: dict[str, Any] = {"func": self.func, "field": self.field, "output": self.output_name}
         if self.q is not None:
             d["q"] = self.q
+        if self.func == "mergeable":
+            d["relative_accuracy"] = self.alpha
+            d["outputs"] = list(self.output_names)
         return d
 
 
@@ -216,6 +256,17 @@ def r_peaks(x: F64, fs: float) -> npt.NDArray[np.intp]:
     return np.asarray(peaks, dtype=np.intp)
 
 
+def mergeable(field: str, relative_accuracy: float = 0.01) -> Agg:
+    """The summaries of ``field`` a later tier combines exactly (``RecordStream.rollup``):
+    ``count_<f>`` (values that are not NaN), ``sum_<f>``, ``sumsq_<f>`` (sum of squares),
+    ``min_<f>``, ``max_<f>``, ``first_<f>``/``first_t_<f>`` and ``last_<f>``/``last_t_<f>``
+    (the value and its event time in int ns; ties: arrival order) and ``sketch_<f>``, a
+    quantile sketch with relative accuracy ``relative_accuracy`` as a JSON object (layout and
+    error guarantee: :mod:`edgeflow.ops.sketch`). A window without a value of the field has
+    ``count_<f>`` 0, null for the others and a sketch with no buckets."""
+    return Agg("mergeable", field, alpha=_real(relative_accuracy))
+
+
 def ptp(field: str) -> Agg:
     """Peak to peak: max - min."""
     return Agg("ptp", field)
@@ -227,18 +278,24 @@ def compute(
     gid: npt.NDArray[np.int64],
     values: F64,
     n_groups: int,
-) -> dict[str, npt.NDArray[Any]]:
+    t: I64 | None = None,
+) -> dict[str, Any]:
     """Compute every aggregation for ``n_groups`` groups.
 
     ``gid`` is the group of each row, ascending (rows sorted by group, then event time);
-    ``values`` has one row per field in ``fields``. Returns one array per output column.
+    ``values`` has one row per field in ``fields``; ``t`` each row's event time (needed by
+    :func:`mergeable` only). Returns one array (or list) per output column.
     """
-    return compute_groups(aggs, fields, np.bincount(gid, minlength=n_groups), values)
+    return compute_groups(aggs, fields, np.bincount(gid, minlength=n_groups), values, t)
 
 
 def compute_groups(
-    aggs: Sequence[Agg], fields: Sequence[str], counts: npt.NDArray[np.intp], values: F64
-) -> dict[str, npt.NDArray[Any]]:
+    aggs: Sequence[Agg],
+    fields: Sequence[str],
+    counts: npt.NDArray[np.intp],
+    values: F64,
+    t: I64 | None = None,
+) -> dict[str, Any]:
     """:func:`compute` for rows already laid out group after group: group ``i`` is the
     next ``counts[i]`` rows of ``values`` (in event-time order where first/last need it).
 
@@ -246,8 +303,9 @@ def compute_groups(
     the per-group sums (count, sum, mean, rms), the deviations from the mean (var, std,
     kurtosis), min and max, and one partial sort per field for every percentile together
     (``np.partition`` at the ranks they need, not a full sort of each window).
+    ``t`` (laid out like the values) is read by :func:`mergeable` only.
     """
-    out: dict[str, npt.NDArray[Any]] = {}
+    out: dict[str, Any] = {}
     per_field: dict[str, _FieldGroups] = {}
     # linear in the number of aggregations and fields (a flow with 100,000 of them)
     column: dict[str, int] = {}
@@ -265,8 +323,11 @@ def compute_groups(
         fg = per_field.get(a.field)
         if fg is None:
             qs = qs_of.get(a.field, [])
-            fg = per_field[a.field] = _FieldGroups(counts, values[column[a.field]], qs)
-        out[a.output_name] = fg.compute(a)
+            fg = per_field[a.field] = _FieldGroups(counts, values[column[a.field]], qs, t)
+        if a.func == "mergeable":
+            out.update(fg.mergeable(a))
+        else:
+            out[a.output_name] = fg.compute(a)
     return out
 
 
@@ -285,13 +346,17 @@ _PARTITION_FROM = 256
 class _FieldGroups:
     """One field's valid values, group after group, with lazily computed shared pieces."""
 
-    def __init__(self, counts_all: npt.NDArray[np.intp], x: F64, qs: Sequence[float]) -> None:
+    def __init__(
+        self, counts_all: npt.NDArray[np.intp], x: F64, qs: Sequence[float], t: I64 | None = None
+    ) -> None:
         n_groups = len(counts_all)
         valid = np.isfinite(x)
+        self.t = t  # each value's event time (given for mergeable summaries only)
         if valid.all():
             self.x, self.counts = x, counts_all
         else:
             self.x = x[valid]
+            self.t = None if t is None else t[valid]
             rows_gid = np.repeat(np.arange(n_groups), counts_all)
             self.counts = np.bincount(rows_gid[valid], minlength=n_groups)
         self.n_groups = n_groups
@@ -448,6 +513,44 @@ class _FieldGroups:
                 out[g] = 60.0 / float(rr.mean())
             elif what == "rr_irregularity" and len(rr) >= 2:
                 out[g] = float(rr.std() / rr.mean())
+        return out
+
+    def mergeable(self, a: Agg) -> dict[str, Any]:
+        """The columns of :func:`mergeable` (see there), the sketches from one pass."""
+        from edgeflow.ops.sketch import sketches_by_group
+
+        if self.t is None:
+            raise ValueError("agg.mergeable needs the readings' event times")
+        f = a.field
+        ne = self.nonempty
+        lo, hi = self.minmax()
+        sums = self.sums().copy()
+        sumsq = self._per_group(np.add, self.x * self.x, 0.0)
+        if not self.all_nonempty:
+            sums[~ne] = np.nan
+            sumsq[~ne] = np.nan
+        out: dict[str, Any] = {
+            f"count_{f}": self.counts.astype(np.int64),
+            f"sum_{f}": sums,
+            f"sumsq_{f}": sumsq,
+            f"min_{f}": lo,
+            f"max_{f}": hi,
+        }
+        for end, pos in (("first", self.starts), ("last", self.ends - 1)):
+            vals = self._nan()
+            if self.x.size:
+                vals[ne] = self.x[pos[ne]]
+            out[f"{end}_{f}"] = vals
+            if self.all_nonempty:
+                out[f"{end}_t_{f}"] = self.t[pos] if self.x.size else np.empty(0, np.int64)
+            else:
+                times: list[int | None] = [None] * self.n_groups
+                rows = np.flatnonzero(ne)
+                for g, v in zip(rows.tolist(), self.t[pos[rows]].tolist(), strict=True):
+                    times[g] = v
+                out[f"{end}_t_{f}"] = times
+        alpha = float(a.alpha) if a.alpha is not None else 0.01
+        out[f"sketch_{f}"] = sketches_by_group(self.g, self.x, self.n_groups, alpha)
         return out
 
     def compute(self, a: Agg) -> npt.NDArray[Any]:

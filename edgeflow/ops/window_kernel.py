@@ -236,8 +236,10 @@ class WindowKernel(Kernel[WindowState]):
         self.lateness = 0 if self.processing else lateness_ns
         self.idle = idle_ns
         self.key_ttl = key_ttl_ns
-        # only first/last read the order of readings within a window
-        self._time_ordered = any(a.func in ("first", "last") for a in self.aggs)
+        # only first/last (and mergeable's first/last) read the order within a window
+        self._time_ordered = any(a.func in ("first", "last", "mergeable") for a in self.aggs)
+        # mergeable summaries read the readings' times (first_t/last_t); others never do
+        self._needs_t = any(a.func == "mergeable" for a in self.aggs)
 
     # -- the kernel protocol (edgeflow/ops/kernel.py) ------------------------------------
     def problems(self) -> list[str]:
@@ -580,7 +582,10 @@ class WindowKernel(Kernel[WindowState]):
         if seq:
             cols["window_seq"] = g_k
         grouped = vals if order is None else vals.take(order, axis=1)
-        cols.update(aggmod.compute_groups(self.aggs, self.fields, counts, grouped))
+        grouped_t = None
+        if self._needs_t:
+            grouped_t = t if order is None else t.take(order)
+        cols.update(aggmod.compute_groups(self.aggs, self.fields, counts, grouped, grouped_t))
         ids = ("key", "window_seq") if seq else ("key", "window_start")
         return RecordBatch("window", self.step, cols, n_groups, ids)
 
