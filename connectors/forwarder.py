@@ -42,6 +42,30 @@ Guarantees:
   forwarders do not wait for a drain: the records stay in the outbox and the run fails with
   that line. The security options' secrets are read inside the forwarder processes: they never
   pass through argv or a pipe, and are never logged.
+
+Exactly-once (``kafka.sink(..., exactly_once=True)``; all Kafka sinks sharing an outbox must
+agree, else the run stops with one line): each forwarder process is a transactional producer
+whose ``transactional_id`` is deterministic (``edgeflow-outbox-<outbox id>-lanes-<lanes>``),
+so a restarted forwarder fences its dead predecessor and the broker aborts what that one
+left open. One Kafka transaction holds one batch of its lanes' outbox rows (up to
+``TX_FETCH_LIMIT``) and, for each of its lanes, the outbox position (the batch's last seq)
+committed as the offset of partition ``<lane>`` of the topic ``edgeflow.outbox-positions``
+(8 partitions, never written to; made by the forwarder) for the consumer group
+``edgeflow-outbox-<outbox id>`` (``send_offsets_to_transaction``): the records and the
+position become visible together or not at all. After the commit the rows are deleted
+locally (their ids kept, see :mod:`outbox`). On every (re)connection the forwarder first
+fences (``init_transactions``), then reads its lanes' committed positions and deletes the
+rows at or before them (committed by a forwarder that died before deleting them, or whose
+commit answer was lost in an outage): nothing committed is sent twice. A failed batch
+(broker outage, transaction timed out) is aborted and sent again in a new transaction.
+Costs: records become visible to ``read_committed`` consumers only at commit (one batch
+later), a few round trips per transaction, and a dead forwarder's open transaction that no
+forwarder with the same id fences (the number of ``forwarders`` changed between runs) holds
+``read_committed`` consumers back until the broker times it out (``transaction_timeout_ms``,
+60 s). The committed position lives in Kafka's offsets topic, which expires a group's
+offsets after ``offsets.retention.minutes`` (7 days) without commits: only a forwarder that
+died between a commit and its local delete and stayed down that long can send those rows
+again.
 """
 
 from __future__ import annotations
@@ -65,7 +89,7 @@ import orjson
 
 from edgeflow.connectors.connection_state import CONNECTIONS
 from edgeflow.connectors.kafka_security import KafkaSecurity, SecretError, refusal
-from edgeflow.connectors.outbox import LANES, Outbox, Stored
+from edgeflow.connectors.outbox import LANES, Outbox, OutboxError, Stored
 from edgeflow.connectors.process import (
     ABORT,
     DRAIN,
@@ -95,6 +119,15 @@ EXIT_GRACE_S = 5.0
 SIGNAL_STOP_S = 6.0
 SIGNAL_EXIT_S = 1.5
 FETCH_LIMIT = 20_000
+#: the most rows one Kafka transaction of an exactly-once forwarder holds
+TX_FETCH_LIMIT = 20_000
+#: the topic whose partition ``<lane>`` carries each lane's committed outbox position (as the
+#: group offset of ``edgeflow-outbox-<outbox id>``; never written to)
+POSITIONS_TOPIC = "edgeflow.outbox-positions"
+#: a transaction that makes no progress for this long (kafka-python does not always recover one
+#: that was open across a broker restart) is given up: its producer is closed, and the next
+#: one fences it (the broker aborts it) and sends the batch again
+TX_STALL_S = 15.0
 #: a forwarder in a crash loop: at most one line per this many seconds about its deaths
 DEATH_LOG_EVERY_S = 1.0
 
@@ -212,10 +245,15 @@ class _Drain:
         links: _Links,
         parent: Parent,
         security: KafkaSecurity | None = None,
+        exactly_once: bool = False,
     ) -> None:
         self.path = path
         self.bootstrap = bootstrap
         self.config = {"bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS, **config}
+        self.exactly_once = exactly_once
+        #: exactly-once: rows Kafka refused for good (seq -> error), left out of the next
+        #: transaction and counted as rejected when it commits
+        self.skip: dict[int, BaseException] = {}
         self.security = security or KafkaSecurity()
         self.slot = slot
         self.lanes = lanes
@@ -339,16 +377,19 @@ class _Drain:
                 )
                 backoff = min(backoff * 2, 5.0)
                 continue
-            rows, newest = self.retry("read records", box.fetch, self.lanes, after, FETCH_LIMIT)
+            limit = TX_FETCH_LIMIT if self.exactly_once else FETCH_LIMIT
+            rows, newest = self.retry("read records", box.fetch, self.lanes, after, limit)
             if not rows:
                 after = max(after, newest)
                 if self.parent.stopping():
                     break
                 self.parent.pause(0.02)
                 continue
-            if self._send(rows):
+            if self._send_tx(rows) if self.exactly_once else self._send(rows):
                 # retried on its own: sending the rows again would duplicate them
-                self.retry("delete delivered records", box.delivered, self.lanes, rows)
+                self.retry(
+                    "delete delivered records", box.delivered, self.lanes, rows, self.exactly_once
+                )
                 after = rows[-1].seq
             else:
                 self.retry("re-queue records in flight", box.release, self.lanes, rows[0].seq)
@@ -360,13 +401,17 @@ class _Drain:
 
         started = time.monotonic()
         try:
+            extra = {"transactional_id": self.transactional_id()} if self.exactly_once else {}
             self.producer = KafkaProducer(
-                bootstrap_servers=self.bootstrap, **self.config, **self.client_config()
+                bootstrap_servers=self.bootstrap, **self.config, **extra, **self.client_config()
             )
+            if self.exactly_once:
+                self._start_transactions()
         except SecretError as exc:
             self.refused(str(exc))
             return False
         except Exception as exc:
+            self._close_producer(0)
             # a broker drops the connections that follow a refused one: a refusal seen in the
             # last minute is still the cause of an attempt that only timed out
             cause = self.kafka_log.refusal_since(started - 4 * REFUSED_RETRY_S)
@@ -378,13 +423,132 @@ class _Drain:
         self.connected()
         return True
 
+    # -- exactly-once -----------------------------------------------------------------------
+    def _outbox_id(self) -> str:
+        assert self.box is not None
+        return self.box.identity
+
+    def transactional_id(self) -> str:
+        """Deterministic per outbox and lane set: a restarted forwarder fences its predecessor."""
+        return f"edgeflow-outbox-{self._outbox_id()}-lanes-{'-'.join(map(str, self.lanes))}"
+
+    def group(self) -> str:
+        """The consumer group whose offsets on :data:`POSITIONS_TOPIC` are the lanes' positions."""
+        return f"edgeflow-outbox-{self._outbox_id()}"
+
+    def _start_transactions(self) -> None:
+        """Fence a predecessor with the same transactional id (the broker aborts its open
+        transaction, or finishes its commit), then delete the rows Kafka already committed."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        assert self.box is not None
+        self.producer.init_transactions()
+        self._ensure_topic(POSITIONS_TOPIC)
+        parts = self.producer.partitions_for(POSITIONS_TOPIC) or set()
+        if len(parts) < LANES:
+            raise OutboxError(
+                f"the topic {POSITIONS_TOPIC} has {len(parts)} partitions; exactly-once needs "
+                f"{LANES} (one per outbox lane): delete it or add partitions"
+            )
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group(),
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            request_timeout_ms=30_000,
+            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+            **self.client_config(),
+        )
+        try:
+            positions = {
+                lane: consumer.committed(TopicPartition(POSITIONS_TOPIC, lane), timeout_ms=30_000)
+                for lane in self.lanes
+            }
+        finally:
+            consumer.close()
+        dropped = 0
+        for lane, seq in positions.items():
+            if seq:
+                dropped += self.retry(
+                    "delete committed records", self.box.delete_committed, lane, seq
+                )
+        if dropped:
+            log.warning(
+                "%s: %d records a Kafka transaction had committed before the last forwarder "
+                "deleted them are removed from the outbox (not sent again)",
+                self.name, dropped,
+            )  # fmt: skip
+
+    def _send_tx(self, rows: list[Stored]) -> bool:
+        """One Kafka transaction: ``rows`` (but those refused for good before) and the lanes'
+        position (the last seq). True once committed; False (aborted, producer closed) on any
+        failure: the rows are sent again, the position read back first."""
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        producer = self.producer
+        try:
+            producer.begin_transaction()
+            sent = self._send([r for r in rows if r.seq not in self.skip], transactional=True)
+            if sent:
+                hi = rows[-1].seq
+                offsets = {
+                    TopicPartition(POSITIONS_TOPIC, lane): OffsetAndMetadata(hi, "", -1)
+                    for lane in self.lanes
+                }
+                self._bounded(producer.send_offsets_to_transaction, offsets, self.group())
+                self._bounded(producer.commit_transaction)
+        except Exception as exc:  # fenced, timed out by the broker, lost in an outage
+            text = f"{type(exc).__name__}: {exc}"
+            if self.failing.get("transaction") != text:  # once, not once per retry
+                self.failing["transaction"] = text
+                self.error(f"a Kafka transaction failed ({text}); it is aborted and sent again")
+            sent = False
+        if not sent:
+            # no abort_transaction (it may wait forever): the next producer's
+            # init_transactions fences this one and the broker aborts what it left open
+            self._close_producer(0)
+            return False
+        self.failing.pop("transaction", None)
+        for r in rows:
+            refusal = self.skip.pop(r.seq, None)
+            if refusal is not None:
+                self._reject(r, refusal)
+        return True
+
+    def _bounded(self, fn: Callable[..., Any], *args: Any) -> None:
+        """``fn(*args)`` (a kafka-python transaction call, which waits without a time limit)
+        in a helper thread; raises TimeoutError after ``TX_STALL_S`` s or when told to stop."""
+        failure: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                fn(*args)
+            except BaseException as exc:
+                failure.append(exc)
+
+        worker = threading.Thread(target=call, name="edgeflow-kafka-transaction", daemon=True)
+        worker.start()
+        deadline = time.monotonic() + TX_STALL_S
+        while worker.is_alive():
+            worker.join(0.1)
+            if worker.is_alive() and (time.monotonic() > deadline or not self.parent.running()):
+                raise TimeoutError(f"no answer from Kafka within {TX_STALL_S:.0f}s")
+        if failure:
+            raise failure[0]
+
     def _close_producer(self, timeout: float) -> None:
         producer, self.producer = self.producer, None
         self.partitions.clear()
         self.partition_of.clear()
         if producer is not None:
-            with contextlib.suppress(Exception):
+            try:
                 producer.close(timeout)
+            except Exception:
+                # close() raises when records are still in flight and then leaves its sender
+                # thread running: stop it, so that a producer given up on sends nothing more
+                with contextlib.suppress(Exception):
+                    producer._sender.force_close()
 
     def _ensure_topic(self, topic: str) -> None:
         if topic in self.created:
@@ -425,7 +589,10 @@ class _Drain:
             p = self.partition_of[(topic, key)] = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
         return p
 
-    def _send(self, rows: list[Stored]) -> bool:
+    def _send(self, rows: list[Stored], transactional: bool = False) -> bool:
+        """Send ``rows`` and wait for every answer. ``transactional``: inside a transaction, a
+        record refused for good is remembered in ``skip`` and the batch fails (it is aborted
+        and sent again without it)."""
         from kafka.errors import KafkaError, MessageSizeTooLargeError
 
         producer = self.producer
@@ -444,7 +611,10 @@ class _Drain:
             except MessageSizeTooLargeError as exc:
                 # over the producer's own limit: can never be delivered; count it and move on
                 # rather than block the queue
-                self._reject(r, exc)
+                if transactional:
+                    self.skip[r.seq] = exc
+                else:
+                    self._reject(r, exc)
             except KafkaError as exc:
                 self.unreachable(exc)
                 return False
@@ -459,6 +629,10 @@ class _Drain:
                 self.connected()
             elif now - last_progress > 3 and self.kafka_log.at > last_progress:
                 self.unreachable()  # no acknowledgement for a while, and connection errors
+            if transactional and now - last_progress > TX_STALL_S:
+                raise TimeoutError(
+                    f"no record of the transaction acknowledged in {TX_STALL_S:.0f}s"
+                )
             # still waiting means the broker may be down: the producer keeps retrying
             with contextlib.suppress(KafkaError):
                 producer.flush(timeout=0.5)
@@ -473,6 +647,10 @@ class _Drain:
         self.connected()
         if not failed:
             return True
+        if transactional:
+            for r, f in failed:
+                self.skip[r.seq] = f.exception
+            return False
         # the broker refused these for good (too large for the topic, invalid). kafka-python's
         # idempotent producer fails every record sent after a refused one with the same error,
         # so each is sent again alone by a new producer; refused again, it is rejected
@@ -550,13 +728,15 @@ def _process_main(
     command: Command,
     parent: int,
     security: KafkaSecurity | None = None,
+    exactly_once: bool = False,
 ) -> None:
     die_with_parent()
     ignore_termination()  # the parent decides when to stop (a signal to the group reaches it too)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     _Drain(
-        Path(path), bootstrap, config, slot, lanes, links, Parent(command, parent), security
-    ).run()
+        Path(path), bootstrap, config, slot, lanes, links, Parent(command, parent), security,
+        exactly_once,
+    ).run()  # fmt: skip
 
 
 @dataclass
@@ -591,18 +771,30 @@ class Forwarder:
         processes: int = 2,
         security: KafkaSecurity | None = None,
         who: str = "kafka sink",
+        exactly_once: bool = False,
     ) -> Forwarder:
         """The running forwarder of (outbox, cluster, security options), or a new one;
-        ``who`` (e.g. ``kafka sink 'alerts'``) names the sink in its error lines."""
+        ``who`` (e.g. ``kafka sink 'alerts'``) names the sink in its error lines.
+        ``exactly_once``: transactional (see the module docstring); raises
+        :class:`OutboxError` when a sink sharing the outbox asked otherwise."""
         for topic, (parts, repl) in topics.items():
             outbox.set_status(f"topic.{topic}", f"{parts},{repl}")
+        if exactly_once:  # edgeflow's own topic: made whatever create_topic says
+            repl = max((r for _, r in topics.values()), default=1)
+            outbox.set_status(f"topic.{POSITIONS_TOPIC}", f"{LANES},{repl}")
         security = security or KafkaSecurity()
         with cls._lock:
             key = (outbox.path, bootstrap, security)
             fw = cls._running.get(key)
+            if fw is not None and fw.alive() and fw.exactly_once != exactly_once:
+                raise OutboxError(
+                    f"exactly_once={exactly_once} but {fw.who}, which shares the outbox "
+                    f"{outbox.path} and its forwarders, has exactly_once={fw.exactly_once}: "
+                    "give every kafka sink of the flow the same exactly_once"
+                )
             if fw is None or not fw.alive():
                 fw = cls._running[key] = Forwarder(
-                    outbox.path, bootstrap, config, processes, security, who
+                    outbox.path, bootstrap, config, processes, security, who, exactly_once
                 )
             fw.users += 1
             return fw
@@ -615,8 +807,10 @@ class Forwarder:
         processes: int = 2,
         security: KafkaSecurity | None = None,
         who: str = "kafka sink",
+        exactly_once: bool = False,
     ) -> None:
         self.ctx = mp.get_context("spawn")  # no fork: the engine runs threads
+        self.exactly_once = exactly_once
         self.path = path
         self.bootstrap = bootstrap
         self.config = config
@@ -760,7 +954,7 @@ class Forwarder:
             target=_process_main,
             args=(
                 str(self.path), self.bootstrap, self.config, s.index, s.lanes, self.links,
-                self.command, os.getpid(), self.security,
+                self.command, os.getpid(), self.security, self.exactly_once,
             ),
             name=f"edgeflow-forwarder-{s.index}",
             daemon=True,

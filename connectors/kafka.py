@@ -9,16 +9,28 @@ acknowledged, so an unreachable broker never blocks the flow and loses nothing (
 the outbox's disk budget, beyond which low-priority records are dropped and counted).
 Without any bootstrap configured, records stay in the local outbox.
 
+``exactly_once=True``: exactly-once into Kafka for ``read_committed`` consumers. The
+forwarders write each batch of outbox records and the outbox position in one Kafka
+transaction (:mod:`edgeflow.connectors.forwarder`), and a resumed flow does not queue again
+the records a transaction already committed (their ids are kept, :mod:`outbox`), so across
+crashes of the node and broker outages a consumer with ``isolation_level="read_committed"``
+sees each record once, with no de-duplication downstream. What it needs and costs: consumers
+must read ``read_committed`` (a ``read_uncommitted`` one also sees aborted attempts); records
+are visible only when their transaction commits; the broker must support transactions
+(``transaction.state.log.replication.factor``/``min.isr`` no more than its brokers); the
+forwarder makes the topic ``edgeflow.outbox-positions`` (8 partitions, no records); every Kafka
+sink sharing the flow's outbox must use the same ``exactly_once``; throughput is that of
+batched transactions (see ``bench/_sink_rates.py``).
+
 Messages: key = the device key (dead letters: their source), value = the record as JSON,
 headers ``edgeflow-id``, ``edgeflow-flow``, ``edgeflow-version``, ``edgeflow-step``,
 ``edgeflow-schema`` (``window/v1``, ``late/v1``, ``reading/v1``, ``dead_letter/v1``).
 
-**Source** (``kafka.source("topic")``). Delivery guarantee: exactly-once replay; each
-topic partition is one flow partition whose snapshot is the next offset to read. Its
-connection to the broker is in the connection state registry (:mod:`connection_state`, as
-MQTT's): one line when it cannot reach the broker, is lost or is back, ``status`` and the
-``edgeflow_source_connected`` gauge; a broker unreachable at start is retried until the run
-ends (``--for``, a signal), and a run that never reached it fails with one line naming it.
+**Source** (``kafka.source("topic")``, ``topics=[...]``, ``pattern=``; defined in
+:mod:`edgeflow.connectors.kafka_source`, re-exported here). Delivery guarantee: exactly-once
+replay; each topic partition is one flow partition whose snapshot is the next offset to read
+(and the ``edgeflow-id`` values it remembers to skip duplicates); ``records=True`` yields
+node flows' records instead of readings.
 
 One run of a flow at a time uses an outbox (a lock file beside it): a second one is refused.
 
@@ -40,7 +52,6 @@ fails with that line at its end; the source fails the run at once.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
@@ -54,19 +65,13 @@ import orjson
 
 from edgeflow.batch import RecordBatch
 from edgeflow.connectors.base import (
-    Item,
     SinkContext,
     SinkPartition,
     SinkSpec,
-    SourceContext,
-    SourcePartition,
-    SourceSpec,
 )
-from edgeflow.connectors.connection_state import CONNECTIONS
-from edgeflow.connectors.forwarder import Forwarder, KafkaLogTap
+from edgeflow.connectors.forwarder import Forwarder
 from edgeflow.connectors.kafka_security import (
     KafkaSecurity,
-    SecretError,
     raw_option_problems,
 )
 from edgeflow.connectors.outbox import (
@@ -78,10 +83,7 @@ from edgeflow.connectors.outbox import (
     hold_for_run,
     priority_of,
 )
-from edgeflow.connectors.parse import BatchBuilder
-from edgeflow.connectors.payloads import Decoder, Limits, PayloadError, Schema
-from edgeflow.errors import EdgeflowError
-from edgeflow.timeutil import Duration, now_ns, parse_duration
+from edgeflow.timeutil import Duration, parse_duration
 
 log = logging.getLogger("edgeflow.kafka")
 
@@ -201,6 +203,9 @@ def _encode(
 
 #: set to 1 to go on when the outbox lost records its last snapshot says were waiting
 ACCEPT_LOSS_ENV = "EDGEFLOW_ACCEPT_OUTBOX_LOSS"
+#: exactly-once: the ids a resumed run expects a replaying source to produce again are carried
+#: in the snapshots for at most this many snapshots (a live source never produces them again)
+PENDING_SNAPSHOTS = 1800
 
 #: (outbox path, sink step) -> the sink's counters when this run opened it, for the summary
 _AT_START: dict[tuple[Path, str], dict[str, int]] = {}
@@ -260,6 +265,11 @@ class _KafkaSinkPartition(SinkPartition):
         self.ctx = ctx
         _hold_outbox(ctx)
         self.outbox = Outbox.at(outbox_path(ctx), spec.budget)
+        #: exactly-once: the seqs of the last two snapshots (committed ids up to the older one
+        #: are forgotten: no resume replays them)
+        self._snapshot_seqs: list[int] = []
+        #: exactly-once: for how many snapshots the expected replays (``_leftover``) were carried
+        self._pending_age = int(resume.get("pending_age", 0)) if isinstance(resume, dict) else 0
         #: edgeflow-ids of the records an interrupted attempt appended after its last snapshot
         #: (or before its first): they are kept (and delivered), and this run's records with
         #: the same id (a replaying source produces them again) are not queued twice;
@@ -272,12 +282,16 @@ class _KafkaSinkPartition(SinkPartition):
             # records appended after the snapshot: a replaying source produces them again, a
             # live one never does; keep them (they are durable) and skip their replay by id
             self._leftover = self.outbox.ids_after(ctx.step, seq) if intact else set()
+            if spec.exactly_once:
+                self._leftover |= self._committed_replays(resume, seq)
             self.last = self.outbox.last_seq()
         elif ctx.state_dir is not None:
             # no snapshot yet: what this sink appended came from an attempt that never took
             # one. A replaying source produces those records again, a live one (a simulator,
             # a broker's new messages) never does: keep them, and skip their replay by id
             self._leftover = self.outbox.ids_after(ctx.step, 0)
+            if spec.exactly_once:
+                self._leftover |= self._committed_replays(None, 0)
             if self._leftover:
                 log.warning(
                     "kafka sink %r: %d records an interrupted earlier attempt (before its first "
@@ -305,7 +319,20 @@ class _KafkaSinkPartition(SinkPartition):
                 spec.forwarders,
                 security=spec.security,
                 who=f"kafka sink {ctx.step!r}",
+                exactly_once=spec.exactly_once,
             )
+
+    def _committed_replays(self, resume: Any, seq: int) -> set[str]:
+        """Exactly-once: the ids a resumed run must not queue again: those a Kafka transaction
+        committed after the snapshot's ``seq``, and those the snapshot still expected a
+        replaying source to produce again (``pending``). Committed ids up to ``seq`` are
+        forgotten: no later resume replays them."""
+        box, step = self.outbox, self.ctx.step
+        ids = box.committed_ids_after(step, seq)
+        if isinstance(resume, dict):
+            ids.update(str(i) for i in resume.get("pending") or ())
+        box.forget_committed(step, seq)
+        return ids
 
     def write(self, batches: list[RecordBatch]) -> None:
         """Append the records, highest priority first, each priority oldest first (stable: each
@@ -449,9 +476,28 @@ class _KafkaSinkPartition(SinkPartition):
     def snapshot(self) -> Any:
         # appends are committed with fsync before write() returns; from now on a crash
         # resumes from this snapshot, which the leftover records are part of
-        self._leftover = set()
         waiting = self.outbox.stats().get(f"queued.{self.ctx.step}", 0)
-        return {"outbox": self.outbox.identity, "seq": self.last, "waiting": waiting}
+        state = {"outbox": self.outbox.identity, "seq": self.last, "waiting": waiting}
+        if not self.spec.exactly_once:
+            self._leftover = set()
+            return state
+        # exactly-once: the ids a replaying source has not produced again yet stay expected
+        # (a resume from this snapshot produces them after it), and committed ids up to the
+        # snapshot before the last one are forgotten (that one is stored by now)
+        self._pending_age = self._pending_age + 1 if self._leftover else 0
+        if self._pending_age > PENDING_SNAPSHOTS:
+            log.warning(
+                "kafka sink %r: %d records expected again from a replaying source after a crash "
+                "did not come within %d snapshots (a live source): no longer expected",
+                self.ctx.step, len(self._leftover), PENDING_SNAPSHOTS,
+            )  # fmt: skip
+            self._leftover, self._pending_age = set(), 0
+        state["pending"] = sorted(self._leftover)
+        state["pending_age"] = self._pending_age
+        self._snapshot_seqs = [*self._snapshot_seqs, self.last][-3:]
+        if len(self._snapshot_seqs) == 3:
+            self.outbox.forget_committed(self.ctx.step, self._snapshot_seqs[0])
+        return state
 
     def close(self) -> None:
         if self.forwarder is not None:
@@ -481,8 +527,10 @@ class KafkaSink(SinkSpec):
         producer_options: dict[str, Any] | None = None,
         forwarders: int = 2,
         security: KafkaSecurity | None = None,
+        exactly_once: bool = False,
     ) -> None:
         self.topic = topic
+        self.exactly_once = exactly_once
         self.security = security or KafkaSecurity()
         self.bootstrap = bootstrap
         self.priority = priority
@@ -533,9 +581,21 @@ class KafkaSink(SinkSpec):
                 out.append(
                     f"producer_options[{k!r}] is fixed by edgeflow (acks=all, idempotent); remove it"
                 )
+        if not isinstance(self.exactly_once, bool):
+            out.append(f"exactly_once={self.exactly_once!r}: give True or False")
+        elif self.exactly_once and "transactional_id" in self.producer_options:
+            out.append(
+                "producer_options['transactional_id'] is set by edgeflow with exactly_once=True "
+                "(one per outbox and forwarder); remove it"
+            )
         out.extend(raw_option_problems(self.producer_options, "producer_options"))
         out.extend(self.security.problems())
         return out
+
+    def guarantee(self) -> str:
+        """``exactly-once``: into the outbox always; into Kafka with ``exactly_once=True``, for
+        ``read_committed`` consumers (else at-least-once there, ``edgeflow-id`` to de-duplicate)."""
+        return "exactly-once"
 
     @property
     def budget_bytes_ok(self) -> bool:
@@ -564,6 +624,9 @@ class KafkaSink(SinkSpec):
             "bootstrap": self.bootstrap or "(from EDGEFLOW_KAFKA_BOOTSTRAP/KAFKA_BOOTSTRAP)",
             "priority": self.priority,
         }
+        if self.exactly_once is True:  # a plain sink's description is as it always was
+            out["exactly_once"] = True
+            out["delivery"] = "exactly-once into Kafka for read_committed consumers"
         if not self.security.plaintext:  # a plain sink's description is as it always was
             out["security"] = self.security.describe()
         return out
@@ -649,8 +712,14 @@ def sink(
     sasl_password_file: str | None = None,
     sasl_password: Any = None,
     ssl_password: Any = None,
+    exactly_once: bool = False,
 ) -> KafkaSink:
     """Publish records to ``topic`` through the durable outbox (see the module docstring).
+
+    ``exactly_once=True``: exactly-once into Kafka for ``read_committed`` consumers (each
+    batch and its outbox position in one Kafka transaction; records visible only at commit;
+    see the module docstring for what it needs and costs). Default: at-least-once with an
+    ``edgeflow-id`` header for de-duplication.
 
     Security (producers and topic creation alike): ``security_protocol``, ``ssl_cafile``,
     ``ssl_certfile``/``ssl_keyfile`` (mTLS), ``ssl_check_hostname``, ``sasl_mechanism``,
@@ -680,346 +749,11 @@ def sink(
         topic, bootstrap=bootstrap, priority=priority, create_topic=create_topic, partitions=partitions,
         replication=replication, budget_bytes=budget_bytes, compression=compression,
         drain_timeout=drain_timeout, producer_options=producer_options, forwarders=forwarders,
-        security=security,
+        security=security, exactly_once=exactly_once,
     )  # fmt: skip
 
 
-# -- the source ---------------------------------------------------------------------------------
-class _KafkaPartition(SourcePartition):
-    def __init__(self, spec: KafkaSource, partition: int, resume: Any, ctx: SourceContext) -> None:
-        from kafka import KafkaConsumer, TopicPartition
-
-        self.spec = spec
-        self.ctx = ctx
-        self.tp = TopicPartition(spec.topic, partition)
-        # the connection state is the step's (found by partitions() under the spec's label)
-        CONNECTIONS.rename(spec.label, ctx.step)
-        CONNECTIONS.open(ctx.step, BROKER, spec.resolved(), member=str(partition), keep=True)
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=spec.resolved(), enable_auto_commit=False, group_id=None,
-            max_poll_records=ctx.batch_max, consumer_timeout_ms=0,
-            **spec.security.client_config(),
-        )  # fmt: skip
-        self.link = _Link(self.consumer, self.tp, ctx.step, str(partition))
-        self.consumer.assign([self.tp])
-        if resume is not None:
-            self.consumer.seek(self.tp, int(resume))
-        elif spec.start == "earliest":
-            self.consumer.seek_to_beginning(self.tp)
-        else:
-            self.consumer.seek_to_end(self.tp)
-        self.position = self.consumer.position(self.tp)
-        self.end = self.consumer.end_offsets([self.tp])[self.tp] if spec.stop_at_end else None
-        fields = ctx.fields if ctx.fields is not None else tuple(spec.fields or ())
-        self.fields = fields
-        # the record parser all sources share; a missing or null field is "no value"
-        # every declared field is checked, also those the flow does not use (not carried)
-        declared = tuple(dict.fromkeys((*(ctx.declared or ()), *(spec.fields or ())))) or fields
-        schema = Schema(
-            ctx.key, ctx.time, fields, {}, {f: math.nan for f in (*fields, *declared)},
-            spec.time_unit, checked=tuple(declared),
-        )  # fmt: skip
-        self.decoder = Decoder("json", schema, spec.limits())
-
-    def next_batch(self) -> list[Item]:
-        if self.end is not None and self.position >= self.end:
-            raise StopIteration
-        polled = self.consumer.poll(timeout_ms=0, max_records=self.ctx.batch_max)
-        msgs = polled.get(self.tp, [])
-        self.link.check(bool(msgs))
-        if not msgs:
-            return []
-        out = BatchBuilder(self.fields, self.ctx.step)
-        received = now_ns()
-        for m in msgs:
-            value = m.value or b""
-            self.bytes_read += len(value)
-            try:  # a message is one payload: all its readings, or one dead letter
-                out.add_all(self.decoder.decode(value, self.tp.topic, received))
-            except PayloadError as exc:
-                out.fail(f"{self.tp.topic}/{self.tp.partition}@{m.offset}", value, str(exc))
-        self.position = msgs[-1].offset + 1
-        return out.items()
-
-    def next_awake(self) -> int | None:
-        return None
-
-    def snapshot(self) -> Any:
-        return self.position
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-BROKER = "Kafka broker"
-#: one attempt to reach the broker gives up after this long (then the next, with backoff)
-BOOTSTRAP_TIMEOUT_MS = 2_000
-#: how often a source partition looks at its connection, and how long a lost one may take to
-#: come back before it is reported (a broker's idle-connection close is not an outage)
-LINK_CHECK_S = 0.5
-LINK_GRACE_S = 2.0
-
-
-def _why(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def kafka_log_tap() -> KafkaLogTap:
-    """kafka-python's log lines are kept as the "last error", never printed (a closed port
-    gives several a second)."""
-    global _TAP
-    if _TAP is None:
-        _TAP = KafkaLogTap().install()
-    return _TAP
-
-
-_TAP: KafkaLogTap | None = None
-
-
-class _Link:
-    """The connection of one source partition to the broker that leads its partition, as the
-    connection state registry sees it: lost when it has been down for LINK_GRACE_S."""
-
-    def __init__(self, consumer: Any, tp: Any, step: str, member: str) -> None:
-        self.consumer = consumer
-        self.tp = tp
-        self.step = step
-        self.member = member
-        self.tap = kafka_log_tap()
-        self.checked = 0.0
-        self.down_since: float | None = None
-        self.reported: bool | None = None
-
-    def up(self) -> bool:
-        client = self.consumer._client
-        node = client.cluster.leader_for_partition(self.tp)
-        if node is None or node == -1:
-            return False
-        return bool(client.connected(node))
-
-    def check(self, got_messages: bool) -> None:
-        now = time.monotonic()
-        if not got_messages and now - self.checked < LINK_CHECK_S:
-            return
-        self.checked = now
-        try:
-            up = got_messages or self.up()
-        except Exception:  # kafka-python internals: never a reason to stop reading
-            return
-        if up:
-            self.down_since = None
-            if self.reported is not True:
-                self.reported = True
-                CONNECTIONS.report(self.step, True, member=self.member)
-            return
-        if self.down_since is None:
-            self.down_since = now
-        if self.reported is not False and now - self.down_since >= LINK_GRACE_S:
-            self.reported = False
-            why = self.tap.cause() or "the connection to the broker was lost"
-            CONNECTIONS.report(self.step, False, why, member=self.member)
-
-
-class KafkaSource(SourceSpec):
-    kind = "kafka"
-
-    def __init__(
-        self,
-        topic: str,
-        *,
-        bootstrap: str | None,
-        start: str,
-        stop_at_end: bool,
-        fields: list[str] | None,
-        time_unit: str,
-        limits: dict[str, Any] | None = None,
-        security: KafkaSecurity | None = None,
-    ) -> None:
-        self.topic = topic
-        self.bootstrap = bootstrap
-        self.security = security or KafkaSecurity()
-        self.start = start
-        self.stop_at_end = stop_at_end
-        self.fields = fields
-        self.time_unit = time_unit
-        self.limits_args = {"max_past": None, **(limits or {})}
-        self._parts: tuple[int, list[str]] | None = None  # (run, its partitions): see partitions()
-
-    def limits(self) -> Limits:
-        return Limits.of(**self.limits_args)
-
-    def resolved(self) -> str:
-        b = resolve_bootstrap(self.bootstrap)
-        if not b:
-            raise EdgeflowError(
-                f"kafka.source({self.topic!r}) has no broker address: pass bootstrap='host:9092', "
-                "set EDGEFLOW_KAFKA_BOOTSTRAP, or run with --kafka-bootstrap"
-            )
-        return b
-
-    def columns(self) -> list[str] | None:
-        return None
-
-    def problems(self) -> list[str]:
-        out = []
-        if self.start not in ("earliest", "latest"):
-            out.append(f"start={self.start!r}: use 'earliest' or 'latest'")
-        try:
-            self.limits()
-        except (ValueError, TypeError) as exc:
-            out.append(str(exc))
-        if not resolve_bootstrap(self.bootstrap):
-            out.append(
-                f"kafka.source({self.topic!r}): no broker address; pass bootstrap= or set EDGEFLOW_KAFKA_BOOTSTRAP"
-            )
-        out.extend(self.security.problems())
-        return out
-
-    def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "kind": self.kind,
-            "topic": self.topic,
-            "start": self.start,
-            "stop_at_end": self.stop_at_end,
-        }
-        if not self.security.plaintext:  # a plain source's description is as it always was
-            out["security"] = self.security.describe()
-        return out
-
-    @property
-    def label(self) -> str:
-        """The source's name in the connection state until its step opens it."""
-        return f"kafka.source({self.topic!r})"
-
-    def partitions(self) -> list[str]:
-        """The topic's partitions. While the broker cannot be reached this retries (one line
-        per change of the connection state, see :mod:`connection_state`) until it answers or
-        the run is over (``--for``, a signal): then there are none, and the run fails naming
-        the broker."""
-        if self._parts is not None and self._parts[0] == CONNECTIONS.run_id:
-            return self._parts[1]
-        bootstrap = self.resolved()
-        tap = kafka_log_tap()
-        CONNECTIONS.open(self.label, BROKER, bootstrap)
-        backoff = 0.5
-        while True:
-            started = time.monotonic()
-            try:
-                parts = self._read_partitions(bootstrap)
-                break
-            except EdgeflowError:
-                raise
-            except SecretError as exc:
-                raise EdgeflowError(f"kafka source {self.label}: {exc}") from None
-            except Exception as exc:
-                refused = tap.refusal_since(started)
-                if refused:  # a password or certificate: retrying does not fix it
-                    line = self.security.explain(f"{self.label}", bootstrap, refused)
-                    CONNECTIONS.report(self.label, False, line)
-                    raise EdgeflowError(line) from None
-                CONNECTIONS.report(self.label, False, tap.cause() or _why(exc))
-            if CONNECTIONS.wait(backoff):
-                self._parts = (CONNECTIONS.run_id, [])
-                return []
-            backoff = min(backoff * 2, 5.0)
-        CONNECTIONS.report(self.label, True)
-        self._parts = (CONNECTIONS.run_id, [str(p) for p in sorted(parts)])
-        return self._parts[1]
-
-    def _read_partitions(self, bootstrap: str) -> set[int]:
-        from kafka import KafkaConsumer
-
-        consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            request_timeout_ms=15_000,
-            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
-            **self.security.client_config(),
-        )
-        try:
-            deadline = time.monotonic() + 15
-            parts = consumer.partitions_for_topic(self.topic)
-            while not parts and time.monotonic() < deadline:
-                time.sleep(0.2)
-                parts = consumer.partitions_for_topic(self.topic)
-        finally:
-            consumer.close()
-        if not parts:
-            raise EdgeflowError(
-                f"Kafka topic {self.topic!r} does not exist at {bootstrap}; create it or check the name"
-            )
-        return set(parts)
-
-    def open(self, partition: str, resume: Any, ctx: SourceContext) -> SourcePartition:
-        return _KafkaPartition(self, int(partition), resume, ctx)
-
-
-def source(
-    topic: str,
-    *,
-    bootstrap: str | None = None,
-    start: str = "earliest",
-    stop_at_end: bool = False,
-    fields: list[str] | None = None,
-    time_unit: str = "auto",
-    max_payload: int = 256 * 1024,
-    max_depth: int = 8,
-    max_readings: int = 10_000,
-    max_future: Duration | None = "1h",
-    max_past: Duration | None = None,
-    security_protocol: str = "PLAINTEXT",
-    ssl_cafile: str | None = None,
-    ssl_certfile: str | None = None,
-    ssl_keyfile: str | None = None,
-    ssl_key_password_env: str | None = None,
-    ssl_key_password_file: str | None = None,
-    ssl_check_hostname: bool = True,
-    sasl_mechanism: str | None = None,
-    sasl_username: str | None = None,
-    sasl_password_env: str | None = None,
-    sasl_password_file: str | None = None,
-    sasl_password: Any = None,
-    ssl_password: Any = None,
-) -> KafkaSource:
-    """Readings from a Kafka topic whose messages are JSON objects (or arrays of them).
-
-    Each topic partition is a flow partition; offsets live in the flow's snapshots (no
-    consumer group). ``stop_at_end=True`` reads to the offsets at start-up and stops (replay).
-    Give ``fields`` (the numeric fields to read); they cannot be learnt from the topic.
-    Messages are read by the record parser every source shares (see
-    :mod:`edgeflow.connectors.payloads`): a message is one payload, so a message with a bad
-    reading is one dead letter (source ``topic/partition@offset``). ``max_payload``,
-    ``max_depth``, ``max_readings``, ``max_future`` and ``max_past`` are the limits, as for
-    MQTT (``max_past`` is off by default so old topics replay). The security options are the
-    sink's (see :func:`sink`).
-    """
-    security = KafkaSecurity.of(
-        {
-            "security_protocol": security_protocol, "ssl_cafile": ssl_cafile,
-            "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile,
-            "ssl_key_password_env": ssl_key_password_env,
-            "ssl_key_password_file": ssl_key_password_file,
-            "ssl_check_hostname": ssl_check_hostname, "sasl_mechanism": sasl_mechanism,
-            "sasl_username": sasl_username, "sasl_password_env": sasl_password_env,
-            "sasl_password_file": sasl_password_file,
-        },
-        {"sasl_password": sasl_password, "ssl_password": ssl_password},
-    )  # fmt: skip
-    return KafkaSource(
-        topic,
-        bootstrap=bootstrap,
-        start=start,
-        stop_at_end=stop_at_end,
-        fields=fields,
-        time_unit=time_unit,
-        limits={
-            "max_payload": max_payload,
-            "max_depth": max_depth,
-            "max_readings": max_readings,
-            "max_future": max_future,
-            "max_past": max_past,
-        },
-        security=security,
-    )
-
+# -- the source (connectors/kafka_source.py) ------------------------------------------------------
+from edgeflow.connectors.kafka_source import KafkaSource, source  # noqa: E402
 
 __all__ = ["PRIORITIES", "KafkaSink", "KafkaSource", "sink", "source"]

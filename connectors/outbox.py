@@ -34,6 +34,13 @@ Order: each record belongs to a *lane* (a hash of its key); a forwarder process 
 of lanes and sends each lane in append order (``seq``), so a key's records stay in order.
 Several forwarder processes may drain one outbox: the byte total and the in-flight marks
 live in the database, so appends and drops see what every process did.
+
+Exactly-once (a transactional forwarder, ``kafka.sink(..., exactly_once=True)``): rows a Kafka
+transaction committed are deleted with ``keep_ids=True``, which keeps their ``edgeflow-id``
+(with sink and seq) in the ``committed`` table, so a sink resuming from a snapshot taken
+before they were appended recognises their replay (:meth:`Outbox.committed_ids_after`) and
+does not queue them again; :meth:`Outbox.forget_committed` drops the ids no resume can
+replay any more.
 """
 
 from __future__ import annotations
@@ -88,6 +95,7 @@ CREATE TABLE IF NOT EXISTS outbox(
 CREATE INDEX IF NOT EXISTS outbox_by_priority ON outbox(priority, seq);
 CREATE TABLE IF NOT EXISTS stats(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS status(name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS committed(id TEXT PRIMARY KEY, sink TEXT NOT NULL, seq INTEGER NOT NULL);
 """
 
 # one-time set-up of the counters (an outbox written by an older edgeflow gets them too)
@@ -228,7 +236,7 @@ class Outbox:
         self.wal_path = self.path.with_name(self.path.name + "-wal")
         self.lock = threading.RLock()
         self._pending = _Pending()
-        self._undeleted: list[tuple[tuple[int, ...], list[Stored]]] = []
+        self._undeleted: list[tuple[tuple[int, ...], list[Stored], bool]] = []
         self._rejected: dict[str, int] = {}  # sent and refused by Kafka, not yet deleted
         self._full_since: float | None = None  # the disk refuses writes since then
         self._refused = 0  # incoming records a full disk refused (counted as dropped)
@@ -695,26 +703,29 @@ class Outbox:
                 return [], after
             return got
 
-    def delivered(self, lanes: Sequence[int], rows: Sequence[Stored]) -> None:
+    def delivered(
+        self, lanes: Sequence[int], rows: Sequence[Stored], keep_ids: bool = False
+    ) -> None:
         """The broker acknowledged ``rows`` (fetched for ``lanes``): delete and count them
         (records Kafka refused, see :meth:`record_count`, are counted as rejected). On a full
-        disk the deletes wait in memory and are retried with the next call."""
+        disk the deletes wait in memory and are retried with the next call. ``keep_ids``: a
+        Kafka transaction committed them: their ids go to the ``committed`` table."""
         if not rows:
             return
         with self.lock:
             self._retry_deletes()
             rejected, self._rejected = self._rejected, {}
-            pending: list[tuple[tuple[int, ...], list[Stored]]] = []
+            pending: list[tuple[tuple[int, ...], list[Stored], bool]] = []
             chunk: list[Stored] = []
             size = 0
             for r in rows:  # in pieces, so one transaction stays well inside the WAL's share
                 chunk.append(r)
                 size += r.size
                 if size >= self.chunk_bytes:
-                    pending.append((tuple(lanes), chunk))
+                    pending.append((tuple(lanes), chunk, keep_ids))
                     chunk, size = [], 0
             if chunk:
-                pending.append((tuple(lanes), chunk))
+                pending.append((tuple(lanes), chunk, keep_ids))
             self._undeleted.extend(pending)
             for sink, n in rejected.items():
                 self._pending.bump(f"rejected.{sink}", n)
@@ -723,19 +734,26 @@ class Outbox:
 
     def _retry_deletes(self) -> None:
         while self._undeleted:
-            lanes, rows = self._undeleted[0]
+            lanes, rows, keep_ids = self._undeleted[0]
             if not self._write(
-                "delete delivered records", functools.partial(self._delete, lanes, rows)
+                "delete delivered records",
+                functools.partial(self._delete, lanes, rows[0].seq, rows[-1].seq, keep_ids),
             ):
                 return
             self._undeleted.pop(0)
             self._checkpoint_if_big()
 
-    def _delete(self, lanes: Sequence[int], rows: Sequence[Stored]) -> None:
+    def _delete(self, lanes: Sequence[int], lo: int, hi: int, keep_ids: bool = False) -> None:
         marks = ",".join(str(int(x)) for x in lanes)
-        lo, hi = rows[0].seq, rows[-1].seq
         where = f"lane IN ({marks}) AND seq BETWEEN ? AND ?"
         with self._tx():
+            if keep_ids:  # the id is the first header (kafka sink's _encode)
+                self.db.execute(
+                    "INSERT OR REPLACE INTO committed(id, sink, seq) SELECT "
+                    "json_extract(headers, '$[0][1]'), sink, seq FROM outbox WHERE "
+                    f"{where} AND json_extract(headers, '$[0][0]') = 'edgeflow-id'",
+                    (lo, hi),
+                )
             # count what is deleted (not what was sent): nothing is counted twice
             per_sink: dict[str, int] = {}
             size = 0
@@ -750,6 +768,44 @@ class Outbox:
                 self._bump(f"delivered.{sink}", n)
                 self._bump(f"queued.{sink}", -n)
             self._bump("bytes", -int(size))
+
+    def delete_committed(self, lane: int, upto: int) -> int:
+        """A Kafka transaction committed ``lane``'s rows up to seq ``upto`` (a forwarder that
+        died before deleting them): delete them as delivered, keeping their ids. Returns how
+        many there were; on a full disk 0 (they are deleted by a later call)."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE lane = ? AND seq <= ?", (lane, upto)
+            ).fetchone()
+            n = int(row[0])
+            if n and not self._write(
+                "delete records Kafka committed",
+                functools.partial(self._delete, [lane], 0, upto, True),
+            ):
+                return 0
+            return n
+
+    def committed_ids_after(self, sink: str, seq: int) -> set[str]:
+        """The ids of ``sink``'s records appended after ``seq`` that a Kafka transaction
+        committed (exactly-once sinks; see the module docstring)."""
+        with self.lock:
+            return {
+                str(r[0])
+                for r in self.db.execute(
+                    "SELECT id FROM committed WHERE sink = ? AND seq > ?", (sink, seq)
+                )
+            }
+
+    def forget_committed(self, sink: str, upto: int) -> None:
+        """No resume replays ``sink``'s records appended up to seq ``upto`` any more: forget
+        their committed ids (best effort: on a full disk they are forgotten later)."""
+
+        def write() -> None:
+            with self._tx():
+                self.db.execute("DELETE FROM committed WHERE sink = ? AND seq <= ?", (sink, upto))
+
+        with self.lock:
+            self._write("forget committed ids", write, attempts=1)
 
     def release(self, lanes: Sequence[int], lo: int) -> None:
         """Sending from seq ``lo`` on failed: those rows stay queued and may be dropped again.
