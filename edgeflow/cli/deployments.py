@@ -367,8 +367,28 @@ def _describe(d: Path) -> str:
             links += f" | kafka: {kafka}"
     return (
         f"{d.name}: {state} {up} restarts {st.get('restarts', 0)} last exit {st.get('last_exit')} | "
-        f"{summary_line(figs)}{links}{update_line(d)}"
+        f"{cluster_size(d)}{summary_line(figs)}{links}{update_line(d)}"
     )
+
+
+def cluster_size(d: Path) -> str:
+    """``3 processes x 2 workers | `` for a deployment that runs as a cluster (its run
+    arguments have ``--processes`` or ``--addresses``), else nothing."""
+    args = [str(a) for a in read_release(d).get("run_args") or []]
+
+    def value(opt: str) -> str | None:
+        return args[args.index(opt) + 1] if opt in args[:-1] else None
+
+    workers = value("--workers") or "1"
+    each = f" x {workers} worker{'' if workers == '1' else 's'}"
+    processes = value("--processes")
+    if processes is not None and processes != "1":
+        return f"{processes} processes{each} | "
+    addresses = value("--addresses")
+    if addresses is not None:
+        n = len([a for a in addresses.replace(";", ",").split(",") if a.strip()])
+        return f"process {value('--process-id')} of a {n}-process cluster{each} | "
+    return ""
 
 
 @click.command("status")

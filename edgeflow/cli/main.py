@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import click
 import orjson
 
 from edgeflow.cli.bundle import bundle_group
+from edgeflow.cli.cluster import SUMMARY_ENV, ClusterUsageError, check_membership, run_cluster
 from edgeflow.cli.deployments import (
     DEPLOY_ROOT_OPTION,
     RESTART_WINDOW_DEFAULT,
@@ -35,7 +37,7 @@ from edgeflow.cli.deployments import (
 )
 from edgeflow.cli.fleet import fleet_group
 from edgeflow.cli.live import LiveView, wanted
-from edgeflow.cli.params import DURATION, FLOW
+from edgeflow.cli.params import DURATION, FLOW, FLOW_REF_KEY
 from edgeflow.cli.plot import plot_cmd
 from edgeflow.cli.score import score_cmd
 from edgeflow.cli.supervisor import alive
@@ -75,6 +77,8 @@ def _run(
     state_dir: Path | None,
     snapshot_every: int,
     live: bool | None = None,
+    addresses: list[str] | None = None,
+    process_id: int | None = None,
 ) -> None:
     # SIGTERM (docker stop, systemd, kill) and Ctrl-C (SIGINT) stop gracefully: sources end,
     # state is snapshotted, the summary is printed. A second Ctrl-C ends the process at once
@@ -95,6 +99,8 @@ def _run(
         run_for_ns=run_for,
         snapshot_every_ns=snapshot_every,
         metrics_port=int(port) if port else None,
+        addresses=addresses,
+        process_id=process_id,
     )
     view = LiveView(plan, state_dir) if wanted(plan, live, sys.stderr.isatty()) else None
     if view is not None:
@@ -106,6 +112,8 @@ def _run(
         sys.exit(2)
     except RuntimeError as exc:  # the runner's one line (state directory, engine failure)
         click.echo(f"error: {exc}", err=True)
+        if addresses:  # a cluster member whose engine failed: see _leave
+            _leave(1, view)
         sys.exit(1)
     except OSError as exc:  # e.g. a sink's end-of-run report on a full disk
         click.echo(f"error: {exc}", err=True)
@@ -113,12 +121,39 @@ def _run(
     finally:
         if view is not None:
             view.stop()
+    report_to = os.environ.get(SUMMARY_ENV)
+    if report_to:  # a member under a --processes launcher: it prints one for the cluster
+        Path(report_to).write_bytes(
+            orjson.dumps(
+                {
+                    "seconds": summary.seconds,
+                    "counters": summary.counters,
+                    "reports": summary.reports,
+                    "failures": summary.failures,
+                    "untouched": summary.untouched,
+                }
+            )
+        )
+        return
     for line in summary.lines():
         click.echo(line, err=True)
     for failure in summary.failures:
         click.echo(f"error: {failure}", err=True)
     if summary.failures:
         sys.exit(1)
+
+
+def _leave(code: int, view: LiveView | None) -> None:
+    """End a cluster member at once after its engine failed (a peer lost): the engine's
+    network threads may still be unwinding, and the interpreter's normal shutdown racing
+    them can abort the process ("FATAL: exception not rethrown") instead of exiting with
+    the error line's code."""
+    if view is not None:
+        view.stop()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _fresh_state(plan: Plan, state_dir: Path, new_state: bool, how: str) -> None:
@@ -199,6 +234,28 @@ _common = [
         help="Worker threads.",
     ),
     click.option(
+        "--processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Run the flow as one bytewax cluster of N processes on this machine (each with "
+        "--workers threads; keyed state sharded over all of them) [default: 1]. See docs/clusters.md.",
+    ),
+    click.option(
+        "--addresses",
+        metavar="HOST:PORT,...",
+        default=None,
+        help="Run this process as one member of a cluster across machines: the host:port of "
+        "every process, in process-id order (',' or ';' between them); with --process-id.",
+    ),
+    click.option(
+        "--process-id",
+        type=int,
+        default=None,
+        metavar="I",
+        help="Which of the --addresses this process is (0 = the first).",
+    ),
+    click.option(
         "--live/--no-live",
         default=None,
         help="Show the live console view of the flow's figures on stderr (default: when "
@@ -254,17 +311,25 @@ def run_cmd(
     flow: Flow,
     run_for: int | None,
     workers: int,
+    processes: int | None,
+    addresses: str | None,
+    process_id: int | None,
     snapshot_every: int,
     live: bool | None,
     state_dir: Path | None,
     new_state: bool,
 ) -> None:
-    """Run FLOW in the foreground."""
+    """Run FLOW in the foreground (with --processes or --addresses: as a cluster)."""
+    members = check_membership(addresses, process_id, processes)
     plan = _plan_or_exit(flow)
     if state_dir is not None:
         _fresh_state(plan, state_dir, new_state, "Run with")
     elif new_state:
         raise click.UsageError("--new-state needs --state-dir (a run without one keeps no state)")
+    if processes is not None and processes > 1:
+        _no_live_view(live)
+        ref = click.get_current_context().meta[FLOW_REF_KEY]
+        sys.exit(run_cluster(plan, ref, processes, workers, state_dir, snapshot_every, run_for))
     _run(
         plan,
         run_for=run_for,
@@ -272,6 +337,8 @@ def run_cmd(
         state_dir=state_dir,
         snapshot_every=snapshot_every,
         live=live,
+        addresses=members,
+        process_id=process_id,
     )
 
 
@@ -310,6 +377,9 @@ def deploy_cmd(
     flow_ref: str,
     run_for: int | None,
     workers: int,
+    processes: int | None,
+    addresses: str | None,
+    process_id: int | None,
     snapshot_every: int,
     live: bool | None,
     name: str | None,
@@ -342,6 +412,7 @@ def deploy_cmd(
     version by itself when the check fails."""
     from edgeflow.bundle import trusted_keys_from_env
 
+    members = check_membership(addresses, process_id, processes)
     trust_keys = list(trust) or trusted_keys_from_env()
     bundle = open_deployable(Path(flow_ref), trust_keys)
     dep = name or (re.sub(r"[^A-Za-z0-9_-]", "_", bundle.name) if bundle is not None else None)
@@ -377,13 +448,14 @@ def deploy_cmd(
     ctx = click.get_current_context()
     given = {
         p for p in ("run_for", "workers", "snapshot_every", "max_restarts", "restart_window",
-                    "grace", "max_error_rate")
+                    "grace", "max_error_rate", "processes", "addresses", "process_id")
         if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE
     }  # fmt: skip
     grace_s, max_error_rate = update_policy(root / dep, given, grace / 1e9, max_error_rate)
     if given & {"grace", "max_error_rate"}:  # kept for later updates (also from a control topic)
         fleet["policy"] = {"grace_s": grace_s, "max_error_rate": max_error_rate}
     extra = ["--snapshot-every", f"{snapshot_every}ns", "--workers", str(workers)]
+    extra += cluster_args(processes, members, process_id)
     if run_for is not None:
         extra += ["--for", f"{run_for}ns"]
     limits = []
@@ -396,7 +468,9 @@ def deploy_cmd(
         problem = state_mismatch(plan, d / "state")
         update_running(
             d, installed, problem, grace_s=grace_s, max_error_rate=max_error_rate,
-            run_args=extra if given & {"run_for", "workers", "snapshot_every"} else None,
+            run_args=extra
+            if given & {"run_for", "workers", "snapshot_every", "processes", "addresses", "process_id"}
+            else None,
             limits=limits if given & {"max_restarts", "restart_window"} else None,
             fleet=fleet,
         )  # fmt: skip
@@ -434,6 +508,9 @@ def deploy_cmd(
     state = state_dir or root / dep / "state"
     _fresh_state(plan, state, new_state, "Deploy with")
     click.echo(f"state directory: {state}", err=True)
+    if processes is not None and processes > 1:
+        _no_live_view(live)
+        sys.exit(run_cluster(plan, flow_ref, processes, workers, state, snapshot_every, run_for))
     _run(
         plan,
         run_for=run_for,
@@ -441,7 +518,29 @@ def deploy_cmd(
         state_dir=state,
         snapshot_every=snapshot_every,
         live=live,
+        addresses=members,
+        process_id=process_id,
     )
+
+
+def _no_live_view(live: bool | None) -> None:
+    """A cluster on this machine has no live console view: ``--live`` is refused, not ignored."""
+    if live:
+        raise ClusterUsageError(
+            "--live shows the figures of one process; a cluster (--processes) prints one "
+            "summary at the end (figures while it runs: --metrics-port, process i serves PORT+i)"
+        )
+
+
+def cluster_args(
+    processes: int | None, members: list[str] | None, process_id: int | None
+) -> list[str]:
+    """The cluster options of a deployment's ``edgeflow run`` (none for one process)."""
+    if processes is not None and processes > 1:
+        return ["--processes", str(processes)]
+    if members is not None:
+        return ["--addresses", ",".join(members), "--process-id", str(process_id)]
+    return []
 
 
 def _refuse_with_detach(*, state_dir: Path | None, live: bool | None) -> None:

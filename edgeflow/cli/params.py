@@ -32,6 +32,10 @@ class DurationType(_IntParam):
             self.fail(str(exc), param, ctx)
 
 
+#: ``ctx.meta`` key of the FLOW argument as the user gave it (path or module reference)
+FLOW_REF_KEY = "edgeflow.flow_ref"
+
+
 class FlowType(_FlowParam):
     """``path/to/flow.py``, ``path.py:name`` or ``module:name``; loads the Flow."""
 
@@ -40,6 +44,8 @@ class FlowType(_FlowParam):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Flow:
         if isinstance(value, Flow):
             return value
+        if ctx is not None:  # as given, for the members a cluster launcher starts
+            ctx.meta[FLOW_REF_KEY] = str(value)
         try:
             return load_flow(str(value))
         except FlowLoadError as exc:

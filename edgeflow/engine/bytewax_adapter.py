@@ -68,6 +68,7 @@ from edgeflow.flow.plan import (
     FeaturesPlan,
     OperatorPlan,
     Plan,
+    RollupPlan,
     SourcePlan,
     UdfPlan,
     WindowPlan,
@@ -144,8 +145,10 @@ class _SourcePart(StatefulSourcePartition[Any, Any]):
                     if rb is not None:
                         COUNTERS.add("anomalies", rb.n)
                         alerts.append(rb)
-            else:
+            elif _is_source_dead_letter(it):
                 COUNTERS.add("dead_letters", it.n)
+            else:  # a records source's records
+                COUNTERS.add("records_in", it.n)
         return items + alerts if alerts else items
 
     def next_awake(self) -> datetime | None:
@@ -483,6 +486,9 @@ def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None)
     streams: dict[tuple[str, str], Stream[Any]] = {}
     fused = fusable(plan)
     for src in plan.sources:
+        if src.records:
+            streams.update(_record_source(plan, src, flow, control))
+            continue
         mine = fused.get(src.name, [])
         raw = op.input(src.name, flow, _Source(plan, src, control, mine))
         if mine:  # alerts of the detect steps fused into this source leave here
@@ -511,13 +517,16 @@ def build_dataflow(plan: Plan, control: _Control, state_dir: Path | None = None)
             f"{src.name}__dl_key", parts.falses, lambda _: "dead_letters"
         )
     # steps in declaration order: a window may read the readings a features step makes
-    by_name: dict[str, WindowPlan | FeaturesPlan | UdfPlan | EnrichPlan | OperatorPlan]
+    by_name: dict[str, WindowPlan | FeaturesPlan | UdfPlan | EnrichPlan | OperatorPlan | RollupPlan]
     by_name = {w.name: w for w in plan.windows}
     by_name |= {f.name: f for f in plan.features} | {u.name: u for u in plan.udfs}
     by_name |= {e.name: e for e in plan.enrichments} | {o.name: o for o in plan.operators}
+    by_name |= {r.name: r for r in plan.rollups}
     for name in plan.order:
         w = by_name.get(name)
-        if isinstance(w, OperatorPlan):
+        if isinstance(w, RollupPlan):
+            streams.update(_rollup(w, streams[w.input], control, plan.shards))
+        elif isinstance(w, OperatorPlan):
             streams.update(_operator(w, streams[w.input], control))
         elif isinstance(w, EnrichPlan):
             streams.update(_enrich(w, streams[w.input]))
@@ -676,26 +685,143 @@ def _window(
     }
 
 
+def _is_source_dead_letter(x: Any) -> bool:
+    """A records source's own dead letters (messages that were not records), as opposed to
+    the records it read (which all carry an ``edgeflow_id``)."""
+    return isinstance(x, RecordBatch) and x.kind == "dead_letter" and "edgeflow_id" not in x.columns
+
+
+def _record_source(
+    plan: Plan, src: SourcePlan, flow: Dataflow, control: _Control
+) -> dict[tuple[str, str], Stream[Any]]:
+    """A records source (``flow.records``): its RecordBatch items on ``records``, its dead
+    letters on ``dead_letters``; both keyed by a constant (sinks and rollups re-key)."""
+    raw = op.input(src.name, flow, _Source(plan, src, control, []))
+    parts = op.branch(f"{src.name}__split_kinds", raw, _is_source_dead_letter)
+    return {
+        (src.name, "records"): op.key_on(
+            f"{src.name}__records_key", parts.falses, _constant("records")
+        ),
+        (src.name, "dead_letters"): op.key_on(
+            f"{src.name}__dl_key", parts.trues, _constant("dead_letters")
+        ),
+    }
+
+
+class _RollupLogic(StatefulBatchLogic[RecordBatch, tuple[str, RecordBatch], bytes]):
+    """A rollup kernel on one shard of groups: ``("rollups" | "late", records)`` out."""
+
+    def __init__(self, kernel: Any, resume: bytes | None, control: _Control) -> None:
+        self.kernel = kernel
+        self.control = control
+        with in_step(kernel.step):
+            self.state = kernel.init() if resume is None else kernel.restore(resume, now_ns())
+
+    @staticmethod
+    def _emit(
+        rollups: RecordBatch | None, late: RecordBatch | None, out: list[tuple[str, RecordBatch]]
+    ) -> None:
+        if rollups is not None and rollups.n:
+            COUNTERS.add("rollups_out", rollups.n)
+            out.append(("rollups", rollups))
+        if late is not None and late.n:
+            COUNTERS.add("late", late.n)
+            out.append(("late", late))
+
+    def on_batch(self, values: list[RecordBatch]) -> tuple[list[tuple[str, RecordBatch]], bool]:
+        out: list[tuple[str, RecordBatch]] = []
+        now = now_ns()
+        before = self.kernel.duplicates(self.state)
+        with in_step(self.kernel.step):
+            for rb in values:
+                COUNTERS.add("rollup_records_in", rb.n)
+                rollups, late = self.kernel.step_records(self.state, rb, now)
+                self._emit(rollups, late, out)
+        dups = self.kernel.duplicates(self.state) - before
+        if dups:
+            COUNTERS.add(f"duplicates.{self.kernel.step}", dups)
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[tuple[str, RecordBatch]], bool]:
+        out: list[tuple[str, RecordBatch]] = []
+        with in_step(self.kernel.step):
+            self._emit(self.kernel.on_time(self.state, now_ns()), None, out)
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[tuple[str, RecordBatch]], bool]:
+        out: list[tuple[str, RecordBatch]] = []
+        if self.control.flush_on_eof():
+            with in_step(self.kernel.step):
+                self._emit(self.kernel.flush(self.state), None, out)
+        return out, StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        ns = self.kernel.next_wakeup(self.state)
+        return None if ns is None else _dt(ns)
+
+    def snapshot(self) -> bytes:
+        return bytes(self.kernel.snapshot(self.state))
+
+
+def _by_group(spec: Any, shards: int) -> Callable[[tuple[str, RecordBatch]], list[Any]]:
+    from edgeflow.ops.rollup import split_by_group
+
+    def split(item: tuple[str, RecordBatch]) -> list[Any]:
+        return split_by_group(spec, item[1], shards)
+
+    return split
+
+
+def _rollup(
+    r: RollupPlan, up: Stream[Any], control: _Control, shards: int
+) -> dict[tuple[str, str], Stream[Any]]:
+    from edgeflow.ops.rollup import RollupKernel
+
+    kernel = RollupKernel(r.name, r.spec)
+    grouped = op.flat_map(f"{r.name}__by_group", up, _by_group(r.spec, shards))
+    out = op.stateful_batch(r.name, grouped, lambda resume: _RollupLogic(kernel, resume, control))
+    parts = op.branch(f"{r.name}__split", out, lambda kv: kv[1][0] == "rollups")
+    return {
+        (r.name, "rollups"): op.map_value(f"{r.name}__rollups_out", parts.trues, lambda v: v[1]),
+        (r.name, "late"): op.map_value(f"{r.name}__late_out", parts.falses, lambda v: v[1]),
+    }
+
+
 def execute(plan: Plan, opts: RunOptions) -> None:
     deadline = None if opts.run_for_ns is None else now_ns() + opts.run_for_ns
     control = _Control(deadline, resumable=opts.state_dir is not None)
     flow = build_dataflow(plan, control, opts.state_dir)
     recovery = None
     if opts.state_dir is not None:
-        db = opts.state_dir / "recovery"
-        if not db.exists():
-            db.mkdir(parents=True)
-            init_db_dir(db, 1)  # type: ignore[no-untyped-call]
+        db = init_recovery(opts.state_dir, opts.processes * opts.workers if opts.addresses else 1)
         recovery = RecoveryConfig(str(db))  # type: ignore[no-untyped-call]
     _ACTIVE.append(control)
     if CONNECTIONS.stop_requested():  # a stop (SIGTERM) that came while the flow was built
         control.deadline_ns = now_ns()
+    cluster: dict[str, Any] = {}
+    if opts.addresses:  # one member of a bytewax cluster (its own cluster mode)
+        cluster = {"process_id": opts.process_id, "addresses": list(opts.addresses)}
     try:
         cli_main(  # type: ignore[no-untyped-call]
             flow,
             workers_per_process=opts.workers,
             epoch_interval=timedelta(microseconds=opts.snapshot_every_ns // 1000),
             recovery_config=recovery,
+            **cluster,
         )
     finally:
         _ACTIVE.remove(control)
+
+
+def init_recovery(state_dir: Path, partitions: int) -> Path:
+    """``<state_dir>/recovery``, made with ``partitions`` snapshot partitions (bytewax's
+    SQLite recovery partitions) when it does not exist yet: 1 for a run on its own, as
+    before; one per worker of the whole cluster for a cluster (``--processes``,
+    ``--addresses``), so every worker writes a share of the snapshots. The count is fixed
+    once made; a later run with another cluster size resumes from them (bytewax routes the
+    loaded snapshots to the workers that now own their keys: see docs/clusters.md)."""
+    db = state_dir / "recovery"
+    if not db.exists():
+        db.mkdir(parents=True)
+        init_db_dir(db, partitions)  # type: ignore[no-untyped-call]
+    return db

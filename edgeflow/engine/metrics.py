@@ -22,6 +22,7 @@ path nothing. Labels are bounded: ``flow``, and ``sink`` for per-sink figures (n
 | ``edgeflow_bytes_written_total`` | counter | flow, sink |
 | ``edgeflow_watermark_lag_seconds`` | gauge | flow, step (wall clock - newest watermark) |
 | ``edgeflow_udf_errors_total`` | counter | flow, step (readings a user function failed on) |
+| ``edgeflow_duplicates_skipped_total`` | counter | flow, step (re-delivered records a source skipped) |
 | ``edgeflow_outbox_depth`` / ``edgeflow_outbox_dropped_total`` | gauge / counter | flow |
 | ``edgeflow_source_connected`` | gauge | flow, source (1 connected to its broker, 0 not) |
 """
@@ -108,6 +109,15 @@ class _Collector:
             if key.startswith("udf_errors."):
                 udf.add_metric([self.flow, key.split(".", 1)[1]], value)
         yield udf
+        dups = CounterMetricFamily(
+            "edgeflow_duplicates_skipped",
+            "Records a source skipped as re-delivered (same edgeflow-id)",
+            labels=["flow", "step"],
+        )
+        for key, value in sorted(c.items()):
+            if key.startswith("duplicates."):
+                dups.add_metric([self.flow, key.split(".", 1)[1]], value)
+        yield dups
         box = outbox_figures(self.outbox)
         depth = GaugeMetricFamily(
             "edgeflow_outbox_depth", "Records waiting in the outbox for Kafka", labels=["flow"]

@@ -19,3 +19,12 @@ class RunOptions:
     run_for_ns: int | None = None
     snapshot_every_ns: int = 2_000_000_000
     metrics_port: int | None = None
+    #: this process's place in a cluster (bytewax cluster mode): the ``host:port`` of every
+    #: member, in process-id order, and which of them this process is; None: a run on its own
+    addresses: list[str] | None = None
+    process_id: int | None = None
+
+    @property
+    def processes(self) -> int:
+        """How many processes run the flow together (1 without a cluster)."""
+        return len(self.addresses) if self.addresses else 1

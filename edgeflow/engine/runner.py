@@ -14,10 +14,12 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from edgeflow.connectors.base import SinkContext
 from edgeflow.connectors.connection_state import CONNECTIONS
 from edgeflow.engine import wal_keeper
+from edgeflow.engine.cluster import PeerWatch
 from edgeflow.engine.counters import COUNTERS
 from edgeflow.engine.engine_output import EngineOutputGuard, debug_wanted
 from edgeflow.engine.figures import RateWindow, figures
@@ -45,6 +47,9 @@ class RunSummary:
     #: why the run failed although the engine ended cleanly (a source never reached its
     #: broker); the CLI prints each as an error line and exits non-zero
     failures: list[str] = field(default_factory=list)
+    #: in a cluster member: the sinks this process neither opened nor wrote to (another
+    #: member holds them), whose end-of-run report it left out
+    untouched: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         c = self.counters
@@ -62,6 +67,10 @@ class RunSummary:
             out.append(
                 f"detection: {c['anomalies_in']} readings scored, {c.get('anomalies', 0)} anomalies"
             )
+        dups = {k.split(".", 1)[1]: v for k, v in c.items() if k.startswith("duplicates.")}
+        if dups:  # a source skipped re-delivered records (kafka.source dedup)
+            each = ", ".join(f"{n} by {step}" for step, n in sorted(dups.items()))
+            out.append(f"duplicates skipped (same edgeflow-id): {each}")
         if self.unrouted:
             out.append(f"not routed to any sink (counted only): {', '.join(self.unrouted)}")
         return out + list(dict.fromkeys(self.reports))  # sinks sharing an outbox report it once
@@ -108,21 +117,133 @@ def _run(plan: Plan, opts: RunOptions) -> RunSummary:
     gc.freeze()
     guard = EngineOutputGuard()
     keeper = wal_keeper.start(opts.state_dir) if opts.state_dir is not None else None
+    peers = None
+    if opts.addresses and opts.process_id is not None:  # which peer, should one be lost
+        peers = PeerWatch(opts.addresses, opts.process_id)
+        peers.start()
+    # a cluster member: the engine's threads may print a lost peer's panic through
+    # sys.stderr while the run ends; the filter stays after a failure (see _silence_engine)
+    quiet = _EnginePanicFilter().__enter__() if opts.addresses else None
     try:
         with guard:
             bytewax_adapter.execute(plan, opts)
     except Exception as exc:  # the engine failed: one line for the user, detail in a file
-        raise EngineError(_failure_line(plan, opts, exc, guard.text())) from exc
+        if opts.addresses:
+            _silence_engine()
+        lost = peers.lost if peers is not None else None
+        raise EngineError(_failure_line(plan, opts, exc, guard.text(), lost)) from exc
+    except BaseException as exc:  # a Rust panic (e.g. a cluster member lost a peer)
+        if type(exc).__name__ != "PanicException":
+            raise
+        if opts.addresses:
+            _silence_engine()
+        lost = peers.lost if peers is not None else None
+        raise EngineError(_failure_line(plan, opts, exc, guard.text(), lost)) from exc
     finally:
         done.set()
         wal_keeper.stop(keeper)
+        if peers is not None:
+            peers.stop()
+    if quiet is not None:
+        quiet.__exit__()
     summary = RunSummary(plan.name, (now_ns() - t0) / 1e9, COUNTERS.snapshot(), plan.unrouted)
     summary.failures = [c.never_reached() for c in CONNECTIONS.never_connected()]
     for k in plan.sinks:
+        if opts.addresses and not _sink_touched(k.name, k.spec, summary.counters):
+            summary.untouched.append(k.name)  # another member's: its report is theirs
+            continue
         sink_ctx = SinkContext(plan.name, k.name, plan.version, opts.state_dir)
         summary.reports.extend(k.spec.report(sink_ctx))
         summary.failures.extend(k.spec.failures(sink_ctx))  # e.g. Kafka refused the connection
     return summary
+
+
+def _sink_touched(name: str, spec: object, counters: dict[str, int]) -> bool:
+    """Whether this process wrote to the sink or opened it (to resume a snapshot). In a
+    cluster the engine opens each partition of a sink in one process only; the others'
+    end-of-run report would be wrong (a file sink empties a file its process never
+    opened, taking it for an earlier run's output; a Kafka sink counts another process's
+    records as this run's), so only the processes that touched a sink report it."""
+    return counters.get(f"records_to.{name}", 0) > 0 or bool(getattr(spec, "opened", False))
+
+
+class _EnginePanicFilter:
+    """Context manager for a cluster member's run: ``sys.stderr`` without the engine's
+    report of a panicked network thread (``RuntimeError: (src/run.rs:292:17) panicked at
+    ...`` and its message line), which the engine prints through Python when a peer's
+    connection closes; the member says it once in its own error line instead. Everything
+    else passes through, line by line."""
+
+    _START = re.compile(r"^\w+: \(src/[\w/.]+:\d+:\d+\) panicked at ")
+
+    def __init__(self, real: Any = None) -> None:
+        self._pending = ""
+        self._skip_next = False
+        self._real: Any = real
+
+    def __enter__(self) -> _EnginePanicFilter:
+        """Filter ``sys.stderr`` (or the stream given when made) in its place."""
+        if self._real is None:
+            self._real = sys.stderr
+        sys.stderr = self
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._pending:
+            self._real.write(self._pending)
+            self._pending = ""
+        sys.stderr = self._real
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if self._START.match(line):
+                self._skip_next = True
+            elif self._skip_next:
+                self._skip_next = False
+            else:
+                self._real.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self._real.flush()
+
+    def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno, ...
+        return getattr(self._real, name)
+
+
+def _silence_engine() -> None:
+    """A cluster member's engine failed: its other network threads may still be unwinding
+    and print their panics (to file descriptor 2, or through ``sys.stderr``) after the run
+    returned. From here on descriptor 2 goes to /dev/null and ``sys.stderr`` writes the
+    real standard error without those panic lines, so the member's own error line is what
+    the user sees (the caller ends the process right after it)."""
+    try:
+        real = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+    except OSError:
+        return
+    stream = open(real, "w", encoding="utf-8", errors="backslashreplace", buffering=1)  # noqa: SIM115
+    current = sys.stderr
+    if isinstance(current, _EnginePanicFilter):  # the run's filter: now over the real stderr
+        current._real = stream
+    else:
+        _EnginePanicFilter(stream).__enter__()
+
+
+def prepare_cluster_state(plan: Plan, state_dir: Path, partitions: int) -> None:
+    """Before the members of a cluster on this machine start (``--processes``): the state
+    directory checked (as :func:`run` does), ``plan.json`` written and the snapshot store
+    made with ``partitions`` partitions, once, so the members sharing the directory do not
+    race to make them. Raises :class:`StateError` with one line."""
+    from edgeflow.engine import bytewax_adapter  # the only bytewax import
+
+    with private_state(state_dir):
+        _prepare_state_dir(plan, state_dir)
+        bytewax_adapter.init_recovery(state_dir, partitions)
 
 
 def _write_stats(path: Path, outbox: Path | None, done: threading.Event) -> None:
@@ -292,8 +413,15 @@ class EngineError(RuntimeError):
     and the full detail is in the file it names."""
 
 
-def _failure_line(plan: Plan, opts: RunOptions, exc: BaseException, engine_text: str) -> str:
-    """One line for an engine failure; the detail (engine output, traceback) goes to a file."""
+def _failure_line(
+    plan: Plan,
+    opts: RunOptions,
+    exc: BaseException,
+    engine_text: str,
+    lost_peer: str | None = None,
+) -> str:
+    """One line for an engine failure; the detail (engine output, traceback) goes to a file.
+    ``lost_peer``: a cluster member's peer seen closing its connection first."""
     text = f"{engine_text}\n{type(exc).__name__}: {exc}"
     step = _failed_step(exc)
     resume = (
@@ -313,6 +441,8 @@ def _failure_line(plan: Plan, opts: RunOptions, exc: BaseException, engine_text:
             line = f"a disk is full: free space, then run again; {resume}"
     elif opts.state_dir is not None:
         line = recovery_failure_line(opts.state_dir, text)
+    if line is None and opts.addresses and _lost_peer(exc):
+        line = _lost_peer_line(plan, opts, lost_peer)
     if line is None:
         reason = _first_line(exc)
         where = f"in step {step!r}" if step else "in the engine"
@@ -321,6 +451,31 @@ def _failure_line(plan: Plan, opts: RunOptions, exc: BaseException, engine_text:
         return line
     detail = _write_detail(plan, opts, exc, engine_text)
     return f"{line} (details: {detail})" if detail else line
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """Whether the engine stopped because a connection to another process of the cluster
+    broke (timely's network threads panic when a peer's socket closes)."""
+    text = str(exc).lower()
+    return type(exc).__name__ == "PanicException" or any(
+        w in text for w in ("send thread", "recv thread", "connection reset", "broken pipe")
+    )
+
+
+def _lost_peer_line(plan: Plan, opts: RunOptions, lost: str | None) -> str:
+    peers = [a for i, a in enumerate(opts.addresses or []) if i != opts.process_id]
+    which = f"the peer at {lost}" if lost else f"a peer (one of {', '.join(peers)})"
+    resume = (
+        f"to resume from the last snapshot (state dir {opts.state_dir})"
+        if opts.state_dir is not None
+        else "(without --state-dir the flow starts over)"
+    )
+    return (
+        f"process {opts.process_id} of {opts.processes} of the cluster running {plan.name!r} "
+        f"lost its connection to {which}: that process stopped or its "
+        f"machine cannot be reached, and the cluster stopped; start every process of the "
+        f"cluster again with the same command {resume}"
+    )
 
 
 def _failed_step(exc: BaseException) -> str | None:
@@ -371,11 +526,12 @@ def _write_detail(
     ).encode("utf-8", "replace")
     places = [opts.state_dir] if opts.state_dir is not None else []
     places.append(Path(tempfile.gettempdir()))
+    member = f".p{opts.process_id}" if opts.addresses else ""  # cluster members apart
     for place in places:
         name = (
-            "engine-error.log"
+            f"engine-error{member}.log"
             if place == opts.state_dir
-            else f"edgeflow-{_safe(plan.name)}-error.log"
+            else f"edgeflow-{_safe(plan.name)}-error{member}.log"
         )
         try:
             (place / name).write_bytes(body)

@@ -249,6 +249,7 @@ class RecordStream(_StreamBase):
     """Result records: window summaries, late readings or dead letters."""
 
     late: RecordStream
+    dead_letters: RecordStream
 
     def as_readings(self, *, time: str = "window_end", name: str | None = None) -> ReadingStream:
         """Window summaries as readings, one per window and key, so that they can be
@@ -258,6 +259,46 @@ class RecordStream(_StreamBase):
         into readings."""
         step = self.flow._add("features", name, [(self.step.name, self.port)], {"time": time})
         return ReadingStream(self.flow, step, "readings")
+
+    def rollup(
+        self,
+        every: Duration,
+        *,
+        fields: Sequence[str] = (),
+        group_by: str | None = None,
+        group: str = "all",
+        group_sep: str | None = None,
+        time: str = "window_start",
+        lateness: Duration = 0,
+        idle: Duration | None = None,
+        quantiles: Sequence[float] = (50.0, 95.0, 99.0),
+        min_keys: int = 1,
+        name: str | None = None,
+    ) -> RecordStream:
+        """Combine mergeable summaries (``agg.mergeable(field)`` columns, from a window step,
+        another rollup or a records source such as ``kafka.source(pattern=..., records=True)``)
+        into one record per group and ``every`` (tumbling, aligned to the epoch).
+
+        Counts, sums, sums of squares, min and max combine exactly, first/last by their
+        times, means weight by count, percentiles come from the merged quantile sketches
+        (within the sketch's relative accuracy); the output has the same mergeable columns, so
+        a rollup of rollups is exact. ``group_by`` names the record column that picks the
+        group (``group_sep``: only the part before the first separator, e.g. ``"line1"`` of
+        ``"line1/m3"``); without it every record goes to the one group ``group``. Records with
+        an ``edgeflow_id`` already merged into an open window are skipped, so duplicates change
+        nothing. ``min_keys`` emits only windows to which at least that many distinct keys
+        contributed (with ``fields=()``: a cross-machine correlation of, say, anomalies).
+        ``.late`` is the stream of records that came after their rollup window closed.
+        """
+        step = self.flow._add(
+            "rollup", name, [(self.step.name, self.port)],
+            {"every": every, "fields": fields, "group_by": group_by, "group": group,
+             "group_sep": group_sep, "time": time, "lateness": lateness, "idle": idle,
+             "quantiles": quantiles, "min_keys": min_keys},
+        )  # fmt: skip
+        out = RecordStream(self.flow, step, "rollups")
+        out.late = RecordStream(self.flow, step, "late")
+        return out
 
 
 class SinkStep:
@@ -317,6 +358,29 @@ class Flow:
             "batch_max": batch_max, "batch_budget": batch_budget,
         })  # fmt: skip
         return ReadingStream(self, step, "readings")
+
+    def records(
+        self,
+        spec: SourceSpec,
+        *,
+        name: str | None = None,
+        batch_max: int = 65_536,
+        batch_budget: Duration = "1ms",
+    ) -> RecordStream:
+        """Read records (not readings) from ``spec``: a source made to yield them, such as
+        ``kafka.source(pattern="edgeflow\\.summary\\..*", records=True)`` reading what node
+        flows published. Each record keeps its columns (window summaries with their
+        mergeable columns and sketches, anomaly events...) plus ``edgeflow_id``,
+        ``edgeflow_flow``, ``topic`` and ``t`` (event time, ns). Roll them up with
+        :meth:`RecordStream.rollup` or send them to a sink; ``.dead_letters`` are the
+        messages that were not records."""
+        step = self._add("record_source", name, [], {
+            "spec": spec, "key": "key", "time": "t", "lateness": 0, "fields": None,
+            "batch_max": batch_max, "batch_budget": batch_budget,
+        })  # fmt: skip
+        out = RecordStream(self, step, "records")
+        out.dead_letters = RecordStream(self, step, "dead_letters")
+        return out
 
     def sink(self, spec: SinkSpec, *, name: str | None = None) -> SinkStep:
         """Declare a sink; streams are connected to it with ``stream.to(...)``."""

@@ -61,6 +61,9 @@ class SourcePlan:
     #: the fields the flow uses (windows' fields; all when raw readings go to a sink):
     #: sources parse or generate only these
     read_fields: tuple[str, ...] | None = None
+    #: a records source (``flow.records``): it yields RecordBatch items on its ``records``
+    #: port instead of readings
+    records: bool = False
 
 
 @dataclass
@@ -143,6 +146,16 @@ class OperatorPlan:
 
 
 @dataclass
+class RollupPlan:
+    """A rollup step (see edgeflow/ops/rollup.py): mergeable summaries combined per group
+    and tumbling window. ``spec`` is the kernel's :class:`~edgeflow.ops.rollup.RollupSpec`."""
+
+    name: str
+    input: tuple[str, str]
+    spec: Any
+
+
+@dataclass
 class SinkPlan:
     name: str
     spec: SinkSpec
@@ -171,15 +184,28 @@ class Plan:
     enrichments: list[EnrichPlan] = field(default_factory=list)
     #: registered operators' steps (edgeflow.ops.kernel.register)
     operators: list[OperatorPlan] = field(default_factory=list)
+    #: rollup steps (mergeable summaries combined per group)
+    rollups: list[RollupPlan] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         steps: list[dict[str, Any]] = []
         for s in self.sources:
+            if s.records:
+                steps.append({
+                    "name": s.name, "kind": "record_source", "connector": s.spec.describe(),
+                    "outputs": [f"{s.name}.records", f"{s.name}.dead_letters"],
+                })  # fmt: skip
+                continue
             steps.append({
                 "name": s.name, "kind": "source", "connector": s.spec.describe(), "key": s.key,
                 "time": s.time, "fields": list(s.fields) if s.fields is not None else None,
                 "lateness": format_duration(s.lateness_ns),
                 "outputs": [f"{s.name}.readings", f"{s.name}.dead_letters"],
+            })  # fmt: skip
+        for r in self.rollups:
+            steps.append({
+                "name": r.name, "kind": "rollup", "input": ".".join(r.input),
+                "rollup": r.spec.to_dict(), "outputs": [f"{r.name}.rollups", f"{r.name}.late"],
             })  # fmt: skip
         for w in self.windows:
             steps.append({
@@ -251,6 +277,9 @@ class Plan:
         """A human-readable listing of steps, streams and sinks."""
         lines = [f"flow {self.name!r} (version {self.version}, {self.shards} shards)"]
         for s in self.sources:
+            if s.records:
+                lines.append(f"  source {s.name}: {s.spec.describe()['kind']} records")
+                continue
             fields = ", ".join(s.fields) if s.fields is not None else "(from the data)"
             lines.append(
                 f"  source {s.name}: {s.spec.describe()['kind']} key={s.key} time={s.time} fields={fields} lateness={format_duration(s.lateness_ns)}"
@@ -259,6 +288,13 @@ class Plan:
             aggs = ", ".join(a.output_name for a in w.aggs)
             lines.append(
                 f"  window {w.name}: {w.spec.kind} {w.spec.to_dict()} <- {'.'.join(w.input)} -> [{aggs}]"
+            )
+        for r in self.rollups:
+            what = ", ".join(r.spec.fields) or "records"
+            by = r.spec.group_by or repr(r.spec.group)
+            lines.append(
+                f"  rollup {r.name}: {what} per {by} every {format_duration(r.spec.every_ns)} "
+                f"<- {'.'.join(r.input)}"
             )
         for f in self.features:
             lines.append(

@@ -22,6 +22,8 @@ NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 #: window records and late readings.
 _BUILTIN_PORTS = {
     "source": ("readings", "dead_letters"),
+    "record_source": ("records", "dead_letters"),
+    "rollup": ("rollups", "late"),
     "window": ("windows", "late"),
     "downsample": ("trend",),
     "detect": ("anomalies",),

@@ -23,6 +23,7 @@ from edgeflow.flow.plan import (
     FeaturesPlan,
     OperatorPlan,
     Plan,
+    RollupPlan,
     SinkPlan,
     SourcePlan,
     UdfPlan,
@@ -67,7 +68,7 @@ def validate(flow: Flow) -> Plan:
         elif not _NAME.match(s.name):
             problems.append(f"step {s.name!r}: names may use letters, digits, '_' and '-'")
         seen[s.name] = s
-    if not any(s.kind == "source" for s in flow.steps):
+    if not any(s.kind in ("source", "record_source") for s in flow.steps):
         problems.append("the flow has no source; add one with flow.source(...)")
 
     consumed: set[tuple[str, str]] = set()
@@ -83,6 +84,7 @@ def validate(flow: Flow) -> Plan:
     udfs: list[UdfPlan] = []
     enrichments: list[EnrichPlan] = []
     operators: list[OperatorPlan] = []
+    rollups: list[RollupPlan] = []
     origin: dict[str, str] = {}  # a user-function step's readings come from this step
     for s in flow.steps:
         if (s.kind in ("udf", "enrich") or s.kind in OPERATORS) and s.inputs:
@@ -93,6 +95,12 @@ def validate(flow: Flow) -> Plan:
         p = s.params
         if s.kind == "source":
             sources.append(_check_source(s, where, problems, fields_of))
+        elif s.kind == "record_source":
+            sources.append(_check_record_source(s, where, problems, fields_of))
+        elif s.kind == "rollup":
+            r = _check_rollup(s, where, problems, windows)
+            if r is not None:
+                rollups.append(r)
         elif s.kind == "window":
             w = _check_window(s, where, problems, fields_of, sources, origin)
             if w is not None:
@@ -179,9 +187,14 @@ def validate(flow: Flow) -> Plan:
                 problems.append(
                     f"step {s.name!r} ({s.kind}): {what} nowhere; add a .window(...) or .to(sink)"
                 )
-            elif s.kind in ("window", "downsample", "detect", "features"):
+            elif s.kind in ("window", "downsample", "detect", "features", "rollup"):
                 problems.append(
                     f"step {s.name!r} ({s.kind}): its records go nowhere; add .to(stdio.sink()) or another sink"
+                )
+            elif s.kind == "record_source" and port == "records":
+                problems.append(
+                    f"step {s.name!r} (records source): its records go nowhere; add a "
+                    ".rollup(...) or .to(sink)"
                 )
             elif s.kind == "source" and not any(i[0] == s.name for i in consumed):
                 problems.append(
@@ -190,6 +203,8 @@ def validate(flow: Flow) -> Plan:
     if problems:
         raise FlowValidationError(flow.name, problems)
     for src in sources:
+        if src.records:
+            continue
         raw_to_sink = any((src.name, "readings") in k.inputs for k in sinks)
         if raw_to_sink:
             src.read_fields = src.fields
@@ -220,6 +235,7 @@ def validate(flow: Flow) -> Plan:
         udfs,
         enrichments,
         operators,
+        rollups,
     )
 
 
@@ -263,7 +279,9 @@ def _check_features(
     if time not in ("window_end", "window_start"):
         problems.append(f"{where}: time={time!r}; use 'window_end' or 'window_start'")
         return None
-    return FeaturesPlan(s.name, (up, port), time, tuple(a.output_name for a in w.aggs))
+    return FeaturesPlan(
+        s.name, (up, port), time, tuple(c for a in w.aggs for c in a.number_columns)
+    )
 
 
 def _check_operator(op: Checked, where: str, problems: list[str]) -> None:
@@ -293,6 +311,94 @@ def _duration(
     return parse_duration(value, what=what)
 
 
+def _check_record_source(
+    s: Step, where: str, problems: list[str], fields_of: dict[str, tuple[str, ...] | None]
+) -> SourcePlan:
+    """``flow.records(spec)``: a source that yields records (``spec.yields_records``)."""
+    p = s.params
+    spec = p["spec"]
+    fields_of[s.name] = None
+    where = f"step {s.name!r} (records source)"
+    if not isinstance(spec, SourceSpec) or not getattr(spec, "yields_records", False):
+        problems.append(
+            f"{where}: {spec!r} does not yield records; use e.g. "
+            "flow.records(kafka.source(pattern='edgeflow\\.summary\\..*', records=True)), or "
+            "flow.source(...) for readings"
+        )
+        return SourcePlan(s.name, spec, "key", "t", None, 0, 1, 0, records=True)
+    problems.extend(f"{where}: {m}" for m in spec.problems())
+    budget = _duration(p["batch_budget"], "batch_budget", where, problems) or 0
+    bmax = p["batch_max"]
+    why = Arg("batch_max", "int", 1, 1 << 24).problem(bmax)
+    if why is not None:
+        problems.append(f"{where}: {why}")
+        bmax = 1
+    return SourcePlan(s.name, spec, "key", "t", None, 0, bmax, budget, records=True)
+
+
+#: the streams a rollup may read: summaries (a window's), records (a records source's), rollups
+_SUMMARY_PORTS = ("windows", "records", "rollups")
+
+
+def _check_rollup(
+    s: Step, where: str, problems: list[str], windows: list[WindowPlan]
+) -> RollupPlan | None:
+    """A rollup step: its arguments (the spec's ``problems()``), its input (summaries) and,
+    reading a window step, that the window emits the mergeable columns of each field."""
+    from edgeflow.ops.rollup import RollupSpec
+
+    p = s.params
+    ((up, port),) = s.inputs
+    if port not in _SUMMARY_PORTS:
+        problems.append(
+            f"{where}: it reads {up}.{port}, which are not summaries; roll up a window step's "
+            "records (with agg.mergeable(field)), another rollup, or flow.records(...)"
+        )
+        return None
+    fields = p["fields"]
+    if isinstance(fields, str):
+        fields = (fields,)
+    if not isinstance(fields, list | tuple) or not all(isinstance(f, str) for f in fields):
+        problems.append(f"{where}: fields={fields!r}; give field names, e.g. fields=['accel']")
+        return None
+    quantiles = p["quantiles"]
+    if not isinstance(quantiles, list | tuple):
+        problems.append(f"{where}: quantiles={quantiles!r}; give percents, e.g. (50, 95, 99)")
+        return None
+    every = _duration(p["every"], "every", where, problems) or 0
+    if every <= 0 and p["every"] is not None:
+        problems.append(f"{where}: every={p['every']!r}; give a positive duration, e.g. '1m'")
+    lateness = _duration(p["lateness"], "lateness", where, problems) or 0
+    idle = _duration(p["idle"], "idle", where, problems, allow_none=True)
+    try:
+        spec = RollupSpec(
+            every_ns=every,
+            fields=tuple(fields),
+            group_by=p["group_by"],
+            group=p["group"],
+            group_sep=p["group_sep"],
+            time=p["time"],
+            lateness_ns=lateness,
+            idle_ns=idle,
+            quantiles=tuple(quantiles),
+            min_keys=p["min_keys"],
+        )
+    except (TypeError, ValueError) as exc:
+        problems.append(f"{where}: {exc}")
+        return None
+    problems.extend(f"{where}: {m}" for m in spec.problems())
+    window = next((w for w in windows if w.name == up), None)
+    if window is not None:
+        have = {a.field for a in window.aggs if a.func == "mergeable"}
+        for f in spec.fields:
+            if f not in have:
+                problems.append(
+                    f"{where}: the window step {up!r} has no mergeable summary of {f!r}; add "
+                    f"agg.mergeable({f!r}) to it"
+                )
+    return RollupPlan(s.name, (up, port), spec)
+
+
 def _check_source(
     s: Step, where: str, problems: list[str], fields_of: dict[str, tuple[str, ...] | None]
 ) -> SourcePlan:
@@ -304,6 +410,11 @@ def _check_source(
         )
         fields_of[s.name] = None
         return SourcePlan(s.name, spec, "", "", None, 0, 1, 0)
+    if getattr(spec, "yields_records", False):
+        problems.append(
+            f"{where}: this source yields records, not readings; read it with "
+            "flow.records(...) (and roll its summaries up with .rollup(...))"
+        )
     problems.extend(f"{where}: {m}" for m in spec.problems())
     key = p["key"] if p["key"] is not None else spec.default_key
     time = p["time"] if p["time"] is not None else spec.default_time
@@ -380,11 +491,12 @@ def _check_window(
             problems.append(
                 f"{where}: agg.{a.func}({a.field!r}): unknown field {a.field!r}; the stream has: {', '.join(fields or ()) or '(none)'}"
             )
-        if a.output_name in names:
-            problems.append(
-                f"{where}: two aggregations produce the column {a.output_name!r}; remove one"
-            )
-        names.add(a.output_name)
+        for column in a.output_names:
+            if column in names:
+                problems.append(
+                    f"{where}: two aggregations produce the column {column!r}; remove one"
+                )
+            names.add(column)
     src = next((x for x in sources if x.name == origin.get(up, up)), None)
     lateness = _duration(p["lateness"], "lateness", where, problems, allow_none=True)
     if lateness is None:
