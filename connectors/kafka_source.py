@@ -167,6 +167,8 @@ class _KafkaPartition(SourcePartition):
         msgs = polled.get(self.tp, [])
         self.link.check(bool(msgs))
         if not msgs:
+            if self.end is not None:  # past the transaction markers that end a topic
+                self.position = max(self.position, self.consumer.position(self.tp))
             return []
         self.position = msgs[-1].offset + 1
         for m in msgs:
