@@ -71,6 +71,10 @@ class SimulatedSensors(TickSimulation):
             parse_duration(self.jitter, what="jitter")
         except ValueError as exc:
             out.append(str(exc))
+        if not isinstance(self.prefix, str):
+            out.append(
+                f"prefix={self.prefix!r}: give the device names' prefix as text, e.g. 'line1/m'"
+            )
         return out
 
     def generator(
@@ -183,8 +187,12 @@ def sensors(
     jitter: Duration = 0,
     spike_prob: float = 0.001,
     shift_prob: float = 0.01,
+    prefix: str = "dev-",
 ) -> SimulatedSensors:
     """Simulated vibration/temperature sensors.
+
+    Devices are named ``<prefix><number>`` (``dev-0``, ``dev-1``...); give each node its own
+    ``prefix`` (``"line1/m"``) when several nodes' records meet at a fog tier.
 
     ``speed=1.0`` runs in real time, ``speed=10`` ten times faster, ``speed=None`` (or
     ``realtime=False``) as fast as possible. ``duration`` ends the stream after that much
@@ -197,4 +205,5 @@ def sensors(
     return SimulatedSensors(
         devices, rate_hz, seed, speed=speed, duration=duration, start=start,
         partitions=partitions, jitter=jitter, spike_prob=spike_prob, shift_prob=shift_prob,
+        prefix=prefix,
     )  # fmt: skip

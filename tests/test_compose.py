@@ -95,3 +95,42 @@ def test_the_node_deploys_a_valid_flow_with_its_state_on_a_volume() -> None:
         workdir and state_dir == Path(workdir.group(1)) / DEFAULT_ROOT / "quickstart" / "state"
     ), "the default deploy state dir"
     assert node["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def test_the_fog_profile_runs_three_distinct_nodes_and_a_fog_flow_reading_their_topics(
+    monkeypatch: Any,
+) -> None:
+    """`docker compose --profile fog up`: three node flows with distinct names (so their record
+    ids never collide), each state on its own named volume, and a fog flow whose source
+    patterns match every topic the nodes publish to."""
+    c = compose()
+    fog_services = {n: s for n, s in c["services"].items() if "fog" in s.get("profiles", [])}
+    nodes = {n: s for n, s in fog_services.items() if n.startswith("node-")}
+    assert len(nodes) == 3 and "fog" in fog_services
+    monkeypatch.setenv("EDGEFLOW_KAFKA_BOOTSTRAP", "localhost:9092")
+    flow_names, published, volumes = set(), set(), set()
+    for svc in nodes.values():
+        env = env_of(svc)
+        assert (
+            env["EDGEFLOW_KAFKA_BOOTSTRAP"]
+            == env_of(c["services"]["edgeflow"])["EDGEFLOW_KAFKA_BOOTSTRAP"]
+        )
+        cmd = svc["command"]
+        assert cmd[:2] == ["deploy", "flows/plant_node.py"]
+        monkeypatch.setenv("EDGEFLOW_NODE", env["EDGEFLOW_NODE"])
+        plan = load_flow(str(ROOT / cmd[1])).plan()
+        flow_names.add(plan.name)
+        published |= {k.spec.describe()["topic"] for k in plan.sinks}
+        (mount,) = svc["volumes"]
+        volumes.add(mount.split(":")[0])
+        assert mount.split(":")[0] in c["volumes"]
+        assert svc["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert len(flow_names) == 3 and len(volumes) == 3, "each node its own flow name and state"
+    fog = fog_services["fog"]
+    plan = load_flow(str(ROOT / fog["command"][1])).plan()
+    patterns = [re.compile(s.spec.describe()["pattern"]) for s in plan.sources]
+    for topic in published:
+        assert sum(bool(p.fullmatch(topic)) for p in patterns) == 1, (
+            f"{topic} is read by exactly one fog source"
+        )
+    assert fog["volumes"][0].split(":")[0] in c["volumes"]

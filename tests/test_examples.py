@@ -221,3 +221,43 @@ def _sales_per_minute(spec: Any, seconds: int) -> dict[tuple[str, int], tuple[in
                 sel = (b.key_idx == code) & (minute == m)
                 out[(key, m)] = (int(sel.sum()), round(float(amount[sel].sum()), 2))
     return out
+
+
+def test_plant_nodes_and_the_fog_rollup_account_for_every_reading(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """flows/plant_node.py on three lines, then flows/plant_rollup.py reading their topics:
+    every line's rollups count each of its readings once, and the plant's rollups (a rollup of
+    the line rollups) count every reading of the plant once, with min/max matching."""
+    lines, devices, seconds = ("line1", "line2", "line3"), 5, 40
+    nodes = []
+    for line in lines:
+        env = sim_env("max", f"{seconds}s", EDGEFLOW_NODE=line, EDGEFLOW_NODE_DEVICES=str(devices))
+        nodes.append(
+            popen_edgeflow(
+                "run", str(FLOWS / "plant_node.py"), "--kafka-bootstrap", kafka_bootstrap, env=env
+            )
+        )
+    for p in nodes:
+        _out, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+    env = sim_env("max", EDGEFLOW_ROLLUP_LATENESS="1h")  # a replay: devices far apart
+    edgeflow("run", str(FLOWS / "plant_rollup.py"), "--kafka-bootstrap", kafka_bootstrap,
+             "--for", "30s", env=env, timeout=180)  # fmt: skip
+    per_line = [orjson.loads(m.value) for m in
+                consume_all(kafka_bootstrap, "edgeflow.plant.line-rollups", expect=3 * 4)]  # fmt: skip
+    plant = [orjson.loads(m.value) for m in
+             consume_all(kafka_bootstrap, "edgeflow.plant.rollups", expect=1)]  # fmt: skip
+    summaries = {
+        line: [orjson.loads(m.value) for m in consume_all(kafka_bootstrap, f"edgeflow.summary.{line}")]
+        for line in lines
+    }  # fmt: skip
+    per_reading = devices * seconds * 100
+    for line in lines:
+        mine = [r for r in per_line if r["key"] == line]
+        assert sum(r["count_accel"] for r in mine) == per_reading, line
+        assert min(r["min_accel"] for r in mine) == min(s["min_accel"] for s in summaries[line])
+        assert max(r["max_accel"] for r in mine) == max(s["max_accel"] for s in summaries[line])
+        assert {k for r in mine for k in r["key_list"]} == {f"{line}/m{i}" for i in range(devices)}
+    assert sum(r["count_accel"] for r in plant) == 3 * per_reading
+    assert {r["key"] for r in plant} == {"plant"}
