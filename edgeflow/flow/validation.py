@@ -327,13 +327,19 @@ def _check_record_source(
         )
         return SourcePlan(s.name, spec, "key", "t", None, 0, 1, 0, records=True)
     problems.extend(f"{where}: {m}" for m in spec.problems())
+    bmax, budget = _batching(p, where, problems)
+    return SourcePlan(s.name, spec, "key", "t", None, 0, bmax, budget, records=True)
+
+
+def _batching(p: dict[str, Any], where: str, problems: list[str]) -> tuple[int, int]:
+    """A source's ``batch_max`` and ``batch_budget`` (ns), checked (1 and 0 when refused)."""
     budget = _duration(p["batch_budget"], "batch_budget", where, problems) or 0
     bmax = p["batch_max"]
     why = Arg("batch_max", "int", 1, 1 << 24).problem(bmax)
     if why is not None:
         problems.append(f"{where}: {why}")
         bmax = 1
-    return SourcePlan(s.name, spec, "key", "t", None, 0, bmax, budget, records=True)
+    return bmax, budget
 
 
 #: the streams a rollup may read: summaries (a window's), records (a records source's), rollups
@@ -365,9 +371,9 @@ def _check_rollup(
     if not isinstance(quantiles, list | tuple):
         problems.append(f"{where}: quantiles={quantiles!r}; give percents, e.g. (50, 95, 99)")
         return None
+    before = len(problems)
     every = _duration(p["every"], "every", where, problems) or 0
-    if every <= 0 and p["every"] is not None:
-        problems.append(f"{where}: every={p['every']!r}; give a positive duration, e.g. '1m'")
+    every_refused = len(problems) > before  # (then the spec's own every= line is not repeated)
     lateness = _duration(p["lateness"], "lateness", where, problems) or 0
     idle = _duration(p["idle"], "idle", where, problems, allow_none=True)
     try:
@@ -386,7 +392,11 @@ def _check_rollup(
     except (TypeError, ValueError) as exc:
         problems.append(f"{where}: {exc}")
         return None
-    problems.extend(f"{where}: {m}" for m in spec.problems())
+    problems.extend(
+        f"{where}: {m}"
+        for m in spec.problems()
+        if not (every_refused and m.startswith("rollup: every="))
+    )
     window = next((w for w in windows if w.name == up), None)
     if window is not None:
         have = {a.field for a in window.aggs if a.func == "mergeable"}
@@ -441,12 +451,7 @@ def _check_source(
         fields = wanted
     fields_of[s.name] = fields
     lateness = _duration(p["lateness"], "lateness", where, problems) or 0
-    budget = _duration(p["batch_budget"], "batch_budget", where, problems) or 0
-    bmax = p["batch_max"]
-    why = Arg("batch_max", "int", 1, 1 << 24).problem(bmax)
-    if why is not None:
-        problems.append(f"{where}: {why}")
-        bmax = 1
+    bmax, budget = _batching(p, where, problems)
     return SourcePlan(s.name, spec, key or "", time or "", fields, lateness, bmax, budget)
 
 
