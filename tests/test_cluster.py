@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from edgeflow.cli.cluster import free_ports, merge_counters, parse_addresses
+from edgeflow.cli.cluster import Launcher, _Member, free_ports, merge_counters, parse_addresses
 from edgeflow.cli.main import main
 from tests.helpers import edgeflow, popen_edgeflow, write_flow
 
@@ -377,3 +378,27 @@ r.window(window.tumbling("1s"), agg.count(), name="win").to(kafka.sink("t.win"),
     assert res.stderr.count("kafka sink 'to_kafka' -> t.win: 400 queued") == 1, res.stderr
     assert res.stderr.count(f"outbox {state / 'outbox.sqlite'}") == 1, res.stderr
     assert "another run" not in res.stderr
+
+
+def test_the_member_killed_from_outside_is_named_even_when_a_peer_noticed_first(
+    tmp_path: Path,
+) -> None:
+    """A peer that loses its connection may exit (code 1) before the launcher sees the member
+    that was killed: the one line still names the killed member, the cause."""
+    launcher = Launcher(None, [], 3, tmp_path, lambda _line: None)  # type: ignore[arg-type]
+    peer = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    victim.kill()
+    victim.wait()
+    peer.wait()
+    launcher.members = [
+        _Member(i, p, tmp_path / f"s{i}.json") for i, p in enumerate((peer, alive, victim))
+    ]
+    try:
+        code = launcher.wait()
+    finally:
+        launcher.kill()
+    line = launcher.failure_line() or ""
+    assert code == 1
+    assert line.startswith(f"process 2 of 3 (pid {victim.pid}) was killed by SIGKILL"), line

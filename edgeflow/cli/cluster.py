@@ -155,6 +155,8 @@ class _Member:
         self.proc = proc
         self.summary = summary
         self.errors: list[str] = []
+        #: the launcher signalled it (stop or kill): its own death is not a cause
+        self.signalled = False
 
 
 class Launcher:
@@ -275,12 +277,14 @@ class Launcher:
         self.stopping = True
         for m in self.members:
             if m.proc.poll() is None:
+                m.signalled = True
                 with contextlib.suppress(OSError):
                     m.proc.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         for m in self.members:
             if m.proc.poll() is None:
+                m.signalled = True
                 with contextlib.suppress(OSError):
                     m.proc.kill()
 
@@ -309,6 +313,14 @@ class Launcher:
             for m in self.members:
                 code = m.proc.returncode
                 if code:
+                    self.failed = (m, code)
+                    break
+        elif self.failed[1] > 0:
+            # a peer may notice a lost member before the launcher polls the member itself:
+            # the cause is a member killed by a signal the launcher did not send
+            for m in self.members:
+                code = m.proc.returncode
+                if code is not None and code < 0 and not m.signalled:
                     self.failed = (m, code)
                     break
         time.sleep(0.1)  # the relay threads pass on the last lines
