@@ -42,6 +42,7 @@ import numpy.typing as npt
 
 from edgeflow.batch import F64, I64, Batch, RecordBatch
 from edgeflow.ops.args import Arg, check, duration, points
+from edgeflow.ops.door_segments import run_segments
 from edgeflow.ops.kernel import RecordKernel
 from edgeflow.timeutil import Duration, parse_duration
 
@@ -352,7 +353,8 @@ class DownsampleKernel(RecordKernel):
             keep = self.hold.run(st, t, x)
             return t[keep], x[keep]
         if self.door is not None:
-            return self.door.run(st, t, x)
+            d = self.door
+            return run_segments(d.dev, d.max_interval, st, t, x, d.run)
         if self.spec.kind == "decimate":
             return self._decimate(st, t, x)
         return self._windowed(st, t, x)
