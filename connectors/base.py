@@ -69,7 +69,7 @@ class SourceContext:
     key: str
     time: str
     fields: tuple[str, ...] | None
-    batch_max: int = 65_536
+    batch_max: int = 131_072
     batch_budget_ns: int = 1_000_000
     #: the source's declared fields (``fields`` above is the part of them the flow uses);
     #: a source checks every declared field, so dead letters do not depend on the flow

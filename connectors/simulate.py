@@ -117,23 +117,39 @@ class _SensorSignals:
         self._block: dict[str, Any] = {}
 
     def _gen_block(self, b: int) -> dict[str, Any]:
-        """Random draws for ticks [b*BLOCK_TICKS, (b+1)*BLOCK_TICKS): a pure function of (seed, partition, b)."""
+        """Random draws for ticks [b*BLOCK_TICKS, (b+1)*BLOCK_TICKS): a pure function of (seed, partition, b).
+
+        Only the requested fields' disturbances are computed; the draws are the same
+        whichever fields are requested (same order, same generator), so a field's values do
+        not depend on which others are read."""
         if b != self._block_idx:
             s = self.spec
             r = np.random.default_rng([s.seed, 2, self.part, b])
             shape = (BLOCK_TICKS, len(self.dev_ids))
-            noise = r.standard_normal(shape, dtype=np.float32).astype(np.float64)
+            noise32 = r.standard_normal(shape, dtype=np.float32)
             # one uniform draw per reading decides spike, sign and size: u < 1 is a spike
             u = r.random(shape, dtype=np.float32) / np.float32(max(s.spike_prob, 1e-30))
-            spike = np.where(u < 1.0, np.where(u < 0.5, -1.0, 1.0) * (5.0 + 5.0 * u), 0.0)
             shift = np.where(r.random(len(self.dev_ids)) < s.shift_prob, 3.0, 0.0)
             jitter = r.integers(0, self.jitter_ns, shape) if self.jitter_ns else None
-            # accel disturbance (noise, spikes, level shift) scaled by each device's amplitude
-            self._block = {
-                "accel": self.amp * (0.1 * noise + spike + shift),
-                "temp": 0.05 * np.roll(noise, 1, axis=1),
-                "jitter": jitter,
-            }
+            block: dict[str, Any] = {"jitter": jitter}
+            noise = noise32.astype(np.float64)
+            if "accel" in self.fields:
+                # accel disturbance (noise, spikes, level shift) scaled by each device's
+                # amplitude: amp * (0.1 * noise + spike + shift), adding only the non-zero
+                # spikes and shifts (adding 0.0 changes nothing)
+                accel = 0.1 * noise
+                hits = np.flatnonzero(u < 1.0)
+                if len(hits):
+                    uh = u.reshape(-1)[hits]
+                    flat = accel.reshape(-1)
+                    flat[hits] += np.where(uh < 0.5, -1.0, 1.0) * (5.0 + 5.0 * uh)
+                if shift.any():
+                    accel += shift
+                accel *= self.amp
+                block["accel"] = accel
+            if "temp" in self.fields:
+                block["temp"] = 0.05 * np.roll(noise, 1, axis=1)
+            self._block = block
             self._block_idx = b
         return self._block
 
@@ -153,14 +169,21 @@ class _SensorSignals:
             out = slice(lo - a, hi - a)
             rel = np.arange(lo, hi) * self.period_ns
             secs = (rel / 1e9)[:, None]
-            if "accel" in cols:
-                cols["accel"][out] = (
-                    self.amp * np.sin(self.omega * secs + self.phase) + data["accel"][sl]
-                )
-            if "temp" in cols:
-                cols["temp"][out] = (
-                    22.0 + 2.5 * np.sin(secs * (2 * np.pi / 600.0) + self.phase) + data["temp"][sl]
-                )
+            # in place, operation for operation as written in the comments
+            if "accel" in cols:  # amp * sin(omega * secs + phase) + disturbance
+                acc = cols["accel"][out]
+                np.multiply(self.omega, secs, out=acc)
+                acc += self.phase
+                np.sin(acc, out=acc)
+                acc *= self.amp
+                acc += data["accel"][sl]
+            if "temp" in cols:  # 22 + 2.5 * sin(secs * 2 pi / 600 + phase) + disturbance
+                tmp = cols["temp"][out]
+                np.add(secs * (2 * np.pi / 600.0), self.phase, out=tmp)
+                np.sin(tmp, out=tmp)
+                tmp *= 2.5
+                tmp += 22.0
+                tmp += data["temp"][sl]
             t[out] = (self.start_ns + rel)[:, None]
             if data["jitter"] is not None:
                 t[out] -= data["jitter"][sl]

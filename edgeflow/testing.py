@@ -330,7 +330,7 @@ def check_source(
     idle: float = 0.0,
     guarantee: str | None = None,
     name: str | None = None,
-    batch_max: int = 65_536,
+    batch_max: int = 131_072,
 ) -> SourceCheck:
     """Check a source against the contract: snapshots taken after any batch, and closing
     ("cut") or crashing at any point then resuming from the last snapshot, give exactly the

@@ -95,6 +95,22 @@ def test_simulator_injects_spikes() -> None:
     assert 10 < big.sum() < 200  # ~0.1% of 30,000 readings
 
 
+@pytest.mark.parametrize("shift_prob", [0.0, 1.0])
+def test_a_simulated_field_is_the_same_whichever_other_fields_are_read(shift_prob: float) -> None:
+    """The simulator computes only the fields a flow reads; each field's values do not
+    depend on that (the same spikes, shifts and noise as when both are read)."""
+    spec = simulate.sensors(
+        devices=7, rate_hz=100, seed=4, speed=None, duration="9s", jitter="3ms",
+        spike_prob=0.01, shift_prob=shift_prob,
+    )  # fmt: skip
+    _, t_both, both = concat(drain(spec.open("0", None, ctx(300, fields=("accel", "temp")))))
+    t_a, accel = concat(drain(spec.open("0", None, ctx(300, fields=("accel",)))))[1:]
+    t_t, temp = concat(drain(spec.open("0", None, ctx(300, fields=("temp",)))))[1:]
+    assert np.array_equal(t_both, t_a) and np.array_equal(t_both, t_t)
+    assert np.array_equal(both[0], accel[0]) and np.array_equal(both[1], temp[0])
+    assert (np.abs(accel[0]) > 4.5).sum() > 5  # spikes are in the compared values
+
+
 def test_csv_and_jsonl_parsing_and_dead_letters(tmp_path: Path) -> None:
     jl = tmp_path / "r.jsonl"
     jl.write_bytes(

@@ -344,7 +344,7 @@ class Flow:
         lateness: Duration = 0,
         fields: Sequence[str] | None = None,
         name: str | None = None,
-        batch_max: int = 65_536,
+        batch_max: int = 131_072,
         batch_budget: Duration = "1ms",
     ) -> ReadingStream:
         """Read readings from ``spec``. ``key`` names the device column, ``time`` the event time.
@@ -364,7 +364,7 @@ class Flow:
         spec: SourceSpec,
         *,
         name: str | None = None,
-        batch_max: int = 65_536,
+        batch_max: int = 131_072,
         batch_budget: Duration = "1ms",
     ) -> RecordStream:
         """Read records (not readings) from ``spec``: a source made to yield them, such as
