@@ -25,6 +25,11 @@ _PANIC_END = re.compile(rb"^note: (run with `RUST_BACKTRACE|Some details are omi
 _ABORT = re.compile(rb"^(thread caused non-unwinding panic|fatal runtime error)")
 _TRACEBACK_START = re.compile(rb"^Traceback \(most recent call last\):")
 _BACKTRACE_LINE = re.compile(rb"^(stack backtrace:|\s+\d+:|\s+at )")
+#: written through the pipe when the guard ends: everything before it has been read when
+#: the pump sees it (one write of under PIPE_BUF bytes: it arrives whole)
+_END = b"\x00edgeflow-engine-output-end\x00"
+#: the longest wait at the end for the pump to reach the end marker
+END_WAIT_S = 2.0
 
 
 def debug_wanted() -> bool:
@@ -43,6 +48,8 @@ class EngineOutputGuard:
         self._saved = -1
         self._write = -1
         self._thread: threading.Thread | None = None
+        #: set when the pump has read everything written before the guard ended
+        self._drained = threading.Event()
         self._python_stderr: TextIO = sys.stderr
         self.active = False
 
@@ -95,11 +102,15 @@ class EngineOutputGuard:
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.flush()
         os.dup2(self._saved, 2)
+        with contextlib.suppress(OSError):
+            os.write(self._write, _END)
         os.close(self._write)
         if self._thread is not None:
-            # a child process (a forwarder) that inherited the pipe may keep it open: the
-            # thread then keeps passing its output on, as a daemon
-            self._thread.join(timeout=2.0)
+            # wait until the pump has read what the run wrote (up to the end marker), not
+            # for the pipe to close: a child process (a forwarder, multiprocessing's
+            # resource tracker) that inherited it may keep it open long after; the thread
+            # then keeps passing its output on, as a daemon
+            self._drained.wait(timeout=END_WAIT_S)
 
     def text(self) -> str:
         with self._lock:
@@ -124,14 +135,23 @@ class EngineOutputGuard:
             if not chunk:
                 break
             pending += chunk
+            ended = _END in pending
+            if ended:
+                pending = pending.replace(_END, b"")
             *whole, pending = pending.split(b"\n")
             for raw in whole:
                 state = self._line(raw + b"\n", state)
-            if pending and state == "pass" and not _could_start_block(pending):
-                self._pass(pending)  # a partial line (a progress display): show it now
+            # a partial line (a progress display): show it now, unless it may start a crash
+            # block or the end marker
+            partial = pending and state == "pass" and b"\x00" not in pending
+            if partial and not _could_start_block(pending):
+                self._pass(pending)
                 pending = b""
+            if ended:
+                self._drained.set()
         if pending:
             self._line(pending, state)
+        self._drained.set()
         os.close(read)
         os.close(self._saved)
 
