@@ -6,7 +6,9 @@ tumbling 1 s windows (count/mean/min/max/std/p95 of ``accel``), a swinging-door 
 (durable outbox, forwarder processes, a real broker). The rate is end to end: readings
 divided by the time from starting the flow to the last record acknowledged by Kafka.
 
-Stage shares are of that end-to-end time: ``source`` (the simulator making batches),
+Stage shares are of that end-to-end time: ``startup`` (from starting the run to the source's
+first batch: building the dataflow, opening the outbox, starting the forwarders, the
+detectors' imports), ``source`` (the simulator making batches),
 ``windows``, ``trend``, ``detect`` (the kernels), ``outbox_append`` (encoding records and
 appending them to the outbox), ``forwarding`` (waiting, after the input ended, for the
 forwarders to deliver what is left; they run in their own processes alongside the flow
@@ -25,7 +27,7 @@ for the ``windows_ratio`` figure.
 Starts its own broker with scripts/kafka.sh on free ports unless KAFKA_BOOTSTRAP is set,
 and stops it at the end. The last line is JSON: bench, per_s, baseline_per_s, ratio,
 windows_per_s (bench/windows.py's rate), windows_ratio, peak_rss_mb, kafka_records_per_s,
-and ``<stage>_share`` for source, windows, trend, detect, outbox_append, forwarding, engine.
+and ``<stage>_share`` for startup, source, windows, trend, detect, outbox_append, forwarding, engine.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 DEVICES = 1000
 RATE_HZ = 100
-STAGES = ("source", "windows", "trend", "detect", "outbox_append", "forwarding")
+STAGES = ("startup", "source", "windows", "trend", "detect", "outbox_append", "forwarding")
 SDT_DEVIATION = 0.2
 ZSCORE_WINDOW = 256
 
@@ -85,6 +87,12 @@ class StageClock:
 
     def __init__(self) -> None:
         self.spent = dict.fromkeys(STAGES, 0.0)
+        self.t0: float | None = None  # when the run started; startup ends at the first batch
+
+    def first_batch(self) -> None:
+        if self.t0 is not None:
+            self.spent["startup"] = time.perf_counter() - self.t0
+            self.t0 = None
 
     def wrap(self, owner: Any, method: str, stage: str) -> None:
         inner: Callable[..., Any] = getattr(owner, method)
@@ -112,6 +120,13 @@ def run_edgeflow(seconds: int, bootstrap: str) -> dict[str, Any]:
 
     clock = StageClock()
     clock.wrap(TickPartition, "next_batch", "source")
+    source_next = TickPartition.next_batch
+
+    def next_batch(self: Any) -> Any:
+        clock.first_batch()
+        return source_next(self)
+
+    TickPartition.next_batch = next_batch  # type: ignore[method-assign]
     for m in ("step_batch", "on_time", "flush"):
         clock.wrap(WindowKernel, m, "windows")
     for m in ("step_batch", "flush"):
@@ -134,7 +149,7 @@ def run_edgeflow(seconds: int, bootstrap: str) -> dict[str, Any]:
     r.detect(detect.auto(), "accel", name="alerts").to(out)
     plan = flow.plan()
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as d:
-        t0 = time.perf_counter()
+        t0 = clock.t0 = time.perf_counter()
         summary = run(plan, RunOptions(workers=1, state_dir=Path(d)))
         appended = sum(v for k, v in summary.counters.items() if k.startswith("records_to."))
         # the run drains the outbox before it returns; make sure Kafka has every record
