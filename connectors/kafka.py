@@ -390,20 +390,30 @@ class _KafkaSinkPartition(SinkPartition):
             hi = min(len(all_t), lo + APPEND_CHUNK)
             pos = np.arange(lo, hi) if order is None else order[lo:hi]
             src = which[pos]
-            runs = np.flatnonzero(np.r_[True, src[1:] != src[:-1], True])
-            piece: list[OutRecord] = []
-            for a, z in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
-                j = int(src[a])
-                local = pos[a:z] - starts[j]
-                rows: slice | npt.NDArray[np.intp] = (
-                    slice(int(local[0]), int(local[-1]) + 1)
-                    if order is None or bool(np.all(np.diff(local) == 1))
-                    else local
-                )
-                for key, value, headers in _encode(self.ctx.flow, group[j], rows, metas[j]):
+            topic = self.spec.topic
+            if order is None:  # runs of one batch each, in order: slices
+                runs = np.flatnonzero(np.r_[True, src[1:] != src[:-1], True])
+                piece: list[OutRecord] = []
+                for a, z in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
+                    j = int(src[a])
+                    local = pos[a:z] - starts[j]
+                    rows = slice(int(local[0]), int(local[-1]) + 1)
+                    for key, value, headers in _encode(self.ctx.flow, group[j], rows, metas[j]):
+                        self.bytes_written += len(value) + len(key or b"")
+                        piece.append(OutRecord(topic, key, value, headers))
+                yield piece
+                continue
+            # interleaved batches (windows, trend points and alerts by time): each batch's
+            # records of this piece encoded in one call, then put in time order
+            slots: list[OutRecord | None] = [None] * (hi - lo)
+            for j in np.unique(src).tolist():
+                at = np.flatnonzero(src == j)
+                local = pos[at] - starts[j]
+                encoded = _encode(self.ctx.flow, group[j], local, metas[j])
+                for k, (key, value, headers) in zip(at.tolist(), encoded, strict=True):
                     self.bytes_written += len(value) + len(key or b"")
-                    piece.append(OutRecord(self.spec.topic, key, value, headers))
-            yield piece
+                    slots[k] = OutRecord(topic, key, value, headers)
+            yield [r for r in slots if r is not None]
 
     def _check_outbox(self, ident: str | None, seq: int, waiting: int) -> tuple[int, bool]:
         """Stop (or, when accepted, count the loss) if the outbox lost records the snapshot
