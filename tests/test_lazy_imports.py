@@ -129,3 +129,75 @@ def test_score_with_ewma_on_a_small_file_loads_no_scipy(tmp_path: object) -> Non
         """
     )
     assert loaded_after(code) == []
+
+
+@pytest.mark.parametrize(
+    "shape,axis",
+    [((1,), -1), ((65,), -1), ((5000,), 0), ((3, 70), 1), ((100, 513), 1), ((70, 3), 0)],
+)
+@pytest.mark.parametrize("with_zi", [False, True])
+def test_the_directly_loaded_filter_equals_scipy_bit_for_bit(
+    shape: tuple[int, ...], axis: int, with_zi: bool
+) -> None:
+    """Long inputs go through scipy's C loop loaded on its own: the same results as
+    scipy.signal.lfilter, first- and second-order, with and without initial state."""
+    direct = scipy_lazy._direct_filter()
+    assert direct is not None, "scipy's filter loop could not be loaded on its own"
+    rng = np.random.default_rng(len(shape) * 1000 + shape[0])
+    x = rng.normal(size=shape)
+    x[tuple(rng.integers(0, n) for n in shape)] = 1e300  # extremes pass through alike
+    for b, den in (([0.05], [1.0, -0.95]), ([0.2, 0.1], [1.0, -0.5, 0.06])):
+        zi = None
+        if with_zi:
+            zshape = list(shape)
+            zshape[axis] = len(den) - 1
+            zi = rng.normal(size=zshape)
+        want = scipy_lfilter(b, den, x, axis=axis, zi=zi)
+        got = scipy_lazy.lfilter(b, den, x, axis=axis, zi=zi)
+        if zi is None:
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_a_detection_flow_loads_scipys_filter_loop_but_not_scipy_signal() -> None:
+    """A flow with `detect.auto()` (filters on long passes) loads scipy's C filter loop on
+    its own: not scipy.signal and scipy.stats (about 0.6 s and 50 MB more)."""
+    code = textwrap.dedent(
+        """
+        import sys
+        from edgeflow import Flow, detect
+        from edgeflow.connectors import simulate
+        from edgeflow.connectors.base import SinkContext, SinkPartition, SinkSpec
+        from edgeflow.engine import RunOptions, run
+        from edgeflow.ops import scipy_lazy
+
+        class Null(SinkSpec):
+            kind = "null"
+            def describe(self):
+                return {"kind": self.kind}
+            def open(self, partition, resume, ctx):
+                class Part(SinkPartition):
+                    def write(self, batches):
+                        pass
+                return Part()
+
+        flow = Flow("lazy")
+        r = flow.source(
+            simulate.sensors(devices=50, rate_hz=100, seed=1, speed=None, duration="60s"),
+            key="device", time="ts",
+        )
+        r.detect(detect.auto(), "accel").to(Null())
+        summary = run(flow.plan(), RunOptions(workers=1))
+        assert summary.counters["readings_in"] == 300_000, summary.counters
+        heavy = sorted(m for m in sys.modules if m in ("scipy.signal", "scipy.stats"))
+        assert heavy == [], heavy
+        import scipy.signal  # importing it afterwards still works, with the same loop
+        import numpy as np
+        x = np.random.default_rng(0).normal(size=(4, 300))
+        assert np.array_equal(scipy.signal.lfilter([0.1], [1, -0.9], x, axis=1),
+                              scipy_lazy.lfilter([0.1], [1, -0.9], x, axis=1))
+        """
+    )
+    assert "scipy" in loaded_after(code)
