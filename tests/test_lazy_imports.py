@@ -17,10 +17,28 @@ from tests.helpers import ROOT
 
 HEAVY = ("scipy", "matplotlib", "bytewax")
 
+#: a sink that drops what it gets, for the flows run in a fresh interpreter below
+NULL_SINK = textwrap.dedent(
+    """
+    from edgeflow.connectors.base import SinkPartition, SinkSpec
+
+    class Null(SinkSpec):
+        kind = "null"
+        def describe(self):
+            return {"kind": self.kind}
+        def open(self, partition, resume, ctx):
+            class Part(SinkPartition):
+                def write(self, batches):
+                    pass
+            return Part()
+    """
+)
+
 
 def loaded_after(code: str) -> list[str]:
-    """Top-level packages among HEAVY imported by running ``code`` in a new interpreter."""
-    probe = code + textwrap.dedent(
+    """Top-level packages among HEAVY imported by running ``code`` in a new interpreter
+    (a line ``{null_sink}`` in it stands for :data:`NULL_SINK`)."""
+    probe = code.replace("{null_sink}", NULL_SINK) + textwrap.dedent(
         f"""
         import json, sys
         print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))))
@@ -63,15 +81,7 @@ def test_windowing_flow_loads_no_scipy() -> None:
         from edgeflow.connectors.base import SinkContext, SinkPartition, SinkSpec
         from edgeflow.engine import RunOptions, run
 
-        class Null(SinkSpec):
-            kind = "null"
-            def describe(self):
-                return {"kind": self.kind}
-            def open(self, partition, resume, ctx):
-                class Part(SinkPartition):
-                    def write(self, batches):
-                        pass
-                return Part()
+        {null_sink}
 
         flow = Flow("lazy")
         r = flow.source(
@@ -173,15 +183,7 @@ def test_a_detection_flow_loads_scipys_filter_loop_but_not_scipy_signal() -> Non
         from edgeflow.engine import RunOptions, run
         from edgeflow.ops import scipy_lazy
 
-        class Null(SinkSpec):
-            kind = "null"
-            def describe(self):
-                return {"kind": self.kind}
-            def open(self, partition, resume, ctx):
-                class Part(SinkPartition):
-                    def write(self, batches):
-                        pass
-                return Part()
+        {null_sink}
 
         flow = Flow("lazy")
         r = flow.source(

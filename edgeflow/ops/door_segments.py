@@ -38,6 +38,40 @@ SHORT_SEGMENT = 24
 MIN_READINGS = 32
 
 Loop = Callable[[dict[str, Any], I64, F64], tuple[list[int], list[float]]]
+Point = tuple[int, float]
+
+
+def close_door(
+    a: Point,
+    prev: Point | None,
+    lo: float,
+    hi: float,
+    ti: int,
+    xi: float,
+    dev: float,
+    max_interval: int | None,
+    out_t: list[int],
+    out_v: list[float],
+) -> tuple[Point, float, float, Point | None]:
+    """The door from anchor ``a`` closed at reading ``(ti, xi)``: report the point on the
+    door at the previous reading (when there is one; ``lo``/``hi`` are the slopes it still
+    allowed) and open the next segment from there, or from the reading itself when there is
+    no previous reading or the gap to it is longer than ``max_interval``. Appends the
+    reported points; returns the new (anchor, lo, hi, prev). Shared by both forms."""
+    ta, va = a
+    if prev is not None:
+        tp, vp = prev
+        s = min(max((vp - va) / (tp - ta), lo), hi)
+        a = (tp, va + s * (tp - ta))
+        out_t.append(a[0])
+        out_v.append(a[1])
+        ta, va = a
+    dt = ti - ta
+    if prev is None or (max_interval is not None and dt > max_interval):
+        out_t.append(ti)
+        out_v.append(xi)
+        return (ti, xi), -np.inf, np.inf, None
+    return a, (xi - dev - va) / dt, (xi + dev - va) / dt, (ti, xi)
 
 
 def run_segments(
@@ -102,25 +136,7 @@ def run_segments(
                 lo, hi = float(run_lo[c - 1]), float(run_hi[c - 1])
                 prev = (int(tc[c - 1]), float(xc[c - 1]))
             ti, xi = int(tc[c]), float(xc[c])
-            dti = ti - ta
-            if prev is not None:
-                # the door closes at the previous reading: report the point on the door there
-                tp, vp = prev
-                s = min(max((vp - va) / (tp - ta), lo), hi)
-                a = (tp, va + s * (tp - ta))
-                out_t.append(a[0])
-                out_v.append(a[1])
-                ta, va = a
-                dti = ti - ta
-            if prev is None or (mi is not None and dti > mi):
-                # a gap longer than max_interval: the reading itself starts a new segment
-                a = (ti, xi)
-                out_t.append(ti)
-                out_v.append(xi)
-                lo, hi, prev = -np.inf, np.inf, None
-            else:
-                lo, hi = (xi - e - va) / dti, (xi + e - va) / dti
-                prev = (ti, xi)
+            a, lo, hi, prev = close_door(a, prev, lo, hi, ti, xi, e, mi, out_t, out_v)
             i += c + 1
             chunk = max(FIRST_CHUNK, 2 * (i - seg_start))
             seg_start = i

@@ -42,7 +42,7 @@ import numpy.typing as npt
 
 from edgeflow.batch import F64, I64, Batch, RecordBatch
 from edgeflow.ops.args import Arg, check, duration, points
-from edgeflow.ops.door_segments import run_segments
+from edgeflow.ops.door_segments import close_door, run_segments
 from edgeflow.ops.kernel import RecordKernel
 from edgeflow.timeutil import Duration, parse_duration
 
@@ -184,25 +184,9 @@ class _Door:
                 continue
             nlo, nhi = max(lo, (xi - e - va) / dt), min(hi, (xi + e - va) / dt)
             if nlo > nhi or (mi is not None and dt > mi):
-                if prev is not None:
-                    # the door closes at the previous reading: report the point on the door there
-                    tp, vp = prev
-                    s = min(max((vp - va) / (tp - ta), lo), hi)
-                    a = (tp, va + s * (tp - ta))
-                    out_t.append(a[0])
-                    out_v.append(a[1])
-                    ta, va = a
-                    dt = ti - ta
-                if prev is None or (mi is not None and dt > mi):
-                    # a gap longer than max_interval: the reading itself starts a new segment
-                    a = (ti, xi)
-                    out_t.append(ti)
-                    out_v.append(xi)
-                    lo, hi, prev = -np.inf, np.inf, None
-                    continue
-                lo, hi = (xi - e - va) / dt, (xi + e - va) / dt
-            else:
-                lo, hi = nlo, nhi
+                a, lo, hi, prev = close_door(a, prev, lo, hi, ti, xi, e, mi, out_t, out_v)
+                continue
+            lo, hi = nlo, nhi
             prev = (ti, xi)
         st["a"], st["lo"], st["hi"], st["prev"] = a, lo, hi, prev
         return out_t, out_v
