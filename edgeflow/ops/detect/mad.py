@@ -21,7 +21,7 @@ from edgeflow.ops.detect.stacked import (
     Rows,
     StackedModel,
     pack_rows,
-    slide_rows,
+    slide_joined_rows,
     unpad_row,
     window_rows,
 )
@@ -31,8 +31,11 @@ from edgeflow.ops.detect.stacked import (
 MAD_TO_STD, IQR_TO_STD, MEAN_DEV_TO_STD = 1.4826, 1.349, 1.2533
 #: values per block of windows a stacked pass estimates at once (bounded memory with many keys)
 ESTIMATE_BLOCK = 1 << 22
-#: windows from which :func:`robust_spread` finds MADs by selection, not by sorting
-SELECT_FROM = 64
+#: values (windows x window length) from which :func:`robust_spread` finds MADs by
+#: selection, not by sorting each window's deviations (measured: sorting is cheaper below
+#: about 64 k values, 256 windows of 256 or 512 of 128; the selection's steps cost the same
+#: for any number of windows)
+SELECT_FROM = 1 << 16
 #: on a lasting change the window keeps this many times the streak's length of older points
 CONTEXT = 3
 
@@ -114,10 +117,14 @@ class MAD(Detector):
         rs = np.arange(base + s, int(refresh[-1]) + 1, s)
         # every refresh's window at once: rows of z ending where the count reached r
         ends = len(hist) + (rs - n0)
-        cols = ends[:, None] - self.window + np.arange(self.window)
-        full = cols[0, 0] >= 0  # every window within z: no padding
-        win = z[cols] if full else np.where(cols >= 0, z[np.maximum(cols, 0)], np.nan)
+        w = self.window
+        if ends[0] < w:  # a window reaching before z starts: NaN there (an empty slot)
+            z, ends = np.concatenate([np.full(w, np.nan), z]), ends + w
+        # whole windows copied from a strided view (not an index per value)
+        win = np.lib.stride_tricks.sliding_window_view(z, w)[ends - w]
         m, d = self.estimate(win)
+        # (learn, next, needs one of these again: kept until then, see made_estimate)
+        self._made = (st, hist, n0, st["prev"], y, rs, m, d)
         idx = np.maximum((refresh - base) // s - 1, 0)
         med = np.where(new, m[idx], st["med"])
         mad = np.where(new, d[idx], st["mad"])
@@ -128,6 +135,30 @@ class MAD(Detector):
         :func:`robust_spread`. Every form calls this, so a subclass may estimate otherwise.
         ``win`` is the caller's scratch block: an estimate may reorder it (sort in place)."""
         return robust_spread(win, scratch=True)
+
+    def made_estimate(self, st: dict[str, Any], y: F64, r: int) -> tuple[float, float] | None:
+        """The estimate at refresh ``r`` when the last :meth:`score` made it, for this
+        key's state as it is (the same history, count and last reading) and a series ``y``
+        that is the start of the one scored (a Driver scores a pass, then learns the points
+        up to its first anomaly): the same window, so the same estimate. None otherwise. Used
+        once: the state moves on."""
+        made = self.__dict__.pop("_made", None)
+        if made is None:
+            return None
+        key, hist, n0, prev, ys, rs, m, d = made
+        if key is not st or hist is not st["hist"] or n0 != st["n"] or prev != st["prev"]:
+            return None
+        if len(y) > len(ys) or not np.array_equal(y, ys[: len(y)]):
+            return None
+        i = (r - int(rs[0])) // self.stride
+        if not 0 <= i < len(rs) or rs[i] != r:
+            return None
+        return float(m[i]), float(d[i])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_made", None)  # a pass's working data, never state
+        return state
 
     def _last(self, st: dict[str, Any]) -> float:
         """The last learnt reading (NaN: none)."""
@@ -154,7 +185,10 @@ class MAD(Detector):
         z = np.concatenate([st["hist"], y])
         n0, s = int(st["n"]), self.stride
         last = (n0 + len(y)) // s * s  # the refresh in force next: only that window is needed
-        if last > n0 // s * s:
+        made = self.made_estimate(st, y, last) if last > n0 // s * s else None
+        if made is not None:
+            st["med"], st["mad"] = made
+        elif last > n0 // s * s:
             end = len(z) - (n0 + len(y) - last)
             cols = end - self.window + np.arange(self.window)
             win = z[cols] if cols[0] >= 0 else np.where(cols >= 0, z[np.maximum(cols, 0)], np.nan)
@@ -207,6 +241,7 @@ class MADStacked(StackedModel):
     once, as order statistics over a (keys, refreshes, window) block."""
 
     PASS_DATA = ("hx", "y", "x", "first", "ests", "made", "z")
+    SPAN_EXACT = True  # order statistics and elementwise arithmetic only
     made: np.ndarray | None = None
     #: ``score`` takes ``wanted`` (see :meth:`score`)
     LAZY = True
@@ -236,6 +271,7 @@ class MADStacked(StackedModel):
         else:
             y = x
         self.hx, self.y, self.x = self.h[rows], y, x
+        self.z = z = np.concatenate([self.hx, y], axis=1)  # the windows' values; learn slides it
         # refreshes: after j points of this pass, where n0 + j is a multiple of the stride
         self.first = first = s - n0 % s  # 1..s
         n_ref = int(max(0, (span - int(first.min())) // s + 1))
@@ -243,7 +279,6 @@ class MADStacked(StackedModel):
         if not n_ref:
             self.ests = (np.empty((k, 0)), np.empty((k, 0)))
         elif wanted is None:
-            z = np.concatenate([self.hx, y], axis=1)
             jr = first[:, None] + s * np.arange(n_ref)  # (k, R)
             # refreshes past a row's last point are never used: point them at a window
             # without padding, so the medians need no NaN handling
@@ -261,7 +296,6 @@ class MADStacked(StackedModel):
                 else (np.concatenate([q[0] for q in parts]), np.concatenate([q[1] for q in parts]))
             )
         else:
-            self.z = np.concatenate([self.hx, y], axis=1)
             self.ests = (np.full((k, n_ref), np.nan), np.full((k, n_ref), np.nan))
             self.made = np.zeros((k, n_ref), bool)
             rem = np.count_nonzero(~np.isnan(x), axis=1)
@@ -276,7 +310,7 @@ class MADStacked(StackedModel):
         if wanted is not None:  # (a context part's: no verdicts) the ranges where wanted
             wi, wc = np.nonzero(wanted)
             return self._ranges_at(rows, x, y, (wi, wc))
-        med, mad = self._in_force(rows, np.arange(span)[None, :])
+        med, mad = self._in_force(rows, span)
         centre = x - y + med if det.diff else med
         last = p0 if det.diff else self.hx[:, -1]
         spread = floored_before(mad, self.resolution(rows), last, x, centre)
@@ -319,11 +353,12 @@ class MADStacked(StackedModel):
         self.made[ri, ref] = True
 
     def _in_force(
-        self, rows: Rows, j: Rows, first: Rows | None = None, ri: Rows | None = None
+        self, rows: Rows, j: Rows | int, first: Rows | None = None, ri: Rows | None = None
     ) -> tuple[F64, F64]:
-        """Median and spread in force before point j of the pass (j: (k, m) or (k, 1)): the
-        estimate of the pass's last refresh at or before j (``first`` is 1..stride, so a
-        point before the first refresh counts 0: the row's estimate from before the pass).
+        """Median and spread in force before point j of the pass (j: (k, m) or (k, 1); an
+        int: every point of a pass that long, as ``arange(j)[None, :]``): the estimate of
+        the pass's last refresh at or before j (``first`` is 1..stride, so a point before the
+        first refresh counts 0: the row's estimate from before the pass).
         ``first``, ``ri``: the rows' refresh offsets and places in the pass (default: the
         pass's rows, in order)."""
         m, d = self.ests
@@ -331,15 +366,21 @@ class MADStacked(StackedModel):
             m, d = m[ri], d[ri]
         first = self.first if first is None else first
         if not m.shape[1]:
-            shape = np.broadcast_shapes(j.shape, (len(rows), 1))
+            shape = np.broadcast_shapes((1, j) if isinstance(j, int) else j.shape, (len(rows), 1))
             return (
                 np.broadcast_to(self.med[rows][:, None], shape),
                 np.broadcast_to(self.mad[rows][:, None], shape),
             )
-        cnt = np.minimum((j - first[:, None]) // self.det.stride + 1, m.shape[1])
-        ri = np.arange(len(rows))[:, None]
-        med = np.concatenate([self.med[rows][:, None], m], axis=1)[ri, cnt]
-        mad = np.concatenate([self.mad[rows][:, None], d], axis=1)[ri, cnt]
+        s, n_ref = self.det.stride, m.shape[1]
+        if isinstance(j, int):  # every point: each row's counts are a window of those of
+            # points -s, 1 - s, ... (whole-row copies, no integer division per point)
+            ramp = np.minimum(np.arange(-s, j) // s + 1, n_ref)
+            cnt = np.lib.stride_tricks.sliding_window_view(ramp, j)[s - first]
+        else:
+            cnt = np.minimum((j - first[:, None]) // s + 1, n_ref)
+        cnt += (np.arange(len(rows)) * (n_ref + 1))[:, None]  # flat: row-major (k, R + 1)
+        med = np.concatenate([self.med[rows][:, None], m], axis=1).ravel().take(cnt)
+        mad = np.concatenate([self.mad[rows][:, None], d], axis=1).ravel().take(cnt)
         return med, mad
 
     def learn(self, rows: Rows, f: Rows) -> None:
@@ -353,12 +394,16 @@ class MADStacked(StackedModel):
         med, mad = self._in_force(rows, f[:, None])  # the estimates in force next
         self.med[rows] = med[:, 0]
         self.mad[rows] = mad[:, 0]
-        slide_rows(self.h, rows, self.hx, self.y, f)
+        slide_joined_rows(self.h, rows, self.z, f)
         self.prev[rows[moved]] = self.x[np.flatnonzero(moved), f[moved] - 1]
         if self.det.warmup:  # a warm-up block (the Driver's, usually): from all of it
-            for r in rows[moved & (self.n[rows] == 0)].tolist():
-                m, d = self.det.estimate(unpad_row(self.h[r])[None, :].copy())
-                self.med[r], self.mad[r] = m[0], d[0]
+            starting = rows[moved & (self.n[rows] == 0)]
+            if len(starting):  # keys whose blocks are as long: estimated together
+                held = np.count_nonzero(~np.isnan(self.h[starting]), axis=1)
+                for size in np.unique(held).tolist():
+                    at = starting[held == size]
+                    m, d = self.det.estimate(self.h[at, self.h.shape[1] - size :])
+                    self.med[at], self.mad[at] = m, d
         self.n[rows] = _counted(self.n[rows], f, self.det.warmup)
         self.pend[rows[moved]] = np.nan
 
@@ -419,8 +464,21 @@ def robust_spread(win: F64, tails: float = 0.0, scratch: bool = False) -> tuple[
         srt = win
     else:
         srt = np.sort(win, axis=-1)  # NaN last
+    part = np.isnan(srt[..., -1])  # windows still filling up
+    if part.any() and not part.all():  # full ones by the faster path: the same bits each
+        rows, part = srt.reshape(-1, w), part.reshape(-1)
+        med, spread = np.empty(len(part)), np.empty(len(part))
+        for which in (part, ~part):
+            med[which], spread[which] = _spread_sorted(rows[which], tails)
+        return med.reshape(srt.shape[:-1]), spread.reshape(srt.shape[:-1])
+    return _spread_sorted(srt, tails)
+
+
+def _spread_sorted(srt: F64, tails: float) -> tuple[F64, F64]:
+    """:func:`robust_spread` of windows already sorted (NaN last)."""
+    w = srt.shape[-1]
     if np.isnan(srt[..., -1]).any():
-        count = np.count_nonzero(~np.isnan(win), axis=-1)
+        count = np.count_nonzero(~np.isnan(srt), axis=-1)
         med, q1, q3 = (_order_stat(srt, count, q) for q in (0.5, 0.25, 0.75))
         if tails > 0:
             lo, hi = (_order_stat(srt, count, q) for q in (tails, 1 - tails))
@@ -453,7 +511,7 @@ def _median_deviation_sorted(srt: F64, med: F64) -> F64:
     vectorised steps instead of sorting every window's deviations; a few windows are sorted,
     where the steps' fixed cost is more)."""
     w = srt.shape[-1]
-    if srt.size < SELECT_FROM * w or w < 4:
+    if srt.size < SELECT_FROM or w < 4:
         dev = np.abs(srt - med[..., None])
         return _order_stat_full(np.sort(dev, axis=-1), w, 0.5)
     flat = srt.reshape(-1)

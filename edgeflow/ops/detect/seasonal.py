@@ -16,7 +16,13 @@ from edgeflow.ops.detect.base import Detector, Scores, calibrate, warm_up_mask, 
 from edgeflow.ops.detect.decision import ADAPT_AFTER
 from edgeflow.ops.detect.mad import finite_raw, floored_before, robust_spread
 from edgeflow.ops.detect.spread import floored, resolution
-from edgeflow.ops.detect.stacked import Rows, StackedModel, pack_rows, slide_rows, unpad_row
+from edgeflow.ops.detect.stacked import (
+    Rows,
+    StackedModel,
+    pack_rows,
+    slide_joined_rows,
+    unpad_row,
+)
 
 #: a period is searched for only when the history holds at least this many points
 MIN_HISTORY = 16
@@ -410,7 +416,7 @@ class SeasonalStacked(StackedModel):
     (every ``refresh`` readings), where all rows due are re-estimated at once (one FFT over
     their histories)."""
 
-    PASS_DATA = ("hx", "x", "expected", "half", "same", "g", "f")
+    PASS_DATA = ("z", "x", "expected", "half", "same", "g", "f")
 
     def __init__(self, det: Seasonal, sts: list[dict[str, Any]]) -> None:
         self.det = det
@@ -435,8 +441,8 @@ class SeasonalStacked(StackedModel):
         det = self.det
         w = det.window
         span = x.shape[1]
-        self.hx, self.x = self.h[rows], x
-        z = np.concatenate([self.hx, x], axis=1)
+        self.x = x
+        self.z = z = np.concatenate([self.h[rows], x], axis=1)  # (learn slides it)
         # the point one period back (periods are at most half the window: always in z)
         back = w + np.arange(span) - self.period[rows][:, None]
         prev = np.take_along_axis(z, back, axis=1)
@@ -460,7 +466,7 @@ class SeasonalStacked(StackedModel):
         return raw, self.expected, self.half
 
     def learn(self, rows: Rows, f: Rows) -> None:
-        slide_rows(self.h, rows, self.hx, self.x, f)
+        slide_joined_rows(self.h, rows, self.z, f)
         moved = f > 0
         self.last[rows[moved]] = self.x[np.flatnonzero(moved), f[moved] - 1]
         self.pend[rows[moved]] = np.nan

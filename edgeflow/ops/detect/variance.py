@@ -97,6 +97,7 @@ class VarianceChangeStacked(StackedModel):
     """Stacked variance change: fast and slow EW variances of the first difference."""
 
     PASS_DATA = ("vf_after", "vs_after", "x")
+    SPAN_EXACT = True  # lfilter whatever the span (no short-pass matrix products)
 
     def __init__(self, det: VarianceChange, sts: list[dict[str, Any]]) -> None:
         self.det = det
