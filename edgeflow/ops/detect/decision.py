@@ -28,7 +28,7 @@ import numpy as np
 
 from edgeflow.batch import F64
 from edgeflow.ops.args import Arg, check, counter, points, rate
-from edgeflow.ops.detect.base import calibrate, raw_at
+from edgeflow.ops.detect.base import AT_LEVEL, calibrate, raw_at
 from edgeflow.ops.detect.spread import floored, resolution, resolution_rows
 
 #: points since the last event of a key that never raised one
@@ -126,7 +126,7 @@ class RawThreshold:
 
     def __init__(self, level: float, thr: float) -> None:
         self.level, self.thr = level, thr
-        raw_thr = raw_at(thr, level)
+        self.raw_thr = raw_thr = raw_at(thr, level)
         self.near, self.sure = raw_thr * (1 - 1e-9), raw_thr * (1 + 1e-9)
 
     def flags(self, raw: F64, inside: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
@@ -140,6 +140,17 @@ class RawThreshold:
         if len(edge):
             flagged.flat[edge] = is_anomalous(calibrate(raw.flat[edge], self.level), self.thr)
         return flagged, True
+
+
+def event_scores(raw: F64, level: float) -> F64:
+    """:func:`~edgeflow.ops.detect.base.calibrate` of a live tick's few events' raw values,
+    to the bit. Above the alarm level (where an event's raw value almost always is) the score
+    is calibrate's tail ``1 - (1 - AT_LEVEL) / r``, here the same IEEE operations on Python
+    floats instead of a dozen array operations; any other value goes through calibrate."""
+    r = [max(v, 0.0) / level for v in raw.tolist()]
+    if len(r) > 8 or not all(v > 1.0 for v in r):  # (NaN compares False: calibrate's)
+        return calibrate(raw, level)
+    return np.array([1.0 - (1.0 - AT_LEVEL) / v for v in r])
 
 
 def starts_episode(gap: Any, cooldown: Any) -> Any:
@@ -170,6 +181,13 @@ def streak_after(streak: Any, normal: Any, anomalous: Any) -> Any:
     """Anomalies in a row after ``normal`` normal points (any normal point resets the count)
     followed by an anomaly where ``anomalous``. Scalars or arrays."""
     return np.where(normal > 0, 0, streak) + anomalous
+
+
+def streak_after_tick(streak: np.ndarray, anomalous: np.ndarray) -> None:
+    """:func:`streak_after` of one point per key, in place: ``streak`` (int array) becomes
+    ``streak + 1`` where ``anomalous`` and 0 elsewhere (two array operations: a live tick)."""
+    np.add(streak, 1, out=streak)
+    np.multiply(streak, anomalous, out=streak)
 
 
 def warm_up_inliers(block: F64) -> np.ndarray:

@@ -120,13 +120,12 @@ class DetectKernel(RecordKernel):
                 order = np.arange(n).reshape(per, nk).T.ravel()  # by key, then in time
                 grid = (order, np.arange(nk) * per, codes[order])
                 return self._records(state, stacked, ticked, lut, grid, x, t)
-        if n == nk and (codes == np.arange(n)).all():
+        if n == nk and (codes == self._every(n)).all():
             # a reading per key, keys in order (a live tick): the grid is the column itself
             if isinstance(stacked, Stacked) and stacked.rows_in_order(lut):
                 found = stacked.tick(x)  # every key, in row order: the short path
-                if found is not None:
-                    every = np.arange(n)
-                    return self._records(state, stacked, found, lut, (every, every, codes), x, t)
+                if found is not None:  # (the grid: row i is key row i, batch position i)
+                    return self._records(state, stacked, found, lut, None, x, t)
             order = heads = np.arange(n)
             c, lens = codes, np.ones(n, np.int64)
             xmat = x[:, None]
@@ -141,6 +140,13 @@ class DetectKernel(RecordKernel):
             xmat[grid_of, col] = x[order]
         found = stacked.run(lut[c[heads]], xmat, lens)
         return self._records(state, stacked, found, lut, (order, heads, c), x, t)
+
+    def _every(self, n: int) -> np.ndarray:
+        """``np.arange(n)``, kept: a live tick's batch is checked against it every time."""
+        every: np.ndarray | None = self.__dict__.get("_every_n")
+        if every is None or len(every) != n:
+            every = self.__dict__["_every_n"] = np.arange(n)
+        return every
 
     @staticmethod
     def _ticks(
@@ -169,22 +175,26 @@ class DetectKernel(RecordKernel):
         stacked: Stacked | StackedEnsemble,
         found: Events,
         lut: np.ndarray,
-        grid: tuple[np.ndarray, np.ndarray, np.ndarray],
+        grid: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
         x: np.ndarray,
         t: np.ndarray,
     ) -> RecordBatch | None:
         """The anomaly records of the events ``found`` on the grid. ``grid`` is (order,
         heads, c): the batch positions sorted by key, where each grid row starts in that
-        order, and the key codes in that order (see :meth:`_stacked`)."""
+        order, and the key codes in that order (see :meth:`_stacked`); None for a live
+        tick, whose grid row i is batch position i and key row i."""
         if not found.parts:
             return None
-        order, heads, c = grid
         gi, ci, score, raw, low, high = found.arrays()
-        src = order[heads[gi] + ci]  # batch positions of the events
+        if grid is None:
+            src = key_rows = gi
+        else:
+            order, heads, c = grid
+            src = order[heads[gi] + ci]  # batch positions of the events
+            key_rows = lut[c[heads[gi]]]
         n = len(gi)
         state["anomalies"] += n
         names = stacked.names
-        key_rows = lut[c[heads[gi]]]
         data: dict[str, Any] = {"key": [names[r] for r in key_rows.tolist()], "t": t[src]}
         data["field"] = [self.field] * n
         data["detector"] = [self.driver.detector.name] * n

@@ -35,9 +35,11 @@ from edgeflow.ops.detect.decision import (
     NO_EVENT_YET,
     Decision,
     RawThreshold,
+    event_scores,
     is_adapting,
     starts_episode,
     streak_after,
+    streak_after_tick,
     warm_up_inliers_rows,
 )
 from edgeflow.ops.detect.driver import Driver
@@ -51,6 +53,10 @@ FLOOR_FROM = 4096
 #: replay) runs them in the Driver, whose passes are cheaper than a stacked pass of one row;
 #: the results are the same (check_detector: stacked = reference)
 DRIVER_ROW = 2048
+#: a pass after the first scores at least about this many points (a few keys left: each to
+#: its end, not to the next short reach) where the model's results do not depend on the
+#: pass's span (``StackedModel.SPAN_EXACT``): fewer passes, each cheap with few keys
+WIDE_PASS = 16384
 
 
 def has_stacked_form(det: Detector) -> bool:
@@ -137,6 +143,22 @@ def slide_rows(h: F64, rows: Rows, old: F64, new: F64, f: Rows) -> None:
     h[rows[moved]] = np.take_along_axis(z, cols, axis=1)
 
 
+def slide_joined_rows(h: F64, rows: Rows, joined: F64, f: Rows) -> None:
+    """:func:`slide_rows` where the pass already joined each row's old values and new ones:
+    ``joined[i]`` is ``old[i]`` (w values) followed by ``new[i]``. Row i keeps
+    ``joined[i, f[i] : f[i] + w]``, copied as whole windows of a strided view."""
+    moved = np.flatnonzero(f > 0)
+    if not len(moved):
+        return
+    w = h.shape[1]
+    step = int(f[moved[0]])
+    if len(moved) == len(f) and (f == step).all():  # the common case: every row learnt f
+        h[rows] = joined[:, step : step + w]
+        return
+    view = np.lib.stride_tricks.sliding_window_view(joined, w, axis=1)
+    h[rows[moved]] = view[moved, f[moved]]
+
+
 class StackedModel:
     """A stacked model: per-key state as rows of arrays (one row per key).
 
@@ -153,6 +175,10 @@ class StackedModel:
     #: known: every row has seen a step (``res`` finite), so a live tick's spread floor is
     #: ``fmax(scale, res)`` (kept by :class:`Stacked`; False when unsure)
     res_finite: bool = False
+    #: every point's results are the same bits whatever the span of the pass that scores it
+    #: (no filters or running sums, whose rounding depends on it): :func:`run_stacked` may
+    #: then give the keys left after an anomaly wider passes (:data:`WIDE_PASS`)
+    SPAN_EXACT = False
     #: what a pass keeps from ``score`` for ``learn`` (the pass's readings, estimates):
     #: not state, so never in a snapshot
     PASS_DATA: tuple[str, ...] = ()
@@ -199,6 +225,23 @@ class StackedModel:
 
     def learn_tick(self, rows: Rows, learnt: Rows | None, x: F64) -> None:
         """After :meth:`tick`: rows learnt their reading where ``learnt`` (None: all)."""
+        raise NotImplementedError
+
+    def adapt_tick(self, rows: Rows) -> bool:
+        """Keys at ``rows`` start adapting on this tick: their rows adapt in place as the
+        detector's ``adapt`` does in the Driver, before :meth:`tick` scores their reading
+        (followed by :meth:`settle_adapted` once the tick has learnt). False (nothing done):
+        no such form, the Driver takes those keys."""
+        return False
+
+    def undo_adapt(self, rows: Rows) -> None:
+        """Rows adapted by the last :meth:`adapt_tick` back as they were before it (the
+        Driver takes those keys)."""
+        raise NotImplementedError
+
+    def settle_adapted(self, rows: Rows) -> None:
+        """After the tick that adapted ``rows`` (see :meth:`adapt_tick`) learnt their
+        readings: the rows as loading the Driver's state of those keys leaves them."""
         raise NotImplementedError
 
     def scatter(self, i: int, s: dict[str, Any]) -> None:
@@ -332,22 +375,37 @@ class Stacked:
         adapt = driver.adapt_after
         adapting = None  # keys past ``adapt_after`` anomalies in a row learn this one too
         starting: list[tuple[int, dict[str, Any]]] = []  # keys that start adapting now
-        if not self.quiet and adapt is not None:
+        adapted = None  # those of them whose rows adapted in place (the model's tick form)
+        # (one reduction first: a key in a streak of adapt_after is rare)
+        if not self.quiet and adapt is not None and int(self.streak.max()) >= adapt:
             past = is_adapting(self.streak, adapt)
             if past.any():
                 start = self.streak == adapt
                 adapting = past & ~start
                 # the Driver calls their detector's adapt: their state before this tick
-                starting = [(r, self.driver_state(r)) for r in np.flatnonzero(start).tolist()]
+                at = np.flatnonzero(start)
+                if len(at) and model.adapt_tick(at):
+                    adapted = at  # adapted in place: they learn this reading, as adapting keys
+                    adapting |= start
+                else:
+                    starting = [(r, self.driver_state(r)) for r in at.tolist()]
         rows = self.all_rows
         if not model.res_finite:  # (res only falls: once all are finite they stay so)
             model.res_finite = bool(len(self.res)) and bool(np.isfinite(self.res).all())
         got = model.tick(rows, x)
         if got is None:
+            if adapted is not None:
+                model.undo_adapt(adapted)
             return None
         raw, centre, half = got
         flagged, anomalous = self.decide().flags(raw)
         events = Events()
+        if adapted is not None:  # the Driver decides the few the tick form may not
+            slow = self._driver_decides(adapted, raw, centre, half, x, flagged)
+            if slow.any():  # (their state before this tick, back for the Driver)
+                model.undo_adapt(adapted[slow])
+                starting = [(r, self.driver_state(r)) for r in adapted[slow].tolist()]
+                adapted = adapted[~slow]
         if starting:  # the tick leaves them alone; the Driver takes their reading below
             aside = np.zeros(len(x), bool)
             aside[[r for r, _ in starting]] = True
@@ -358,6 +416,8 @@ class Stacked:
         if not anomalous:
             model.learn_tick(rows, None, x)  # every key learns
             self._learnt_tick(None, x)
+            if adapted is not None and len(adapted):
+                model.settle_adapted(adapted)
             self.since += 1
             if not self.quiet:
                 self.streak[:] = 0
@@ -370,16 +430,20 @@ class Stacked:
             learnt &= ~aside
         model.learn_tick(rows, learnt, x)
         self._learnt_tick(learnt, x)
-        model.forget(rows[gone], x[gone])  # anomalies not learnt (CUSUM restarts its sums)
-        since, streak = self.since, self.streak
+        if adapted is not None and len(adapted):
+            model.settle_adapted(adapted)
+        # (rows: every row in order, so the rows of a mask are its indices; a few of them)
+        hit = np.flatnonzero(flagged)
+        left_out = hit if adapting is None else np.flatnonzero(gone)
+        model.forget(left_out, x[left_out])  # anomalies not learnt (CUSUM restarts its sums)
+        since = self.since
         since += 1  # learnt: one more point; flagged: the anomaly counts too
-        ev = flagged & starts_episode(since, driver.decision.cooldown)
-        since[ev] = 0
-        np.copyto(streak, streak_after(streak, ~flagged, flagged))
-        r = np.flatnonzero(ev)
+        r = hit[starts_episode(since[hit], driver.decision.cooldown)]
+        since[r] = 0
+        streak_after_tick(self.streak, flagged)
         if len(r):
             mid, dev, rr = centre[r], half[r], raw[r]
-            events.add(r, np.zeros(len(r), np.int64), calibrate(rr, driver.detector.level), rr,
+            events.add(r, np.zeros(len(r), np.int64), event_scores(rr, driver.detector.level), rr,
                        mid - dev, mid + dev)  # fmt: skip
         for row, st in starting:
             out = driver.run(st, x[row : row + 1])
@@ -388,6 +452,29 @@ class Stacked:
                 events.add(np.array([row]), np.zeros(1, np.int64), out.score, out.raw, out.low,
                            out.high)  # fmt: skip
         return events
+
+    def _driver_decides(
+        self, at: Rows, raw: F64, centre: F64, half: F64, x: F64, flagged: Rows
+    ) -> Rows:
+        """Of the keys at ``at`` (a few), adapted in place and scored by the tick form: which
+        the Driver must take instead (from their state before the tick), so that every
+        verdict and every event is the Driver's to the bit. Those whose raw statistic is near
+        the threshold (the tick's sums round otherwise than the Driver's: far more than that
+        rounding, 1e-8 relative plus 1e-9 of the reading's and centre's size in spreads), and
+        those whose reading raises an event (its score and range are reported)."""
+        level = self.driver.detector.level
+        thr, cooldown = self.decide().raw_thr, self.driver.decision.cooldown
+        out = np.zeros(len(at), bool)
+        for i, r in enumerate(at.tolist()):
+            spread, mid = float(half[r]) / level, float(centre[r])
+            if not spread > 0:  # (NaN, 0: the Driver's)
+                out[i] = True
+                continue
+            tol = 1e-8 * thr + 1e-9 * (abs(float(x[r])) + abs(mid)) / spread
+            near = not abs(float(raw[r]) - thr) > tol  # (NaN: the Driver's)
+            event = bool(flagged[r]) and bool(starts_episode(int(self.since[r]) + 1, cooldown))
+            out[i] = near or event
+        return out
 
     def decide(self) -> RawThreshold:
         """The threshold decision on raw statistics (made once: a live tick is a few µs)."""
@@ -399,13 +486,14 @@ class Stacked:
 
     def _learnt_tick(self, learnt: Rows | None, x: F64) -> None:
         """Every row learnt its reading ``x[i]`` where ``learnt`` (None: all): resolutions."""
-        step = np.abs(x - self.res_last)
+        step = x - self.res_last
+        np.abs(step, out=step)
+        lower = step < self.res  # (NaN, a row's first reading, compares False: no step)
         if learnt is None:
             self.res_last[:] = x
         else:
-            step[~learnt] = np.inf
+            lower &= learnt
             np.copyto(self.res_last, x, where=learnt)
-        lower = step < self.res  # (NaN, a row's first reading, compares False: no step)
         if lower.any():
             lower &= step > 0  # no move is no step
             self.res[lower] = step[lower]
@@ -434,6 +522,8 @@ class Events:
         """(grid row, column, score, raw, low, high), in no particular order."""
         if not self.parts:
             return tuple(np.empty(0, t) for t in (np.int64, np.int64, *[np.float64] * 4))
+        if len(self.parts) == 1:  # (a live tick: nothing to join)
+            return self.parts[0]
         return tuple(np.concatenate(c) for c in zip(*self.parts, strict=True))
 
 
@@ -481,12 +571,17 @@ def run_stacked(
     reach = 96 if hint is None else hint
     found = 0
     decide = stacked.decide()
+    # (an ensemble's part: its caller orders the anomalies, so the passes may change; the
+    # events of a detector on its own leave in the order of its passes, kept as they were)
+    wide = every_anomaly and model.SPAN_EXACT
     while len(active):
         g = rows[active]  # state rows of the active grid rows
         rem = lens[active] - pos[active]
         lim = model.limit(g)
         # after the first pass only keys that hit an anomaly remain: short passes suffice
         span = int(rem.max()) if first and hint is None else min(int(rem.max()), reach)
+        if wide and not first:  # few keys left: fewer, wider passes
+            span = min(int(rem.max()), max(span, WIDE_PASS // len(active)))
         if lim is not None:  # a row decides no further than its model's next refresh
             span = min(int(rem.max()), int(lim.max()))
             rem = np.minimum(rem, lim)
@@ -658,8 +753,10 @@ def keep_ranges(
         np.subtract(centre, half, out=low)
         np.add(centre, half, out=high)
         return
-    r, c = np.nonzero(np.arange(centre.shape[1]) < d[:, None])
-    if len(r):
-        mid, dev = centre[r, c], half[r, c]
-        low[active[r], pos[active][r] + c] = mid - dev
-        high[active[r], pos[active][r] + c] = mid + dev
+    span = centre.shape[1]
+    decided = np.arange(span) < d[:, None]
+    if decided.any():  # (flat positions in the matrices: one index for both)
+        at = ((active * low.shape[1] + pos[active])[:, None] + np.arange(span))[decided]
+        mid, dev = centre[decided], half[decided]
+        np.put(low, at, mid - dev)
+        np.put(high, at, mid + dev)

@@ -204,12 +204,19 @@ class ZScoreStacked(StackedModel):
         if not self.full:  # (windows only fill: once every window is full, it stays so)
             self.full = bool((self.cnt == w).all())
         den = w if self.full else self.cnt
+        # (in place where a result is not handed out: the same operations, fewer arrays)
         mean = self.s1 / den
-        std = np.sqrt(np.maximum(self.s2 / den - mean * mean, 0.0))
+        var = self.s2 / den
+        var -= mean * mean
+        np.maximum(var, 0.0, out=var)
+        std = np.sqrt(var, out=var)
         centre = self.c + mean
         std = self.tick_floor(rows, std, centre)
         # std is kept above 0 and x is finite: raw is finite
-        raw = np.minimum(np.abs(x - centre) / std, RAW_CAP * det.level)
+        raw = x - centre
+        np.abs(raw, out=raw)
+        raw /= std
+        np.minimum(raw, RAW_CAP * det.level, out=raw)
         return raw, centre, det.level * std
 
     def _refresh(self, r: Rows) -> None:
@@ -250,19 +257,97 @@ class ZScoreStacked(StackedModel):
             np.remainder(self.head + 1, w, out=self.head)
             self.n += 1
             return
-        r = np.flatnonzero(learnt)
-        head, xr, cr = self.head[r], x[r], self.c[r]
-        old = self.h[r, head]
+        # whole arrays, where the rows that do not learn (a few) put back their oldest value:
+        # a step of 0 (their sums stay as they are, to the bit), their slot keeps what it
+        # held and their ring does not turn
+        held = old = self.h[rows, self.head]
         if not self.full:
             empty = old != old
-            old = np.where(empty, cr, old)
-            self.cnt[r] += empty
-        step = xr - old
-        self.s1[r] += step
-        self.s2[r] += step * (xr + old - 2 * cr)
-        self.h[r, head] = xr
-        self.head[r] = (head + 1) % w
-        self.n[r] += 1
+            old = np.where(empty, self.c, old)
+            self.cnt += empty & learnt
+        out = np.flatnonzero(~learnt)
+        xe = x.copy()
+        xe[out] = old[out]
+        step = xe - old
+        self.s1 += step
+        self.s2 += step * (xe + old - 2 * self.c)
+        if not self.full:
+            xe[out] = held[out]  # (an empty slot stays empty)
+        self.h[rows, self.head] = xe
+        np.add(self.head, learnt, out=self.head)
+        np.remainder(self.head, w, out=self.head)
+        np.add(self.n, learnt, out=self.n)
+
+    def adapt_tick(self, rows: Rows) -> bool:
+        """Rows starting to adapt on this tick cut their window as :meth:`ZScore.adapt` does
+        (the last :data:`ADAPT_KEEP` x as many readings as the streak has, then the streak's
+        anomalies), laid out oldest first from slot 0 with the sums :meth:`tick` scores from;
+        what they were is kept for :meth:`undo_adapt`. False (nothing done) when a row is not
+        ready to tick."""
+        if not len(self.n) or self.n.min() < 1:
+            return False
+        w = self.det.window
+        self._undo: list[tuple[int, F64, int, int, int]] = []
+        for r in rows.tolist():
+            row, hd = self.h[r], int(self.head[r])  # (row: a view, written in place below)
+            saved = row.copy()
+            self._undo.append((r, saved, hd, int(self.n[r]), int(self.anom.cnt[r])))
+            ordered = np.concatenate((saved[hd:], saved[:hd])) if hd else saved
+            hist = ordered[ordered == ordered]  # (unpad_row; a new array)
+            run = self._streak_of(r)
+            if len(run):
+                hist = np.concatenate([hist[-ADAPT_KEEP * len(run) :], run])[-w:]
+                self.n[r] += len(run)
+            row[: w - len(hist)] = np.nan
+            row[w - len(hist) :] = hist
+            if len(hist):  # the sums of the adapted window (the next tick re-makes them)
+                c = float(hist.mean())
+                d = hist - c
+                self.c[r], self.s1[r], self.s2[r] = c, float(d.sum()), float((d * d).sum())
+                self.cnt[r] = len(hist)
+                self.fresh[r] = True
+            else:
+                self.fresh[r] = False
+        self.head[rows] = 0
+        self.anom.clear(rows)
+        self.full = False
+        return True
+
+    def _streak_of(self, r: int) -> F64:
+        """Row r's anomalies of its streak, oldest first (``self.anom.values(r)`` as an array,
+        by slices: a live tick's few µs)."""
+        ring = self.anom
+        c, size = int(ring.cnt[r]), ring.size
+        vals = ring.vals[r]
+        if c <= size:
+            out: F64 = vals[:c]
+            return out
+        at = c % size
+        out = np.concatenate((vals[at:], vals[:at]))
+        return out
+
+    def undo_adapt(self, rows: Rows) -> None:
+        """Rows adapted by the last :meth:`adapt_tick` back as they were."""
+        back = set(rows.tolist())
+        for r, row, hd, n, anom in self._undo:
+            if r in back:
+                self.h[r], self.head[r], self.n[r], self.anom.cnt[r] = row, hd, n, anom
+                self.fresh[r] = False
+        self.full = False
+
+    def settle_adapted(self, rows: Rows) -> None:
+        """After the adapting rows learnt their reading: each window oldest first from slot 0
+        (the adapted window began at slot 0 with its empty slots first: one turn of the ring
+        by its head) and its sums to be re-made from it, as :meth:`load` leaves a row (the
+        Driver's path for a key that starts adapting), so the rows' next scores are that
+        path's to the bit."""
+        for r in rows.tolist():
+            hd = int(self.head[r])
+            if hd:
+                self.h[r] = np.concatenate((self.h[r, hd:], self.h[r, :hd]))
+        self.head[rows] = 0
+        self.fresh[rows] = False
+        self.full = False
 
     def _finish(
         self, rows: Rows, x: F64, base: F64, sum1: F64, sum2: F64, cnt: Rows | int
