@@ -11,7 +11,10 @@ message naming the detector and the check:
   and expected ranges equal within 1e-9 relative (a detector without a stacked form: the
   flow's per-key path equals the Driver);
 * ``batching``: any cutting of a stream into batches, with a pickle round-trip of the state
-  at every cut, gives the uninterrupted run's results (the Driver's, and the flow step's);
+  at every cut, gives the uninterrupted run's results (the Driver's, and the flow step's),
+  on short series of several keys and on a long realistic one (:func:`realistic_series`:
+  tens of thousands of readings, long enough for models re-estimated every few thousand
+  readings to re-estimate many times within one batch);
 * ``bounded state``: the pickled state after 20,000 points is no larger than after 2,000
   points, give or take a small margin;
 * ``scores rank``: on a series with spikes of many sizes, scores are monotone in the raw
@@ -50,6 +53,24 @@ def series(seed: int, n: int) -> F64:
     x[n // 2 :] += 3
     x[n // 3 : n // 3 + n // 20] *= 4
     return x
+
+
+def realistic_series(seed: int, n: int) -> F64:
+    """A long test signal shaped like monitoring data: whole numbers on a daily rhythm of
+    288 readings that moves to 200 halfway (its period changes), one day without its
+    rhythm, spikes and dips in 0.2 % of readings and a lasting level shift at two thirds."""
+    rng = np.random.default_rng(seed)
+    i = np.arange(n)
+    period = np.where(i < n // 2, 288, 200)
+    x: F64 = 20 + 10 * np.sin(np.cumsum(2 * np.pi / period)) + rng.normal(0, 1.5, n)
+    day = int(rng.integers(3, max(4, n // 2 // 288))) * 288
+    flat = x[day : day + 288]  # (a view)
+    flat[:] = 20 + rng.normal(0, 1.5, len(flat))
+    at = rng.choice(n, max(1, n // 500), replace=False)
+    x[at] += rng.choice([-12.0, 12.0], len(at))
+    x[2 * n // 3 :] += 15
+    out: F64 = np.round(x)
+    return out
 
 
 def _fail(name: str, check: str, what: str) -> AssertionError:
@@ -199,20 +220,31 @@ def _stacked_anomalies_equal(
             raise _fail(label, "stacked expected range = reference", f"key {i}: ranges differ")
 
 
-def check_batching(make: Factory, *, n: int = 1500, n_keys: int = 4, seed: int = 7) -> None:
+def check_batching(
+    make: Factory, *, n: int = 1500, n_keys: int = 4, seed: int = 7, long_n: int = 24_000
+) -> None:
     """Check (b): any batching, with a pickle round-trip of the state at every cut, equals
-    the uninterrupted run: the Driver (every output) and the flow step (its events)."""
+    the uninterrupted run: the Driver (every output) and the flow step (its events), on
+    :func:`series` of ``n`` readings and on one key's :func:`realistic_series` of
+    ``long_n`` readings (0: not run)."""
     name = make().name
     rng = np.random.default_rng(seed)
     x = series(seed, n)
-    cuts = np.unique(rng.integers(1, n, 40)).tolist()
-    whole, cut = _driver_run(make, x), _driver_run(make, x, cuts)
-    for out in ("anomaly", "event"):
-        if not np.array_equal(whole[out], cut[out]):
-            raise _fail(name, "batching (Driver)", f"{out} differs when cut at {cuts[:8]}...")
-    for out in ("raw", "score", "low", "high"):
-        if not _close(whole[out], cut[out]):
-            raise _fail(name, "batching (Driver)", f"{out} differs when cut at {cuts[:8]}...")
+    _driver_batching(make, name, x, np.unique(rng.integers(1, n, 40)).tolist())
+    if long_n:
+        long_x = realistic_series(seed, long_n)
+        long_cuts = np.random.default_rng(seed + 1).integers(1, long_n, 40)
+        _driver_batching(make, name, long_x, np.unique(long_cuts).tolist())
+        whole = _kernel_events(make, ("k0",), long_x[:, None], [], False)
+        for size in (999, 4096):  # a stacked pass per batch; a batch of its own in the Driver
+            _same_events(
+                name,
+                f"batching (flow step, one long key, batches of {size}, snapshot at every cut)",
+                _kernel_events(
+                    make, ("k0",), long_x[:, None], list(range(size, long_n, size)), True
+                ),
+                whole,
+            )
     keys = tuple(f"k{i}" for i in range(n_keys))
     xs = np.stack([series(seed * 10 + i, n) for i in range(n_keys)], axis=1)
     small = [*range(1, 6), *rng.integers(6, n, 30).tolist()]  # single ticks and bigger cuts
@@ -223,6 +255,24 @@ def check_batching(make: Factory, *, n: int = 1500, n_keys: int = 4, seed: int =
         _kernel_events(make, keys, xs, cuts, True),
         _kernel_events(make, keys, xs, [], False),
     )
+
+
+def _driver_batching(make: Factory, name: str, x: F64, cuts: list[int]) -> None:
+    """The Driver on ``x`` cut at ``cuts`` (a pickle round-trip at each) = uninterrupted."""
+    whole, cut = _driver_run(make, x), _driver_run(make, x, cuts)
+    for out in ("anomaly", "event"):
+        if not np.array_equal(whole[out], cut[out]):
+            at = int(np.flatnonzero(whole[out] != cut[out])[0])
+            raise _fail(
+                name,
+                "batching (Driver)",
+                f"{out} differs from reading {at} of {len(x)} when cut at {cuts[:8]}...",
+            )
+    for out in ("raw", "score", "low", "high"):
+        if not _close(whole[out], cut[out]):
+            raise _fail(
+                name, "batching (Driver)", f"{out} differs when cut at {cuts[:8]}... ({len(x)})"
+            )
 
 
 def _state_size(make: Factory, n: int, stacked: bool) -> int:

@@ -22,8 +22,8 @@ of the counted parts' ``raw_i / level_i`` (each in units of that part's alarm le
 is an alarm) and its score ``calibrate(raw, 1.0)``: monotone in raw across the whole series,
 0.999 where the first counted part reaches its alarm level. Its expected range is the first
 part's. The ensemble's cooldown turns its anomalies into events (one per episode across
-parts); an anomaly only the SEASON part raised waits a whole period after the last event
-(:func:`season_cooldown`: one broken day is one event). :class:`~edgeflow.ops.detect.driver.Driver` runs an ensemble part by part and calls
+parts); an anomaly only the SEASON part raised waits a whole period (the one that scored
+it) after the last event (:func:`season_cooldown`: one broken day is one event). :class:`~edgeflow.ops.detect.driver.Driver` runs an ensemble part by part and calls
 :func:`combine`; :class:`StackedEnsemble` runs each part stacked (one
 :class:`~edgeflow.ops.detect.stacked.Stacked` per part) and combines the same way, with the
 same results.
@@ -123,12 +123,33 @@ class Ensemble(Detector):
         return [m for p in self.parts for m in p.problems()]
 
 
+#: the state entry where :class:`SeasonalContext` notes its period changes (see there)
+PERIOD_LOG = "period_log"
+#: the most period changes a Driver state keeps between batches (the ensemble consumes
+#: them every batch; only a SeasonalContext run on its own would keep adding)
+PERIOD_LOG_MAX = 4096
+
+
 class SeasonalContext(Seasonal):
     """:class:`~edgeflow.ops.detect.seasonal.Seasonal` as an ensemble's seasonal evidence:
     the same scores once a period P > 1 is established; before that no verdict (raw 0) and
     no expected range (NaN), so it neither alarms nor explains a point (with P = 1 it would
     only repeat the change part's first differences) and it learns every reading in order
-    while it looks for a period."""
+    while it looks for a period.
+
+    Each change of period is noted in ``st[PERIOD_LOG]`` as (readings seen, old period, new
+    period): the new period scores the key's readings from that count on (every reading
+    is learnt or forgotten, so the count is the position in the key's stream). The
+    ensemble reads and clears the notes every batch to give each anomaly the period that
+    scored it (:func:`periods_at`), however the stream is cut into batches."""
+
+    def _estimate(self, st: dict[str, Any]) -> None:
+        before = int(st["period"])
+        super()._estimate(st)
+        if int(st["period"]) != before:
+            log = st.setdefault(PERIOD_LOG, [])
+            log.append((int(st["n"]), before, int(st["period"])))
+            del log[:-PERIOD_LOG_MAX]
 
     def score(self, st: dict[str, Any], x: F64) -> Scores:
         s = super().score(st, x)
@@ -143,12 +164,39 @@ class SeasonalContext(Seasonal):
 
 
 class SeasonalContextStacked(SeasonalStacked):
-    """The stacked form of :class:`SeasonalContext`."""
+    """The stacked form of :class:`SeasonalContext`. Its period changes are noted per row
+    in :attr:`period_log` (row -> notes as the reference form's), which
+    :class:`StackedEnsemble` reads and clears every batch (never in a snapshot)."""
 
     def score(self, rows: Rows, x: F64) -> tuple[F64, F64, F64]:
         raw, centre, half = super().score(rows, x)
         seasonal = (self.period[rows] > 1)[:, None]
         return np.where(seasonal, raw, 0.0), np.where(seasonal, centre, np.nan), half
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("period_log", None)  # (read every batch: not state)
+        return state
+
+    @property
+    def period_log(self) -> dict[int, list[tuple[int, int, int]]]:
+        log: dict[int, list[tuple[int, int, int]]] = self.__dict__.setdefault("period_log", {})
+        return log
+
+    def _estimate(self, rows: Rows) -> None:
+        before = self.period[rows].copy()
+        super()._estimate(rows)
+        changed = np.flatnonzero(self.period[rows] != before)
+        for i in changed.tolist():  # (rare: a period found or lost)
+            r = int(rows[i])
+            note = (int(self.n[r]), int(before[i]), int(self.period[r]))
+            self.period_log.setdefault(r, []).append(note)
+
+    def load(self, i: int, s: dict[str, Any]) -> None:
+        super().load(i, s)
+        notes = s.pop(PERIOD_LOG, None)  # the Driver's (a key it finished): kept in order
+        if notes:
+            self.period_log.setdefault(i, []).extend(notes)
 
 
 class RecentNoise(Detector):
@@ -458,8 +506,22 @@ def combine(
         ratio, calibrate(ratio, 1.0), flagged, outs[0].low, outs[0].high, outs[0].threshold
     )
     if SEASON in roles and states is not None:
-        period = int(states[roles.index(SEASON)]["det"].get("period", 1))
+        st = states[roles.index(SEASON)]["det"]
+        notes = st.pop(PERIOD_LOG, None)  # this batch's changes of period: read once
+        period: Any = int(st.get("period", 1))
+        if notes:  # each point's own (its position: readings of the key before it)
+            period = periods_at(notes, int(st["n"]) - len(x) + np.arange(len(x)))
         out.cooldown = season_cooldown(flagged & ~other, period, cooldown)
+    return out
+
+
+def periods_at(notes: list[tuple[int, int, int]], at: Rows) -> Rows:
+    """The period that scored the readings at positions ``at`` (counts of the key's readings
+    before each), from a batch's notes of period changes, in order: (position from which the
+    new period scores, old period, new period); see :class:`SeasonalContext`."""
+    starts = np.array([n[0] for n in notes], np.int64)
+    table = np.array([notes[0][1], *(n[2] for n in notes)], np.int64)
+    out: Rows = table[np.searchsorted(starts, at, side="right")]
     return out
 
 
@@ -468,7 +530,8 @@ def season_cooldown(season_only: np.ndarray, period: Any, cooldown: int) -> Rows
     nothing else unusual) raises no event within ``max(cooldown, period)`` points of the
     last event, so one broken day (a peak and a trough of the pattern missing, half a period
     apart) is one event; any other anomaly the decision's ``cooldown``. ``period``: the
-    seasonal part's period now (scalar, or per anomaly)."""
+    seasonal part's period that scored each anomaly (scalar, or per anomaly), so the
+    events do not depend on where a batch ends (a re-estimate later in the batch)."""
     out: Rows = np.where(season_only, np.maximum(period, cooldown), cooldown).astype(np.int64)
     return out
 
@@ -508,6 +571,7 @@ class StackedEnsemble:
     def run(self, rows: Rows, xmat: F64, lens: Rows) -> Events:
         """The ensemble's events over a grid of keys' points (as :func:`run_stacked`)."""
         width = xmat.shape[1]
+        self._season_notes()  # (the last batch's notes: read already)
         ranges: list[tuple[F64, F64] | None] = [None] * len(self.parts)
         found: list[tuple[Rows, F64]] = [(np.empty(0, np.int64), np.empty(0))] * len(self.parts)
         # parts that alarm first; then the context parts (never an alarm): their ranges are
@@ -563,8 +627,7 @@ class StackedEnsemble:
             return out
         cooldown: Rows | int = self.driver.decision.cooldown
         if SEASON in self.roles and season_only.any():
-            model = self.parts[self.roles.index(SEASON)].model
-            period = getattr(model, "period", np.ones(len(self.since), np.int64))[rows[gi]]
+            period = self._periods(rows, lens, gi, ci)
             cooldown = season_cooldown(season_only, period, int(cooldown))
         ev = self._events(rows, lens, gi, ci, cooldown)
         gi, ci, ratio = gi[ev], ci[ev], ratio[ev]
@@ -572,6 +635,34 @@ class StackedEnsemble:
         assert rg0 is not None
         out.add(gi, ci, calibrate(ratio, 1.0), ratio, rg0[0][gi, ci], rg0[1][gi, ci])
         return out
+
+    def _season_notes(self) -> dict[int, list[tuple[int, int, int]]]:
+        """The seasonal part's notes of period changes since the last call (row -> notes),
+        cleared (see :class:`SeasonalContextStacked`)."""
+        model = self.parts[self.roles.index(SEASON)].model if SEASON in self.roles else None
+        notes: dict[int, list[tuple[int, int, int]]] | None = getattr(model, "period_log", None)
+        if not notes:
+            return {}
+        model.__dict__["period_log"] = {}
+        return notes
+
+    def _periods(self, rows: Rows, lens: Rows, gi: Rows, ci: Rows) -> Rows:
+        """The seasonal part's period that scored each anomaly (grid row ``gi``, column
+        ``ci``, after the batch's passes): its period now, or for a key whose period changed
+        in this batch, the one in force at the anomaly's position."""
+        model = self.parts[self.roles.index(SEASON)].model
+        period: Rows = getattr(model, "period", np.ones(len(self.since), np.int64))[rows[gi]]
+        notes = self._season_notes()
+        if notes:  # (rare: keys whose period changed in this batch)
+            n = model.n  # type: ignore[attr-defined]
+            key_rows = rows[gi]
+            for r, got in notes.items():
+                at = np.flatnonzero(key_rows == r)
+                if len(at):
+                    g = int(gi[at[0]])
+                    start = int(n[r]) - int(lens[g])  # the key's position at column 0
+                    period[at] = periods_at(got, start + ci[at])
+        return period
 
     def _events(self, rows: Rows, lens: Rows, gi: Rows, ci: Rows, cooldown: Rows | int) -> Rows:
         """Which anomalies (sorted by grid row, then column) raise an event: none within
