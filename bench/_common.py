@@ -126,3 +126,23 @@ def window_summary(acc: list[float]) -> dict[str, float]:
         "std": math.sqrt(sum((x - mean) ** 2 for x in acc) / n),
         "p95": s[lo] + (h - lo) * (s[hi] - s[lo]),
     }  # fmt: skip
+
+
+def outbox_records(n: int, topic: str) -> list[Any]:
+    """``n`` outbox records of 200 B (window-summary-like JSON, an ``edgeflow-id`` header),
+    keys over 1,000 devices: what the Kafka delivery benches send."""
+    import orjson
+
+    from edgeflow.connectors.outbox import OutRecord
+
+    out = []
+    for i in range(n):
+        key = f"dev-{i % 1000}".encode()
+        value = orjson.dumps(
+            {"key": key.decode(), "window_start": 1_767_225_600_000_000_000 + i, "mean": i * 0.5}
+        ).ljust(200, b" ")
+        headers = orjson.dumps(
+            [["edgeflow-id", f"bench/w/{key.decode()}/{i}"], ["edgeflow-schema", "window/v1"]]
+        )
+        out.append(OutRecord(topic, key, value[:200], headers))
+    return out

@@ -23,21 +23,12 @@ import orjson
 
 from edgeflow.connectors.forwarder import Forwarder
 from edgeflow.connectors.kafka import KafkaSink
-from edgeflow.connectors.outbox import Outbox, OutRecord
+from edgeflow.connectors.outbox import Outbox
 
-
-def _records(n: int, topic: str) -> list[OutRecord]:
-    out = []
-    for i in range(n):
-        key = f"dev-{i % 1000}".encode()
-        value = orjson.dumps(
-            {"key": key.decode(), "window_start": 1_767_225_600_000_000_000 + i, "mean": i * 0.5}
-        ).ljust(200, b" ")
-        headers = orjson.dumps(
-            [["edgeflow-id", f"bench/w/{key.decode()}/{i}"], ["edgeflow-schema", "window/v1"]]
-        )
-        out.append(OutRecord(topic, key, value[:200], headers))
-    return out
+try:  # imported by bench/fog.py (this folder on the path) or run as ``-m bench._sink_rates``
+    from _common import outbox_records
+except ImportError:
+    from bench._common import outbox_records
 
 
 def _drain_rate(bootstrap: str, records: int, exactly_once: bool) -> float:
@@ -46,7 +37,7 @@ def _drain_rate(bootstrap: str, records: int, exactly_once: bool) -> float:
     spec = KafkaSink(topic, exactly_once=exactly_once)
     with tempfile.TemporaryDirectory() as d:
         box = Outbox(Path(d) / "outbox.sqlite", budget_bytes=1 << 40)
-        rows = _records(records, topic)
+        rows = outbox_records(records, topic)
         for i in range(0, len(rows), 10_000):
             box.append("bench", 2, rows[i : i + 10_000])
         t0 = time.perf_counter()

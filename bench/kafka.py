@@ -25,6 +25,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from _common import outbox_records  # noqa: E402
+
 # this file is named kafka.py: keep its folder off the path so `import kafka` finds kafka-python
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
@@ -40,22 +43,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def make_records(n: int, topic: str) -> list[OutRecord]:
-    import orjson
-
-    out = []
-    for i in range(n):
-        key = f"dev-{i % 1000}".encode()
-        value = orjson.dumps(
-            {"key": key.decode(), "window_start": 1_767_225_600_000_000_000 + i, "mean": i * 0.5}
-        ).ljust(200, b" ")
-        headers = orjson.dumps(
-            [["edgeflow-id", f"bench/w/{key.decode()}/{i}"], ["edgeflow-schema", "window/v1"]]
-        )
-        out.append(OutRecord(topic, key, value[:200], headers))
-    return out
 
 
 def bench_edgeflow(
@@ -122,12 +109,12 @@ def main() -> None:
         print(
             f"producer settings: acks={config['acks']} idempotent={config['enable_idempotence']} compression={config['compression_type']} linger_ms={config['linger_ms']} batch_size={config['batch_size']}"
         )
-        base_per_s = bench_bare(bootstrap, make_records(n, "bench-bare"), config)
+        base_per_s = bench_bare(bootstrap, outbox_records(n, "bench-bare"), config)
         print(
             f"bare kafka-python producer : {n:,} records of 200 B = {base_per_s:>10,.0f} records/s"
         )
         ef_per_s, append_per_s = bench_edgeflow(
-            bootstrap, make_records(n, "bench-edgeflow"), config, KafkaSink("x").forwarders
+            bootstrap, outbox_records(n, "bench-edgeflow"), config, KafkaSink("x").forwarders
         )
         print(
             f"edgeflow outbox -> Kafka   : {n:,} records of 200 B = {ef_per_s:>10,.0f} records/s  (append to outbox: {append_per_s:,.0f} records/s)"
