@@ -19,14 +19,22 @@ readings flattened to tuples, ``fold_window`` for the windows, a swinging door a
 z-score per reading in ``stateful_map``, and every record sent with kafka-python's producer
 (bytewax's own KafkaSink needs confluent-kafka, which is not a dependency here), flushed
 at the end. Also in the same run: bench/windows.py's edgeflow side (windows only, no sink),
-for the ``windows_ratio`` figure.
+for the ``windows_ratio`` figure. And ``detect_alone_per_s``: ``detect.auto()``'s kernel on
+its own over the same readings (the source's batches handed straight to one kernel: no engine,
+no other step, no sink) - the most the whole pipeline could reach if every other stage cost
+nothing; ``detect_alone_ratio`` is that rate over the baseline's.
 
     python bench/pipeline.py            # 60 s of data (6 M readings); baseline 6 s
     python bench/pipeline.py --quick    # under a minute or two: 20 s; baseline 2 s
+    python bench/pipeline.py --quick --detector zscore   # edgeflow with the baseline's detector
+
+``--detector`` (default ``auto``) names the ``edgeflow.detect`` detector edgeflow's side and
+the detect-alone run use (the baseline always runs its per-reading z-score).
 
 Starts its own broker with scripts/kafka.sh on free ports unless KAFKA_BOOTSTRAP is set,
 and stops it at the end. The last line is JSON: bench, per_s, baseline_per_s, ratio,
-windows_per_s (bench/windows.py's rate), windows_ratio, peak_rss_mb, kafka_records_per_s,
+windows_per_s (bench/windows.py's rate), windows_ratio, detect_alone_per_s, detect_alone_ratio,
+peak_rss_mb, kafka_records_per_s,
 and ``<stage>_share`` for startup, source, windows, trend, detect, outbox_append, forwarding, engine.
 """
 
@@ -108,7 +116,7 @@ class StageClock:
         setattr(owner, method, timed)
 
 
-def run_edgeflow(seconds: int, bootstrap: str) -> dict[str, Any]:
+def run_edgeflow(seconds: int, bootstrap: str, detector: str = "auto") -> dict[str, Any]:
     from edgeflow import Flow, agg, detect, downsample, window
     from edgeflow.connectors import kafka
     from edgeflow.connectors import kafka as kafka_mod
@@ -146,7 +154,7 @@ def run_edgeflow(seconds: int, bootstrap: str) -> dict[str, Any]:
         name="windows",
     ).to(out)  # fmt: skip
     r.downsample(downsample.swinging_door("temp", deviation=SDT_DEVIATION), name="trend").to(out)
-    r.detect(detect.auto(), "accel", name="alerts").to(out)
+    r.detect(getattr(detect, detector)(), "accel", name="alerts").to(out)
     plan = flow.plan()
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as d:
         t0 = clock.t0 = time.perf_counter()
@@ -175,6 +183,33 @@ def run_edgeflow(seconds: int, bootstrap: str) -> dict[str, Any]:
         "peak_rss_mb": peak_rss_mb(),
         **shares,
     }
+
+
+def run_detect_alone(seconds: int, detector: str = "auto") -> dict[str, Any]:
+    """The detector's kernel alone on the same readings, batches as the source cuts them."""
+    from edgeflow import detect
+    from edgeflow.connectors.base import SourceContext
+    from edgeflow.ops.detect.kernel import DetectKernel
+
+    spec = sensors(seconds)
+    ctx = SourceContext("bench", "src", "device", "ts", ("accel",))
+    batches = []
+    for p in spec.partitions():
+        part = spec.open(p, None, ctx)
+        while True:
+            try:
+                batches.extend(part.next_batch())
+            except StopIteration:
+                break
+    kernel = DetectKernel("alerts", "accel", getattr(detect, detector)(), detect.threshold())
+    state = kernel.init()
+    t0 = time.perf_counter()
+    for b in batches:
+        kernel.step_batch(state, b)
+    kernel.flush(state)
+    dt = time.perf_counter() - t0
+    n = sum(len(b) for b in batches)
+    return {"readings": n, "seconds": dt, "per_s": n / dt, "anomalies": state["anomalies"]}
 
 
 def run_baseline(seconds: int, bootstrap: str) -> dict[str, Any]:
@@ -293,19 +328,31 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="a shorter run")
-    ap.add_argument("--side", choices=["edgeflow", "baseline"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--detector",
+        default="auto",
+        choices=["auto", "zscore", "ewma", "cusum", "mad", "seasonal"],
+        help="the detector on edgeflow's side (default auto)",
+    )
+    ap.add_argument("--side", choices=["edgeflow", "baseline", "detect"], help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.side:
-        fn = run_edgeflow if args.side == "edgeflow" else run_baseline
-        emit(fn(args.seconds, args.bootstrap))
+    if args.side == "detect":
+        emit(run_detect_alone(args.seconds, args.detector))
+        return
+    if args.side == "edgeflow":
+        emit(run_edgeflow(args.seconds, args.bootstrap, args.detector))
+        return
+    if args.side == "baseline":
+        emit(run_baseline(args.seconds, args.bootstrap))
         return
     ef_seconds, base_seconds = (20, 2) if args.quick else (60, 6)
     with Broker() as bootstrap:
         ef = run_child(
-            __file__, "--side", "edgeflow", "--seconds", str(ef_seconds), "--bootstrap", bootstrap
-        )
+            __file__, "--side", "edgeflow", "--seconds", str(ef_seconds), "--bootstrap", bootstrap,
+            "--detector", args.detector,
+        )  # fmt: skip
         print(
             f"edgeflow : {ef['readings']:>10,} readings in {ef['seconds']:6.2f}s = {ef['per_s']:>10,.0f} readings/s end to end; "
             f"{ef['delivered']:,} of {ef['records']:,} records in Kafka ({ef['kafka_records_per_s']:,.0f}/s: "
@@ -330,13 +377,23 @@ def main() -> None:
         f"windows  : {win['per_s']:>10,.0f} readings/s (bench/windows.py's edgeflow side: windows only)",
         flush=True,
     )
+    alone = run_child(
+        __file__, "--side", "detect", "--seconds", str(ef_seconds), "--detector", args.detector
+    )
+    alone_ratio = alone["per_s"] / base["per_s"]
+    print(
+        f"detect   : {alone['per_s']:>10,.0f} readings/s ({args.detector}'s kernel alone on the same readings: "
+        f"the pipeline's ceiling, {alone_ratio:.1f}x the baseline, {alone['per_s'] / win['per_s']:.2f}x windows)",
+        flush=True,
+    )
     ratio = ef["per_s"] / base["per_s"]
     windows_ratio = ef["per_s"] / win["per_s"]
     print(f"ratio    : {ratio:.1f}x the bytewax pipeline, {windows_ratio:.2f}x bench/windows.py")
     emit({
-        "bench": "pipeline", "per_s": round(ef["per_s"]), "baseline_per_s": round(base["per_s"]),
+        "bench": "pipeline", "detector": args.detector, "per_s": round(ef["per_s"]), "baseline_per_s": round(base["per_s"]),
         "ratio": round(ratio, 1), "windows_per_s": round(win["per_s"]),
-        "windows_ratio": round(windows_ratio, 2), "peak_rss_mb": round(ef["peak_rss_mb"]),
+        "windows_ratio": round(windows_ratio, 2), "detect_alone_per_s": round(alone["per_s"]),
+        "detect_alone_ratio": round(alone_ratio, 1), "peak_rss_mb": round(ef["peak_rss_mb"]),
         "kafka_records_per_s": round(ef["kafka_records_per_s"]), "records": ef["records"],
         "readings": ef["readings"], "baseline_readings": base["readings"],
         **{f"{s}_share": round(ef[f"{s}_share"], 3) for s in (*STAGES, "engine")},
