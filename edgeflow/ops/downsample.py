@@ -42,7 +42,7 @@ import numpy.typing as npt
 
 from edgeflow.batch import F64, I64, Batch, RecordBatch
 from edgeflow.ops.args import Arg, check, duration, points
-from edgeflow.ops.door_segments import close_door, run_segments
+from edgeflow.ops.door_segments import close_door, lockstep_fits, run_rows, run_segments
 from edgeflow.ops.kernel import RecordKernel
 from edgeflow.timeutil import Duration, parse_duration
 
@@ -171,23 +171,39 @@ class _Door:
         a = st.get("a")  # (ta, va): the last reported point
         lo, hi = st.get("lo", -np.inf), st.get("hi", np.inf)
         prev = st.get("prev")  # (t, v) of the last reading seen
-        for ti, xi in zip(t.tolist(), x.tolist(), strict=True):
-            if a is None:
-                a = (ti, xi)
-                out_t.append(ti)
-                out_v.append(xi)
-                lo, hi, prev = -np.inf, np.inf, None
-                continue
-            ta, va = a
+        tl, xl = t.tolist(), x.tolist()
+        i, n = 0, len(tl)
+        if a is None and n:
+            a = (tl[0], xl[0])
+            out_t.append(tl[0])
+            out_v.append(xl[0])
+            lo, hi, prev = -np.inf, np.inf, None
+            i = 1
+        if a is None:
+            st["a"], st["lo"], st["hi"], st["prev"] = a, lo, hi, prev
+            return out_t, out_v
+        ta, va = a
+        # ``s if s > lo else lo`` is what ``max(lo, s)`` returns and ``s if s < hi else hi``
+        # what ``min(hi, s)`` returns (NaN included); the builtins cost more per reading
+        while i < n:
+            ti = tl[i]
             dt = ti - ta
             if dt <= 0:  # not after the last report (the kernel takes readings in time order)
+                i += 1
                 continue
-            nlo, nhi = max(lo, (xi - e - va) / dt), min(hi, (xi + e - va) / dt)
+            xi = xl[i]
+            s = (xi - e - va) / dt
+            nlo = s if s > lo else lo
+            s = (xi + e - va) / dt
+            nhi = s if s < hi else hi
             if nlo > nhi or (mi is not None and dt > mi):
                 a, lo, hi, prev = close_door(a, prev, lo, hi, ti, xi, e, mi, out_t, out_v)
+                ta, va = a
+                i += 1
                 continue
             lo, hi = nlo, nhi
             prev = (ti, xi)
+            i += 1
         st["a"], st["lo"], st["hi"], st["prev"] = a, lo, hi, prev
         return out_t, out_v
 
@@ -250,6 +266,10 @@ class DownsampleKernel(RecordKernel):
             return None
         x_all = batch.values[batch.fields.index(self.spec.field)]
         state["in"] += len(batch)
+        if self.door is not None:
+            taken, records = self._door_batch(state, batch, x_all)
+            if taken:
+                return records
         keys_out: list[str] = []
         t_out: list[Any] = []
         v_out: list[Any] = []
@@ -303,6 +323,80 @@ class DownsampleKernel(RecordKernel):
         return RecordBatch(
             "trend", self.step, {"key": keys, "t": t, self.spec.field: v}, len(t), ("key", "t")
         )
+
+    def _door_batch(
+        self, state: dict[str, Any], batch: Batch, x_all: F64
+    ) -> tuple[bool, RecordBatch | None]:
+        """Swinging door for all the keys of a batch at once (:func:`run_rows`): the same
+        points and state as taking the keys one by one (:meth:`_in_time_order`, then
+        :func:`run_segments`), with the time ordering, grouping and late/repeated-time
+        filtering done for the whole batch. Returns (False, None), having changed nothing,
+        when the batch needs the per-key form (values too large for it), else (True, the
+        points to report or None)."""
+        assert self.door is not None
+        key_idx = batch.key_idx
+        present = np.flatnonzero(np.bincount(key_idx, minlength=len(batch.keys)))
+        ok = np.isfinite(x_all)
+        if not ok.all():
+            rows = np.flatnonzero(ok)
+            k, t, x = key_idx[rows], batch.t[rows], x_all[rows]
+        else:
+            k, t, x = key_idx, batch.t, x_all
+        if not lockstep_fits(x):
+            return False, None
+        keys = state["keys"]
+        names = batch.keys
+        by_code: dict[int, dict[str, Any]] = {
+            code: keys.setdefault(names[code], {}) for code in present.tolist()
+        }
+        if not len(t):
+            return True, None
+        # each key's readings together, in time order (equal times in arrival order)
+        # a stable sort of 8- or 16-bit codes is a radix sort
+        small = np.uint8 if len(names) <= 256 else np.uint16 if len(names) <= 65536 else None
+        order = np.argsort(k if small is None else k.astype(small), kind="stable")
+        ks, ts = k[order], t[order]
+        same = ks[1:] == ks[:-1]
+        if bool((same & (ts[1:] < ts[:-1])).any()):
+            by_time = np.argsort(t, kind="stable")
+            order = by_time[np.argsort(k[by_time], kind="stable")]
+            ks, ts = k[order], t[order]
+            same = ks[1:] == ks[:-1]
+        xs = x[order]
+        starts = np.flatnonzero(np.r_[True, ~same])
+        # one reading per time (the first), none at or before the key's newest taken one
+        skip = np.r_[False, same & (ts[1:] == ts[:-1])]
+        row_newest = [by_code[c].get("newest") for c in ks[starts].tolist()]
+        firsts = ts[starts].tolist()
+        if any(n is not None and f <= n for f, n in zip(firsts, row_newest, strict=True)):
+            lengths = np.diff(np.r_[starts, len(ts)])
+            limit = np.array(
+                [f - 1 if n is None else n for f, n in zip(firsts, row_newest, strict=True)]
+            )
+            skip |= ts <= np.repeat(limit, lengths)
+        if skip.any():
+            state["skipped"] = state.get("skipped", 0) + int(skip.sum())
+            keep = ~skip
+            ks, ts, xs = ks[keep], ts[keep], xs[keep]
+            if not len(ts):
+                return True, None
+            starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+        ends = np.r_[starts[1:], len(ts)]
+        row_codes = ks[starts].tolist()
+        sts = [by_code[c] for c in row_codes]
+        for st, tn in zip(sts, ts[ends - 1].tolist(), strict=True):
+            st["newest"] = tn
+        d = self.door
+        out_t, out_v = run_rows(d.dev, d.max_interval, sts, ts, xs, starts, ends, d.run)
+        keys_out: list[str] = []
+        t_out: list[Any] = []
+        v_out: list[Any] = []
+        for c, lt, lv in zip(row_codes, out_t, out_v, strict=True):
+            if lt:
+                keys_out.extend([names[c]] * len(lt))
+                t_out.append(lt)
+                v_out.append(lv)
+        return True, self._records(state, keys_out, t_out, v_out)
 
     def _in_time_order(
         self, state: dict[str, Any], st: dict[str, Any], t: I64, x: F64
