@@ -284,14 +284,27 @@ class RecentNoiseStacked(StackedModel):
         first = np.isnan(self.prev[r])  # a row's first readings: its first step starts it
         v = self.after[moved, last]
         if first.any():  # a row's first block: as the reference learns it
-            for i in np.flatnonzero(first).tolist():
-                st = self.det.init()
-                self.det.learn(st, self.x[moved[i], : last[i] + 1])
-                v[i] = st["v"]
+            v[first] = self._first_blocks(moved[first], last[first] + 1)
         self.v[r] = v
         self.prev[r] = self.x[moved, last]
         self.n[rows] += f
         self.after = self.x = np.empty((0, 0))  # the pass is done: no arrays kept for it
+
+    def _first_blocks(self, at: Rows, length: Rows) -> F64:
+        """The noise variance after each pass row ``at[i]`` learnt its first ``length[i]``
+        readings as its first block: :meth:`RecentNoise.learn`'s arithmetic, the rows of
+        each length together (keys that start at once: one or a few lengths)."""
+        out = np.empty(len(at))
+        a = self.det.alpha
+        for n in np.unique(length).tolist():
+            sel = np.flatnonzero(length == n)
+            x = self.x[at[sel], :n]
+            before = np.concatenate([x[:, :1], x[:, :-1]], axis=1)  # (prev: the first)
+            v0 = np.mean(np.diff(np.concatenate([x[:, :1], x], axis=1), axis=1) ** 2, axis=1)
+            after = lfilter([a], [1, -(1 - a)], (x - before) ** 2, axis=1,
+                            zi=((1 - a) * v0)[:, None])[0]  # fmt: skip
+            out[sel] = after[:, -1]
+        return out
 
     def scatter(self, i: int, s: dict[str, Any]) -> None:
         s["prev"] = None if np.isnan(self.prev[i]) else float(self.prev[i])

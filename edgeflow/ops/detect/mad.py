@@ -36,6 +36,10 @@ ESTIMATE_BLOCK = 1 << 22
 #: about 64 k values, 256 windows of 256 or 512 of 128; the selection's steps cost the same
 #: for any number of windows)
 SELECT_FROM = 1 << 16
+#: windows still filling up are estimated by their lengths, as full windows of each
+#: length, when they have at most this many lengths or this many windows per length on
+#: average (see :func:`_stats_by_count`)
+PARTIAL_SIZES, PARTIAL_PER_SIZE = 32, 64
 #: on a lasting change the window keeps this many times the streak's length of older points
 CONTEXT = 3
 
@@ -248,6 +252,8 @@ class MADStacked(StackedModel):
 
     def __init__(self, det: MAD, sts: list[dict[str, Any]]) -> None:
         self.det = det
+        # (MAD's adapt reads the key's own pending anomalies, not the ones it is given)
+        self.adapts_in_pass = type(det).adapt is MAD.adapt
         w = det.window
         self.h = pack_rows([s["hist"] for s in sts], w)
         self.n = np.array([s["n"] for s in sts], np.int64)
@@ -466,6 +472,8 @@ def robust_spread(win: F64, tails: float = 0.0, scratch: bool = False) -> tuple[
         srt = np.sort(win, axis=-1)  # NaN last
     part = np.isnan(srt[..., -1])  # windows still filling up
     if part.any() and not part.all():  # full ones by the faster path: the same bits each
+        if _by_lengths(np.unique(np.count_nonzero(~np.isnan(srt), axis=-1)), part.size):
+            return _spread_sorted(srt, tails)  # (by lengths: the full ones are one)
         rows, part = srt.reshape(-1, w), part.reshape(-1)
         med, spread = np.empty(len(part)), np.empty(len(part))
         for which in (part, ~part):
@@ -479,11 +487,15 @@ def _spread_sorted(srt: F64, tails: float) -> tuple[F64, F64]:
     w = srt.shape[-1]
     if np.isnan(srt[..., -1]).any():
         count = np.count_nonzero(~np.isnan(srt), axis=-1)
-        med, q1, q3 = (_order_stat(srt, count, q) for q in (0.5, 0.25, 0.75))
-        if tails > 0:
-            lo, hi = (_order_stat(srt, count, q) for q in (tails, 1 - tails))
-        dev = np.abs(srt - med[..., None])  # V-shaped: sorts fast
-        mad = _order_stat(np.sort(dev, axis=-1), count, 0.5)
+        sizes = np.unique(count)
+        if _by_lengths(sizes, count.size):  # (few lengths: as full windows of each)
+            med, q1, q3, lo, hi, mad = _stats_by_count(srt, count, sizes, tails)
+        else:
+            med, q1, q3 = (_order_stat(srt, count, q) for q in (0.5, 0.25, 0.75))
+            if tails > 0:
+                lo, hi = (_order_stat(srt, count, q) for q in (tails, 1 - tails))
+            dev = np.abs(srt - med[..., None])  # V-shaped: sorts fast
+            mad = _order_stat(np.sort(dev, axis=-1), count, 0.5)
     else:
         med, q1, q3 = (_order_stat_full(srt, w, q) for q in (0.5, 0.25, 0.75))
         if tails > 0:
@@ -501,6 +513,41 @@ def _spread_sorted(srt: F64, tails: float) -> tuple[F64, F64]:
         spread[flat] = np.where(moves > 0, moved, spread[flat])
     out: F64 = spread
     return med, out
+
+
+def _by_lengths(sizes: np.ndarray, windows: int) -> bool:
+    """Whether windows still filling up, of ``sizes`` lengths (distinct, ``windows`` in
+    all), are estimated by their lengths (:func:`_stats_by_count`): few lengths, or many
+    windows of each (a fixed cost per length, a gather per window and order statistic
+    otherwise)."""
+    return len(sizes) <= max(PARTIAL_SIZES, windows // PARTIAL_PER_SIZE)
+
+
+def _stats_by_count(
+    srt: F64, count: np.ndarray, sizes: np.ndarray, tails: float
+) -> tuple[F64, F64, F64, F64, F64, F64]:
+    """(median, q1, q3, tails' low and high quantiles (NaN without ``tails``), median
+    absolute deviation) of sorted windows with ``count`` values each (NaN after them),
+    the windows of each length in ``sizes`` (every count, ascending) taken together as
+    full windows of that length: the same order statistics of the same values, so the
+    same bits as :func:`_order_stat` of the padded windows, without their per-window
+    gathers and the sort of every window's deviations. NaN for an empty window."""
+    w = srt.shape[-1]
+    rows, cnt = srt.reshape(-1, w), count.reshape(-1)
+    qs = (0.5, 0.25, 0.75, tails, 1 - tails)
+    out = [np.full(len(cnt), np.nan) for _ in range(6)]
+    for c in sizes.tolist():
+        if c <= 0:
+            continue
+        at = np.flatnonzero(cnt == c) if len(sizes) > 1 else slice(None)
+        sub = rows[at, :c]
+        got = [_order_stat_full(sub, c, q) for q in (qs if tails > 0 else qs[:3])]
+        got.append(_median_deviation_sorted(sub, got[0]))
+        for o, g in zip((*out[: len(got) - 1], out[5]), got, strict=True):
+            o[at] = g
+    shape = srt.shape[:-1]
+    med, q1, q3, lo, hi, mad = (o.reshape(shape) for o in out)
+    return med, q1, q3, lo, hi, mad
 
 
 def _median_deviation_sorted(srt: F64, med: F64) -> F64:

@@ -14,8 +14,9 @@ rest goes into the next pass. Passes repeat until every key is done, so a batch 
 
 The semantics are the Driver's (one point at a time) with a fixed threshold. A key in
 warm-up (its first ``warmup`` readings, learnt as one block), adapting (``adapt_after``
-anomalies in a row) or with a long run of readings in the batch (:data:`DRIVER_ROW`) is
-handed to the Driver for the rest of the batch. The
+anomalies in a row; except in an ensemble's part whose model adapts in the passes,
+``StackedModel.adapts_in_pass``) or with a long run of readings in the batch
+(:data:`DRIVER_ROW`) is handed to the Driver for the rest of the batch. The
 key's resolution (the smallest non-zero step of its learnt readings, the floor of every
 spread: :mod:`edgeflow.ops.detect.spread`) is kept here as a row array the models read with
 :meth:`StackedModel.resolution`. Scores equal
@@ -35,6 +36,7 @@ from edgeflow.ops.detect.decision import (
     NO_EVENT_YET,
     Decision,
     RawThreshold,
+    episode_starts,
     event_scores,
     is_adapting,
     starts_episode,
@@ -179,6 +181,10 @@ class StackedModel:
     #: (no filters or running sums, whose rounding depends on it): :func:`run_stacked` may
     #: then give the keys left after an anomaly wider passes (:data:`WIDE_PASS`)
     SPAN_EXACT = False
+    #: its keys adapt as the detector's ``adapt`` does in the Driver, ignoring the recent
+    #: anomalies it is given, and its results do not depend on a pass's span: an ensemble's
+    #: part keeps its adapting keys in the stacked passes (see :func:`_adapt_rows`)
+    adapts_in_pass = False
     #: what a pass keeps from ``score`` for ``learn`` (the pass's readings, estimates):
     #: not state, so never in a snapshot
     PASS_DATA: tuple[str, ...] = ()
@@ -560,7 +566,11 @@ def run_stacked(
     handoff: list[int] = []
     if stacked.warming:  # keys in warm-up: the Driver collects and learns their block
         _warm_up_rows(stacked, rows, xmat, lens, pos, events, every_anomaly, ranges)
-    adapting = is_adapting(streak[rows], adapt) | (lens - pos >= DRIVER_ROW)
+    # (an ensemble's part whose model adapts as its detector does: adapting keys stay here)
+    in_pass = every_anomaly and adapt is not None and model.adapts_in_pass
+    adapting = lens - pos >= DRIVER_ROW
+    if not in_pass:
+        adapting |= is_adapting(streak[rows], adapt)
     handoff.extend(np.flatnonzero(adapting & (lens > pos)).tolist())
     active = np.flatnonzero(~adapting & (lens > pos))
     first = True
@@ -593,6 +603,7 @@ def run_stacked(
             cols = pos[active][:, None] + np.arange(span)
             x = np.where(inside, xmat[active[:, None], np.minimum(cols, width - 1)], np.nan)
         first = False
+        ad = _adapt_rows(stacked, g) if in_pass else None  # (before scoring, as the Driver)
         if wanted is not None and getattr(model, "LAZY", False):
             want = (
                 wanted
@@ -606,6 +617,11 @@ def run_stacked(
         has = flagged.any(axis=1)
         # points before the first anomaly, and points decided in this pass
         f = np.where(has, np.argmax(flagged, axis=1), np.minimum(rem, span))
+        if ad is not None:  # adapting keys learn their points up to the first normal one
+            ad_streak, ad_since = _adapting_pass(
+                stacked, events, active, pos, g, ad, flagged, inside, raw, centre, half, f
+            )
+            has = has & ~ad
         if ranges is not None:
             keep_ranges(ranges, active, pos, centre, half, np.where(has, f + 1, f), whole)
         model.learn(g, f)
@@ -642,10 +658,12 @@ def run_stacked(
         else:  # no key met an anomaly within reach: look further
             reach = min(4 * reach, width)
         streak[g] = streak_after(streak[g], f, has)
+        if ad is not None:
+            streak[g[ad]], since[g[ad]] = ad_streak, ad_since
         pos[active] += np.where(has, f + 1, f)
         done = pos[active] >= lens[active]
         if adapt is not None:
-            start = is_adapting(streak[g], adapt) & ~done
+            start = is_adapting(streak[g], adapt) & ~done & (not in_pass)
             handoff.extend(active[start].tolist())
             done |= start
         active = active[~done]
@@ -663,6 +681,61 @@ def run_stacked(
         if ranges is not None:
             ranges[0][i, p:n], ranges[1][i, p:n] = rest.low, rest.high
     return events
+
+
+def _adapt_rows(stacked: Stacked, g: Rows) -> np.ndarray | None:
+    """Keys at state rows ``g`` that adapt (``adapt_after`` anomalies in a row) before this
+    pass: the detector's ``adapt`` on each one's state, as the Driver calls it before each
+    of its passes (with no recent anomalies: the Driver's list is empty after a hand-off;
+    a model that adapts in a pass reads its own). Returns which rows of ``g`` adapt (None:
+    none)."""
+    ad = is_adapting(stacked.streak[g], stacked.driver.adapt_after)
+    if not ad.any():
+        return None
+    det = stacked.driver.detector
+    for r in g[ad].tolist():  # (a few keys)
+        st = stacked.driver_state(r)
+        det.adapt(st["det"], np.empty(0))
+        stacked.load(r, st)
+    out: np.ndarray = ad
+    return out
+
+
+def _adapting_pass(
+    stacked: Stacked,
+    events: Events,
+    active: Rows,
+    pos: Rows,
+    g: Rows,
+    ad: np.ndarray,
+    flagged: np.ndarray,
+    inside: np.ndarray,
+    raw: F64,
+    centre: F64,
+    half: F64,
+    f: Rows,
+) -> tuple[Rows, Rows]:
+    """The adapting rows ``ad`` of a pass (see :func:`_adapt_rows`), as the Driver's
+    adapting passes: each learns its points up to and including its first normal one (all
+    it decided when none is normal), every anomaly among them kept (an ensemble's part:
+    ``every_anomaly``). Sets ``f`` (points learnt) for them, adds their anomalies to
+    ``events``; returns their streaks and event counters after the pass."""
+    det, cooldown = stacked.driver.detector, stacked.driver.decision.cooldown
+    normal = ~flagged & inside
+    back = normal.any(axis=1)
+    f[ad] = np.where(back, np.argmax(normal, axis=1) + 1, inside.sum(axis=1))[ad]
+    at = np.flatnonzero(ad)
+    streak = np.where(back[at], 0, stacked.streak[g[at]] + f[at])
+    since = stacked.since[g[at]].copy()
+    for j, i in enumerate(at.tolist()):
+        cols = np.flatnonzero(flagged[i, : f[i]])
+        if len(cols):
+            rc, mid, dev = raw[i, cols], centre[i, cols], half[i, cols]
+            events.add(np.full(len(cols), active[i]), pos[active[i]] + cols,
+                       calibrate(rc, det.level), rc, mid - dev, mid + dev)  # fmt: skip
+        _, last = episode_starts(cols.tolist(), int(since[j]), cooldown)
+        since[j] = int(f[i]) - 1 - last if last >= 0 else int(since[j]) + int(f[i])
+    return streak, since
 
 
 def _warm_up_rows(
