@@ -8,6 +8,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -25,6 +26,20 @@ def run_child(script: str, *args: str) -> dict[str, Any]:
     last = [ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1]
     out: dict[str, Any] = json.loads(last)
     return out
+
+
+def source_batches(spec: Any, ctx: Any) -> Iterator[Any]:
+    """Every batch an edgeflow source ``spec`` makes, partition after partition, read
+    straight from its partitions (no engine): for benches that feed a kernel or count bytes
+    themselves."""
+    for p in spec.partitions():
+        part = spec.open(p, None, ctx)
+        while True:
+            try:
+                batches = part.next_batch()
+            except StopIteration:
+                break
+            yield from batches
 
 
 def emit(figures: dict[str, Any]) -> None:

@@ -58,6 +58,7 @@ from _common import (  # noqa: E402
     per_reading_source,
     run_child,
     simulated_sensors,
+    source_batches,
     window_summary,
 )
 
@@ -193,14 +194,7 @@ def run_detect_alone(seconds: int, detector: str = "auto") -> dict[str, Any]:
 
     spec = sensors(seconds)
     ctx = SourceContext("bench", "src", "device", "ts", ("accel",))
-    batches = []
-    for p in spec.partitions():
-        part = spec.open(p, None, ctx)
-        while True:
-            try:
-                batches.extend(part.next_batch())
-            except StopIteration:
-                break
+    batches = list(source_batches(spec, ctx))
     kernel = DetectKernel("alerts", "accel", getattr(detect, detector)(), detect.threshold())
     state = kernel.init()
     t0 = time.perf_counter()

@@ -38,7 +38,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import emit  # noqa: E402
+from bench._common import emit, source_batches  # noqa: E402
 from edgeflow.connectors import simulate  # noqa: E402
 from edgeflow.connectors.base import SourceContext  # noqa: E402
 from edgeflow.evaluate import delivery  # noqa: E402
@@ -83,25 +83,18 @@ def raw_json_bytes(spec: Any, duration: str) -> tuple[int, int]:
     spec.duration = duration
     n = size = 0
     key = spec.default_key
-    for p in spec.partitions():
-        ctx = SourceContext("bench", "source", key, "ts", None, 65_536, 0)
-        part = spec.open(p, None, ctx)
-        while True:
-            try:
-                batches = part.next_batch()
-            except StopIteration:
-                break
-            for b in batches:
-                keys = b.key_array().tolist()
-                t = b.t.tolist()
-                cols = [(f, b.values[j].tolist()) for j, f in enumerate(b.fields)]
-                for i in range(len(b)):
-                    row: dict[str, Any] = {key: keys[i], "ts": t[i]}
-                    for f, col in cols:
-                        v = col[i]
-                        row[f] = None if v != v else v
-                    size += len(orjson.dumps(row))
-                n += len(b)
+    ctx = SourceContext("bench", "source", key, "ts", None, 65_536, 0)
+    for b in source_batches(spec, ctx):
+        keys = b.key_array().tolist()
+        t = b.t.tolist()
+        cols = [(f, b.values[j].tolist()) for j, f in enumerate(b.fields)]
+        for i in range(len(b)):
+            row: dict[str, Any] = {key: keys[i], "ts": t[i]}
+            for f, col in cols:
+                v = col[i]
+                row[f] = None if v != v else v
+            size += len(orjson.dumps(row))
+        n += len(b)
     spec.duration = None
     return n, size
 
